@@ -1,0 +1,141 @@
+"""The small protocol every offline-RL algorithm implements, and the registry that names them.
+
+Pruning, mask enforcement, checkpointing and evaluation only talk to an algorithm through
+`OfflineAlgorithm`, so they are written once for all of them (built-in or plug-in).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from sparse_offline_rl.data.buffer import Batch
+
+
+@dataclass(frozen=True)
+class ProblemSpec:
+    """What an algorithm needs to know about the task to build its networks."""
+
+    obs_dim: int
+    act_dim: int
+    max_action: float = 1.0
+    total_steps: int = 1_000_000  # for schedules (e.g. IQL's cosine actor lr)
+    device: str = "cpu"
+
+
+@runtime_checkable
+class OfflineAlgorithm(Protocol):
+    """What an algorithm provides. Observations given to it are already normalised by the buffer."""
+
+    config: Any
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Online networks by name ("actor", "critic", "value"): the ones pruned at initialization."""
+
+    def target_networks(self) -> dict[str, nn.Module]:
+        """Target copies, keyed by the name of the online network they track (they share its mask)."""
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers by name; mask enforcement zeroes their state for pruned weights."""
+
+    def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
+        """The loss whose gradients score `network`'s weights (SNIP, GraSP). Only that network's
+        parameters may receive gradients from it: others are used under no_grad or detached."""
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on a batch. Returns detached scalar tensors (logged sparsely, so no sync)."""
+
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions for a batch of normalised observations."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly: networks, targets, optimizers, schedulers, step."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the ones that are."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; ours is a sentence
+        return str(self.args[0])
+
+
+@dataclass
+class AlgorithmEntry:
+    name: str
+    factory: Callable[..., OfflineAlgorithm]
+    config_cls: type
+
+
+_REGISTRY: dict[str, AlgorithmEntry] = {}
+
+
+def register_algorithm(name: str, config_cls: type | None = None) -> Callable[[type], type]:
+    """Class decorator: `@register_algorithm("iql")` on a class with a dataclass `Config` attribute
+    (or pass `config_cls`). The class is constructed as `cls(config, spec: ProblemSpec)`."""
+
+    def decorate(cls: type) -> type:
+        cfg_cls = config_cls or getattr(cls, "Config", None)
+        if cfg_cls is None or not dataclasses.is_dataclass(cfg_cls):
+            raise TypeError(f"algorithm '{name}' needs a dataclass config: set `Config` on the class or pass config_cls")
+        if name in _REGISTRY and _REGISTRY[name].factory is not cls:
+            raise ValueError(f"algorithm name '{name}' is already registered by {_REGISTRY[name].factory!r}")
+        _REGISTRY[name] = AlgorithmEntry(name, cls, cfg_cls)
+        return cls
+
+    return decorate
+
+
+def available_algorithms() -> list[str]:
+    from sparse_offline_rl.algorithms import load_plugins
+
+    load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_algorithm(name: str) -> AlgorithmEntry:
+    from sparse_offline_rl.algorithms import load_plugins
+
+    if name not in _REGISTRY:
+        load_plugins()
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"unknown algorithm '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def build_config(config_cls: type, values: Mapping[str, Any] | None) -> Any:
+    """Dataclass from a mapping, rejecting keys the config does not have (typos fail loudly)."""
+    values = dict(values or {})
+    values.pop("name", None)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; accepted: {', '.join(sorted(known))}"
+        )
+    return config_cls(**values)
+
+
+def make_algorithm(name: str, spec: ProblemSpec, config: Mapping[str, Any] | Any | None = None) -> OfflineAlgorithm:
+    entry = get_algorithm(name)
+    cfg = config if isinstance(config, entry.config_cls) else build_config(entry.config_cls, config)
+    return entry.factory(cfg, spec)
+
+
+def collect_state(owner: Any, names: list[str]) -> dict[str, Any]:
+    """state_dict of each named attribute (modules, optimizers, schedulers); plain values as they are."""
+    return {n: (getattr(owner, n).state_dict() if hasattr(getattr(owner, n), "state_dict") else getattr(owner, n)) for n in names}
+
+
+def restore_state(owner: Any, state: Mapping[str, Any]) -> None:
+    """Inverse of `collect_state`."""
+    for name, value in state.items():
+        attr = getattr(owner, name)
+        if hasattr(attr, "load_state_dict"):
+            attr.load_state_dict(value)
+        else:
+            setattr(owner, name, value)

@@ -1,0 +1,125 @@
+"""Implicit Q-Learning (Kostrikov et al., 2022), reference settings of CORL for D4RL MuJoCo.
+
+Update order per step: value (expectile regression on min target-Q), twin Q (to r + gamma * V(s')),
+Polyak target update, then advantage-weighted actor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
+from sparse_offline_rl.algorithms.networks import GaussianActor, TwinQ, ValueNet, adam, frozen_copy, polyak_update
+from sparse_offline_rl.data.buffer import Batch
+
+
+@dataclass
+class IQLConfig:
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critic
+    expectile: float = 0.7
+    beta: float = 3.0  # inverse temperature of the advantage weights
+    max_exp_adv: float = 100.0
+    actor_cosine_schedule: bool = True  # actor lr cosine-annealed over the whole run
+    normalize_obs: bool = True
+    normalize_reward: bool = True  # r * 1000 / (max episode return - min episode return)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+@register_algorithm("iql")
+class IQL:
+    Config = IQLConfig
+
+    def __init__(self, config: IQLConfig, spec: ProblemSpec) -> None:
+        self.config = config
+        dev = torch.device(spec.device)
+        self.actor = GaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
+        self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
+        self.value = ValueNet(spec.obs_dim, config.hidden).to(dev)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_opt = adam(self.actor, config.actor_lr)
+        self.critic_opt = adam(self.critic, config.critic_lr)
+        self.value_opt = adam(self.value, config.value_lr)
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.actor_opt, T_max=max(1, spec.total_steps) if config.actor_cosine_schedule else 10**12
+        )
+
+    # -- protocol -----------------------------------------------------------------------------
+    def networks(self):
+        return {"actor": self.actor, "critic": self.critic, "value": self.value}
+
+    def target_networks(self):
+        return {"critic": self.critic_target}
+
+    def optimizers(self):
+        return {"actor": self.actor_opt, "critic": self.critic_opt, "value": self.value_opt}
+
+    # -- losses (each touches only the network it trains) --------------------------------------
+    def value_loss(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            target_q = self.critic_target(b.observations, b.actions).min(0).values
+        adv = target_q - self.value(b.observations)
+        return expectile_loss(adv, self.config.expectile), adv.detach()
+
+    def critic_loss(self, b: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            target = b.rewards + self.config.discount * (1.0 - b.dones) * self.value(b.next_observations)
+        qs = self.critic(b.observations, b.actions)
+        return F.mse_loss(qs, target.expand_as(qs))  # mean over critics of each critic's MSE
+
+    def actor_loss(self, b: Batch, adv: torch.Tensor) -> torch.Tensor:
+        weights = torch.exp(self.config.beta * adv).clamp(max=self.config.max_exp_adv)
+        return -(weights * self.actor.log_prob(b.observations, b.actions)).mean()
+
+    def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
+        if network == "value":
+            return self.value_loss(batch)[0]
+        if network == "critic":
+            return self.critic_loss(batch)
+        if network == "actor":
+            with torch.no_grad():
+                _, adv = self.value_loss(batch)
+            return self.actor_loss(batch, adv)
+        raise KeyError(f"IQL has no network '{network}'; networks: actor, critic, value")
+
+    # -- one gradient step ---------------------------------------------------------------------
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
+        v_loss, adv = self.value_loss(b)
+        self.value_opt.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.value_opt.step()
+
+        q_loss = self.critic_loss(b)
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+
+        a_loss = self.actor_loss(b, adv)
+        self.actor_opt.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.actor_opt.step()
+        self.actor_schedule.step()
+        return {"value_loss": v_loss.detach(), "critic_loss": q_loss.detach(), "actor_loss": a_loss.detach()}
+
+    @torch.no_grad()
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.actor(observations)
+
+    _STATE = ["actor", "critic", "value", "critic_target", "actor_opt", "critic_opt", "value_opt", "actor_schedule"]
+
+    def state_dict(self):
+        return collect_state(self, self._STATE)
+
+    def load_state_dict(self, state):
+        restore_state(self, state)

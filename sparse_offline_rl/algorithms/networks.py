@@ -1,0 +1,122 @@
+"""Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    dims = [in_dim, *hidden]
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    """Independent Q-networks over (obs, action); `forward` returns (n_critics, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], n_critics: int = 2) -> None:
+        super().__init__()
+        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1, hidden) for _ in range(n_critics))
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        return torch.stack([q(x).squeeze(-1) for q in self.qs])
+
+
+class ValueNet(nn.Module):
+    def __init__(self, obs_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class DeterministicActor(nn.Module):
+    """TD3-style actor: tanh-squashed output scaled to the action bound."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        self.max_action = max_action
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.max_action
+
+
+class GaussianActor(nn.Module):
+    """IQL's actor: Normal with tanh-squashed mean and a state-independent, clamped log-std."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        self.max_action = max_action
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.max_action
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
+        mean = self.mean(obs)
+        log_std = self.log_std.clamp(-20.0, 2.0)
+        z = (action - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mean(obs)
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC/CQL actor: state-dependent Normal squashed by tanh, with the change-of-variables log-prob."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
+        super().__init__()
+        self.trunk = mlp(obs_dim, 2 * act_dim, hidden)
+        self.act_dim = act_dim
+        self.max_action = max_action
+
+    def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
+        return mean, log_std.clamp(-20.0, 2.0)
+
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-probability (summed over action dims)."""
+        mean, log_std = self._mean_log_std(obs)
+        std = log_std.exp()
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        pre_tanh = mean + std * noise
+        action = torch.tanh(pre_tanh)
+        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log|d tanh(u)/du| = 2 * (log 2 - u - softplus(-2u)), numerically stable form
+        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - nn.functional.softplus(-2 * pre_tanh))).sum(-1)
+        return action * self.max_action, log_prob
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, _ = self._mean_log_std(obs)
+        return torch.tanh(mean) * self.max_action
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """Target network: a copy that never receives gradients."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * online, in one fused call over all parameters."""
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the multi-tensor implementation (much faster than the per-tensor loop on CPU)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, foreach=True)

@@ -1,0 +1,248 @@
+"""The training loop every algorithm shares: data -> prune at init -> update + enforce masks -> evaluate.
+
+`train(cfg, run_dir)` is what `run.py` calls; it is also the library entry point. A run directory
+holds `checkpoint.pt` (atomic, every `checkpoint_every` steps), `metrics.jsonl`, `eval.csv`,
+TensorBoard logs and, at the end, `summary.json`. `resume=true` restarts from the checkpoint and
+reproduces the uninterrupted run exactly (all RNG states are checkpointed).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
+from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.data.envs import get_task, make_env
+from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
+from sparse_offline_rl.io import atomic_torch_save, atomic_write_json
+from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
+from sparse_offline_rl.training.logger import MetricsLogger
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names it and what is accepted."""
+
+
+@dataclass
+class StepInfo:
+    """What callbacks see after every step (d3rlpy-style per-step hook)."""
+
+    step: int
+    algo: OfflineAlgorithm
+    metrics: dict[str, torch.Tensor]
+    masks: MaskSet
+
+
+Callback = Callable[[StepInfo], None]
+
+
+def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Fail before any data is loaded on values that can never work."""
+    get_algorithm(cfg["algo"]["name"])  # lists known algorithms on a miss
+    get_task(cfg["env"])  # lists known envs
+    from sparse_offline_rl.pruning import PRUNERS
+
+    if cfg["pruner"]["name"] not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(PRUNERS))}")
+    sparsity = cfg["sparsity"]
+    values = sparsity.items() if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
+    for key, value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"{key}={value!r} is invalid: sparsity must be a number in [0, 1) (e.g. 0.95)")
+    if not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
+        raise ConfigError(f"steps={cfg['steps']!r} is invalid: a positive integer is required")
+    if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not str(cfg["device"]).startswith("cuda:"):
+        raise ConfigError(f"device={cfg['device']!r} is invalid; accepted: cpu, cuda, cuda:N, auto")
+
+
+def resolve_sparsity(sparsity: float | Mapping[str, float], networks: Sequence[str]) -> dict[str, float]:
+    """A float applies to every network; a mapping names networks (plus an optional `default`)."""
+    if not isinstance(sparsity, Mapping):
+        return {n: float(sparsity) for n in networks}
+    unknown = sorted(set(sparsity) - set(networks) - {"default"})
+    if unknown:
+        raise ConfigError(f"sparsity given for unknown network(s) {unknown}; this algorithm has {list(networks)}")
+    missing = [n for n in networks if n not in sparsity and "default" not in sparsity]
+    if missing:
+        raise ConfigError(f"no sparsity for network(s) {missing}: name each or add sparsity.default")
+    return {n: float(sparsity.get(n, sparsity.get("default", 0.0))) for n in networks}
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} requested but CUDA is not available; use device=cpu")
+    return name
+
+
+def reward_scale_for(dataset: OfflineDataset) -> float:
+    """IQL's reward normalisation for locomotion: 1000 / (max episode return - min episode return)."""
+    returns = dataset.episode_returns()
+    spread = float(returns.max() - returns.min()) if len(returns) > 1 else 0.0
+    return 1000.0 / spread if spread > 0 else 1.0
+
+
+def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
+             episodes: int, seed_offset: int, device: str, discount: float) -> dict[str, float]:
+    stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env),
+                         seeds=range(seed_offset, seed_offset + episodes), discount=discount)
+    scores = np.asarray(dataset.normalized_score(stats.returns))
+    return {
+        "return_mean": float(stats.returns.mean()),
+        "return_std": float(stats.returns.std()),
+        "normalized_score_mean": float(scores.mean()),
+        "normalized_score_std": float(scores.std()),
+        "episode_length_mean": float(stats.lengths.mean()),
+        "episodes": episodes,
+    }
+
+
+def train(
+    cfg: Mapping[str, Any] | DictConfig,
+    run_dir: Path | str,
+    dataset: OfflineDataset | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    cfg = to_dict(cfg)
+    validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    device = resolve_device(cfg.get("device", "cpu"))
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    # -- data --------------------------------------------------------------------------------
+    if dataset is None:
+        from sparse_offline_rl.data import load_dataset
+
+        dataset = load_dataset(cfg["dataset"], env=cfg["env"])
+    task = get_task(cfg["env"])
+    dataset.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
+    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
+    train_data, val_data = dataset.split_episodes(val_fraction, seed) if val_fraction > 0 else (dataset, None)
+
+    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
+    steps = int(cfg["steps"])
+    # Algorithms opt in to data preprocessing through these config fields (plug-ins may omit them).
+    normalize_obs = bool(getattr(algo_config, "normalize_obs", False))
+    normalize_reward = bool(getattr(algo_config, "normalize_reward", False))
+    normalizer = ObsNormalizer.from_dataset(train_data, device=device) if normalize_obs else ObsNormalizer.identity(dataset.obs_dim, device)
+    reward_scale = reward_scale_for(train_data) if normalize_reward else 1.0
+    buffer = TransitionBuffer(train_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
+    buffer.seed(seed)
+
+    # -- algorithm, then pruning at initialization (or the masks of the run we resume) -----------
+    # MuJoCo v5 locomotion actions all lie in [-1, 1].
+    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=steps, device=device)
+    algo = make_algorithm(cfg["algo"]["name"], spec, algo_config)
+    sparsity = resolve_sparsity(cfg["sparsity"], list(algo.networks()))
+    ckpt_path = run_dir / "checkpoint.pt"
+    logger = MetricsLogger(run_dir, tensorboard=bool(cfg.get("tensorboard", True)))
+    start_step, train_seconds, last_eval = 0, 0.0, None
+    if cfg.get("resume") and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        algo.load_state_dict(ckpt["algo"])
+        masks = MaskSet.from_state_dict(ckpt["masks"]).bind(algo)
+        buffer.load_state_dict(ckpt["buffer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_step, train_seconds, last_eval = ckpt["step"], ckpt["train_seconds"], ckpt["last_eval"]
+        pruning_report = ckpt["pruning_report"]
+        logger.truncate_after(start_step)
+        print(f"resumed from {ckpt_path} at step {start_step}")
+    else:
+        pruner_cfg = {"batch_size": cfg["batch_size"], **cfg["pruner"]}
+        # Pruning batches come from their own generator so they never shift the training batch stream.
+        pruning_buffer = TransitionBuffer(train_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
+        pruning_buffer.seed(seed + 1)
+        masks, pruning_report = prune_at_initialization(
+            algo, lambda: pruning_buffer.sample(int(pruner_cfg["batch_size"])), pruner_cfg, sparsity, seed=seed
+        )
+        del pruning_buffer
+        if cfg.get("verbose", True):
+            from sparse_offline_rl.pruning import format_density_table
+
+            print(format_density_table(pruning_report))
+
+    def save_checkpoint(step: int) -> None:
+        atomic_torch_save(ckpt_path, {
+            "step": step, "algo": algo.state_dict(), "masks": masks.state_dict(), "buffer": buffer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds, "last_eval": last_eval,
+            "pruning_report": pruning_report, "config": cfg,
+        })
+
+    eval_cfg = cfg["eval"]
+    discount = float(cfg["algo"].get("discount", 0.99))
+
+    def run_eval(step: int) -> dict[str, float]:
+        result = evaluate(algo, normalizer, dataset, cfg["env"], int(eval_cfg["episodes"]),
+                          int(eval_cfg["seed_offset"]), device, discount)
+        logger.log(step, "eval", result)
+        return result
+
+    # -- the loop ------------------------------------------------------------------------------
+    batch_size, log_every = int(cfg["batch_size"]), int(cfg["log_every"])
+    eval_every, ckpt_every = int(eval_cfg["every"]), int(cfg["checkpoint_every"])
+    bar = tqdm(total=steps, initial=start_step, desc=f"{cfg['algo']['name']} s={cfg['sparsity']}",
+               unit="step", disable=not cfg.get("progress", True), dynamic_ncols=True)
+    tick = time.perf_counter()
+    try:
+        for step in range(start_step + 1, steps + 1):
+            metrics = algo.update(buffer.sample(batch_size))
+            masks.apply()
+            for callback in callbacks:
+                callback(StepInfo(step, algo, metrics, masks))
+            if step % log_every == 0:
+                logger.log(step, "train", {k: float(v) for k, v in metrics.items()})
+            if step % eval_every == 0 and step != steps:
+                train_seconds += time.perf_counter() - tick
+                last_eval = run_eval(step)
+                bar.set_postfix(score=f"{last_eval['normalized_score_mean']:.1f}")
+                tick = time.perf_counter()
+            if step % ckpt_every == 0 and step != steps:
+                train_seconds += time.perf_counter() - tick
+                save_checkpoint(step)
+                tick = time.perf_counter()
+            bar.update(1)
+        train_seconds += time.perf_counter() - tick
+        final_eval = run_eval(steps)
+    finally:
+        bar.close()
+        logger.close()
+    save_checkpoint(steps)
+
+    summary = {
+        "algo": cfg["algo"]["name"],
+        "env": cfg["env"],
+        "dataset": cfg["dataset"],
+        "pruner": cfg["pruner"]["name"] if any(s > 0 for s in sparsity.values()) else "dense",
+        "sparsity": cfg["sparsity"],
+        "density": {name: network_density(net) for name, net in algo.networks().items()},
+        "steps": steps,
+        "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
+        "train_seconds": train_seconds,
+        "eval": final_eval,
+        "seed": seed,
+        "pruning": pruning_report,
+        "config": cfg,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
