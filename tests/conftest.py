@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny datasets with real MuJoCo dimensions, and a fast training config."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sparse_offline_rl.data.dataset import OfflineDataset, episode_starts_from_flags
+from sparse_offline_rl.data.envs import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)  # tests run beside each other on 2 cores; one thread each is fastest overall
+
+
+def random_dataset(env: str = "hopper", n: int = 2000, episode_len: int = 100, seed: int = 0) -> OfflineDataset:
+    """Random transitions with the env's dimensions (enough to exercise every code path quickly)."""
+    task = get_task(env)
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n, task.obs_dim)).astype(np.float32)
+    next_obs = (obs + 0.1 * rng.normal(size=obs.shape)).astype(np.float32)
+    timeouts = np.zeros(n, bool)
+    timeouts[episode_len - 1 :: episode_len] = True
+    terminals = np.zeros(n, bool)
+    return OfflineDataset(
+        observations=obs,
+        actions=rng.uniform(-1, 1, (n, task.act_dim)).astype(np.float32),
+        rewards=rng.normal(size=n).astype(np.float32),
+        next_observations=next_obs,
+        terminals=terminals,
+        timeouts=timeouts,
+        episode_starts=episode_starts_from_flags(terminals, timeouts),
+        env_id=task.env_id,
+        ref_min_score=task.d4rl_random_score,
+        ref_max_score=task.d4rl_expert_score,
+        source=f"random-{env}",
+    )
+
+
+def write_d4rl_hdf5(path: Path, dataset: OfflineDataset) -> Path:
+    """D4RL's layout: one row per step, `timeouts` marking time-limit ends."""
+    with h5py.File(path, "w") as f:
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+            f.create_dataset(key, data=getattr(dataset, key))
+    return path
+
+
+FAST_CONFIG = {
+    "algo": {"name": "iql", "hidden": [32, 32]},
+    "pruner": {"name": "random"},
+    "env": "hopper",
+    "dataset": "random-hopper",
+    "seed": 0,
+    "sparsity": 0.9,
+    "steps": 300,
+    "batch_size": 64,
+    "val_fraction": 0.0,
+    "device": "cpu",
+    "threads": None,
+    "resume": False,
+    "checkpoint_every": 100,
+    "log_every": 50,
+    "eval": {"every": 150, "episodes": 2, "seed_offset": 100000, "suite": None},
+    "tensorboard": False,
+    "progress": False,
+    "verbose": False,
+}
+
+
+@pytest.fixture
+def fast_config() -> dict:
+    return copy.deepcopy(FAST_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def hopper_data() -> OfflineDataset:
+    return random_dataset("hopper")
