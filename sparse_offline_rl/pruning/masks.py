@@ -4,6 +4,12 @@ A `MaskSet` holds a 0/1 mask per prunable weight of each network. `bind(algo)` g
 lists of every tensor that must stay zero where the mask is zero: the online weights, the target
 networks' weights (they share the online network's mask) and the optimizers' per-weight state
 (e.g. Adam's exp_avg / exp_avg_sq). `apply()` is then a single `torch._foreach_mul_` per step.
+
+Optimizer state appears lazily (Adam creates it on a parameter's first step, and TD3+BC's actor only
+steps every other update) and is replaced wholesale by `optimizer.load_state_dict` (resuming from a
+checkpoint). `apply()` therefore re-gathers until every masked parameter an optimizer owns has its
+state bound, and again whenever an optimizer's state dict object changes; both checks are a few
+pointer comparisons per step.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ class MaskSet:
         self._factors: list[torch.Tensor] = []
         self._optimizers: list[torch.optim.Optimizer] = []
         self._weights: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._state_refs: list[Any] = []
         self._state_bound = False
 
     def __bool__(self) -> bool:
@@ -39,7 +46,8 @@ class MaskSet:
 
     # -- binding to an algorithm -------------------------------------------------------------
     def bind(self, algo: Any) -> "MaskSet":
-        """Resolve every tensor to keep masked and zero them now. Call after pruning, before training."""
+        """Resolve every tensor to keep masked and zero them now. Call after pruning, before training
+        (and again if the algorithm's networks or optimizers are rebuilt as new objects)."""
         nets = algo.networks()
         targets = algo.target_networks()
         unknown = set(self.masks) - set(nets)
@@ -49,10 +57,18 @@ class MaskSet:
         for net_name, param_masks in self.masks.items():
             online = prunable_parameters(nets[net_name])
             target = prunable_parameters(targets[net_name]) if net_name in targets else {}
+            missing = set(param_masks) - set(online)
+            if missing:
+                raise KeyError(f"masks for unknown layer(s) {sorted(missing)} of network '{net_name}'")
             for pname, mask in param_masks.items():
                 weight = online[pname]
+                if mask.shape != weight.shape:
+                    raise ValueError(
+                        f"mask for '{net_name}.{pname}' has shape {tuple(mask.shape)}, the weight {tuple(weight.shape)}"
+                    )
                 mask = mask.to(device=weight.device, dtype=weight.dtype)
                 param_masks[pname] = mask
+                # The Parameter itself (not `.data`) so that a later `param.data = ...` is still seen.
                 self._weights.append((weight, mask))
                 if pname in target:
                     self._weights.append((target[pname], mask))
@@ -63,29 +79,31 @@ class MaskSet:
         return self
 
     def _rebuild(self) -> None:
-        tensors = [w.data for w, _ in self._weights]
+        tensors = [w for w, _ in self._weights]
         factors = [m for _, m in self._weights]
-        # Optimizer state appears lazily (Adam creates it on the first step), so bind it once it exists.
         masked = {id(w): m for w, m in self._weights}
-        n_state = 0
+        all_bound = True
         for opt in self._optimizers:
             for group in opt.param_groups:
                 for p in group["params"]:
                     if id(p) not in masked:
                         continue
-                    for value in opt.state.get(p, {}).values():
-                        if torch.is_tensor(value) and value.shape == p.shape:
-                            tensors.append(value)
-                            factors.append(masked[id(p)])
-                            n_state += 1
-        self._state_bound = n_state > 0 or not self._optimizers
+                    state = opt.state.get(p, {})
+                    per_weight = [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
+                    if not per_weight:
+                        all_bound = False
+                    for value in per_weight:
+                        tensors.append(value)
+                        factors.append(masked[id(p)].to(value.dtype))
+        self._state_refs = [opt.state for opt in self._optimizers]
+        self._state_bound = all_bound
         self._tensors, self._factors = tensors, factors
 
     def apply(self) -> None:
         """Zero every pruned entry of weights, target weights and optimizer state."""
         if not self._weights:
             return
-        if not self._state_bound:
+        if not self._state_bound or any(opt.state is not ref for opt, ref in zip(self._optimizers, self._state_refs)):
             self._rebuild()
         with torch.no_grad():
             torch._foreach_mul_(self._tensors, self._factors)

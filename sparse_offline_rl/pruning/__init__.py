@@ -1,0 +1,500 @@
+"""Pruning at initialization: score every prunable weight, keep the top ones, enforce the masks.
+
+Layout (as in Synaptic-Flow): `scores.py` has one small function per saliency method,
+`allocation.py` turns scores into exact per-layer counts and boolean masks, `masks.py` enforces the
+masks during training. This module is the entry point:
+
+- `saliency(method, module, loss_fn, input_shape, **opts)`: scores for any `nn.Module`.
+- `prune_module(module, method, ...)`: masks for one network (iterative schedules included).
+- `prune_at_initialization(algo, sample_batch, pruner, sparsity, seed)`: what the trainer calls.
+- `count_params_flops(module, masks)`, `format_density_table(report)`: reporting.
+
+Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
+named as in `module.named_parameters()`.
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+import time
+import zlib
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparse_offline_rl.pruning.allocation import (
+    SCOPES,
+    LayerCollapseError,
+    allocate,
+    check_layer_collapse,
+    first_last_layers,
+    keep_count,
+    pin_pruned,
+)
+from sparse_offline_rl.pruning.masks import MaskSet, network_density, prunable_parameters
+from sparse_offline_rl.pruning.scores import (
+    LossClosure,
+    Scores,
+    grasp_scores,
+    magnitude_scores,
+    masked_weights,
+    random_scores,
+    snip_scores,
+    synflow_scores,
+)
+
+PRUNERS = ("dense", "grasp", "magnitude", "random", "snip", "synflow")
+DATA_DRIVEN = ("snip", "grasp")
+#: Rounds when the config leaves `rounds` unset. Random / magnitude scores do not depend on the mask,
+#: so iterating them would change nothing: they always run one round.
+DEFAULT_ROUNDS = {"synflow": 100, "snip": 1, "grasp": 1, "random": 1, "magnitude": 1, "dense": 0}
+PRUNER_DEFAULTS: dict[str, Any] = {
+    "scope": "global",
+    "num_batches": 1,
+    "batch_size": 256,
+    "rounds": None,
+    "keep_first_layer_dense": False,
+    "keep_last_layer_dense": False,
+    "allow_layer_collapse": False,
+    "budget_params": None,
+    "budget_flops": None,
+}
+
+
+def _check_method(method: str) -> None:
+    if method not in PRUNERS:
+        raise ValueError(f"unknown pruner '{method}'; available: {', '.join(PRUNERS)}")
+
+
+def _rounds(method: str, rounds: int | None) -> int:
+    if method in ("random", "magnitude", "dense"):
+        return DEFAULT_ROUNDS[method]
+    value = DEFAULT_ROUNDS[method] if rounds is None else rounds
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"rounds must be a positive integer, got {value!r}")
+    return value
+
+
+def _seed_for(seed: int, name: str) -> int:
+    # A stable per-network stream (Python's hash() is salted per process).
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _scorer(
+    method: str,
+    module: nn.Module,
+    losses: Sequence[LossClosure],
+    input_shape: Sequence[int] | None,
+    seed: int,
+    what: str,
+) -> Callable[[Mapping[str, torch.Tensor] | None], Scores]:
+    """score(masks) for one round; masks (bool) mark the weights still alive, None in round one."""
+    params = prunable_parameters(module)
+    if method in DATA_DRIVEN and not losses:
+        raise ValueError(f"pruner '{method}' is data-driven: pass loss_fn(module) -> scalar tensor")
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return lambda masks: random_scores(params, generator)
+    if method == "magnitude":
+        return lambda masks: magnitude_scores(params)
+    if method in DATA_DRIVEN:
+        fn = snip_scores if method == "snip" else grasp_scores
+
+        def data_scores(masks: Mapping[str, torch.Tensor] | None) -> Scores:
+            with masked_weights(params, masks):
+                return fn(params, losses, what)
+
+        return data_scores
+    if method == "synflow":
+        return lambda masks: synflow_scores(module, masks, input_shape)
+    raise ValueError(f"pruner '{method}' has no scores (available: {', '.join(p for p in PRUNERS if p != 'dense')})")
+
+
+def _iterate(
+    score: Callable[[Mapping[str, torch.Tensor] | None], Scores],
+    keep: int,
+    total: int,
+    scope: str,
+    dense: Sequence[str],
+    rounds: int,
+) -> tuple[dict[str, torch.Tensor], Scores]:
+    """Prune to `keep` weights in `rounds` steps with keep ratio k^((e+1)/E) at round e, rescoring
+    the pruned network each round. Pruned weights are pinned to -inf and each layer's count is
+    capped at what it kept, so no weight is ever revived (for every scope)."""
+    masks: dict[str, torch.Tensor] | None = None
+    scores: Scores = {}
+    ratio = keep / total if total else 1.0
+    for e in range(rounds):
+        keep_e = keep if e == rounds - 1 else max(keep, keep_count(total, ratio ** ((e + 1) / rounds)))
+        scores = score(masks)
+        caps = None
+        if masks is not None:
+            scores = pin_pruned(scores, masks)
+            caps = {n: int(m.sum()) for n, m in masks.items()}
+        masks = allocate(scores, keep_e, scope, dense, caps)
+    assert masks is not None
+    return masks, scores
+
+
+def _closures(loss_fn: Callable[[nn.Module], torch.Tensor] | None, module: nn.Module, num_batches: int) -> list[LossClosure]:
+    return [] if loss_fn is None else [partial(loss_fn, module) for _ in range(num_batches)]
+
+
+def saliency(
+    method: str,
+    module: nn.Module,
+    loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
+    **opts: Any,
+) -> dict[str, torch.Tensor]:
+    """Scores for every prunable weight of `module` (Linear weights), keyed by parameter name.
+
+    `loss_fn(module)` returns the scalar data-driven loss (snip, grasp); it is called `num_batches`
+    times (default 1) and the gradients averaged, so it may draw a fresh batch per call.
+    `input_shape` is the shape of SynFlow's all-ones input (default `(1, in_features)`).
+
+    Options: `num_batches`; `seed` (random); `masks` ({name: bool/0-1 tensor}: score the network
+    with those weights removed, pruned entries pinned to -inf); `sparsity` with `rounds` and `scope`
+    (global|layer|erk): run the iterative schedule (synflow: 100 rounds) and return the scores of
+    the final round, pruned entries pinned to -inf. Without `sparsity` one round is scored.
+    Higher is better for every method (GraSP scores are signed: rank them, never abs them).
+    """
+    _check_method(method)
+    if method == "dense":
+        raise ValueError("pruner 'dense' has no scores; it keeps every weight")
+    known = {"num_batches", "seed", "masks", "sparsity", "rounds", "scope"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for saliency(); accepted: {', '.join(sorted(known))}")
+    num_batches = int(opts.get("num_batches", 1))
+    score = _scorer(method, module, _closures(loss_fn, module, num_batches), input_shape, int(opts.get("seed", 0)), type(module).__name__)
+    masks = opts.get("masks")
+    if masks is not None:
+        masks = {n: m.to(torch.bool) for n, m in masks.items()}
+        return pin_pruned(score(masks), masks)
+    if opts.get("sparsity") is None:
+        return score(None)
+    sparsity = _check_sparsity(opts["sparsity"], type(module).__name__)
+    total = sum(p.numel() for p in prunable_parameters(module).values())
+    rounds = _rounds(method, opts.get("rounds"))
+    _, scores = _iterate(score, keep_count(total, 1 - sparsity), total, opts.get("scope", "global"), (), rounds)
+    return scores
+
+
+def _check_sparsity(value: Any, network: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 1:
+        raise ValueError(f"sparsity {value!r} for network '{network}' is outside the accepted range [0, 1)")
+    return float(value)
+
+
+def count_params_flops(module: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
+    """Parameters and forward FLOPs of `module`, dense and pruned.
+
+    params: every parameter of the module (biases, norms, log-std included) minus pruned weights.
+    FLOPs: per sample and per forward pass, Linear layers only: 2 * nonzero weights (one multiply
+    and one add each) + out_features for the bias; activations, tanh, concatenation and the loss are
+    not counted. Every Linear layer is assumed to run once per forward (an ensemble critic's forward
+    runs all members, so all count). Pruned entries come from `masks` (name -> 0/1 tensor), or, when
+    `masks` is None, from the zeros of the weights themselves.
+    """
+    params_dense = sum(p.numel() for p in module.parameters())
+    flops_dense = flops = pruned = 0
+    for mod_name, layer in module.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        name = f"{mod_name}.weight" if mod_name else "weight"
+        total = layer.weight.numel()
+        if masks is not None and name in masks:
+            nnz = int(masks[name].bool().sum())
+        elif masks is not None:
+            nnz = total
+        else:
+            nnz = int((layer.weight != 0).sum())
+        bias = layer.out_features if layer.bias is not None else 0
+        flops_dense += 2 * total + bias
+        flops += 2 * nnz + bias
+        pruned += total - nnz
+    return {"params_dense": params_dense, "params": params_dense - pruned, "flops_dense": flops_dense, "flops": flops}
+
+
+def _budget_keep(module: nn.Module, kind: str, budget: int, network: str) -> int:
+    """Kept prunable weights meeting a parameter or FLOP budget (per forward pass, see count_params_flops)."""
+    params = prunable_parameters(module)
+    total = sum(p.numel() for p in params.values())
+    stats = count_params_flops(module, {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+    if kind == "budget_params":
+        fixed = stats["params_dense"] - total  # biases, norms, other non-prunable parameters
+        keep = budget - fixed
+    else:
+        fixed = stats["flops_dense"] - 2 * total  # bias additions
+        keep = (budget - fixed) // 2
+    if keep < 0:
+        raise ValueError(
+            f"{kind}={budget} for network '{network}' is below its {fixed} non-prunable {kind.split('_')[1]}"
+        )
+    return min(total, int(keep))
+
+
+def _per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
+    """A single value for every network, or a mapping {network: value} (key 'default' as fallback)."""
+    if not isinstance(value, Mapping):
+        return {n: value for n in nets}
+    unknown = sorted(set(value) - set(nets) - {"default"})
+    if unknown:
+        raise ValueError(f"{what} given for unknown network(s) {', '.join(unknown)}; networks: {', '.join(nets)}")
+    missing = [n for n in nets if n not in value and "default" not in value]
+    if missing:
+        raise ValueError(
+            f"{what} mapping has no entry for network(s) {', '.join(missing)} and no 'default'; networks: {', '.join(nets)}"
+        )
+    return {n: value.get(n, value.get("default")) for n in nets}
+
+
+def prune_module(
+    module: nn.Module,
+    method: str,
+    keep: int,
+    *,
+    scope: str = "global",
+    dense_layers: Sequence[str] = (),
+    losses: Sequence[LossClosure] = (),
+    input_shape: Sequence[int] | None = None,
+    rounds: int | None = None,
+    seed: int = 0,
+    allow_layer_collapse: bool = False,
+    name: str = "network",
+) -> dict[str, torch.Tensor]:
+    """Boolean masks for one network keeping exactly `keep` prunable weights (collapse-checked)."""
+    _check_method(method)
+    params = prunable_parameters(module)
+    total = sum(p.numel() for p in params.values())
+    if method == "dense" or keep >= total:
+        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    score = _scorer(method, module, losses, input_shape, seed, name)
+    masks, _ = _iterate(score, keep, total, scope, list(dense_layers), _rounds(method, rounds))
+    context = f"{method}, scope={scope}, density {keep / total:.4f}"
+    check_layer_collapse(masks, name, allow_layer_collapse, context)
+    return masks
+
+
+def _draw_batch(sample_batch: Callable[..., Any], batch_size: int) -> Any:
+    """One batch of `batch_size` rows: `sample_batch(batch_size)` if it takes a size (e.g.
+    `buffer.sample`), otherwise `sample_batch()` repeated and concatenated / cut to size."""
+    try:
+        takes_size = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+            for p in inspect.signature(sample_batch).parameters.values()
+        )
+    except (TypeError, ValueError):
+        takes_size = False
+    if takes_size:
+        return sample_batch(batch_size)
+    parts = [sample_batch()]
+    have = len(parts[0][0])
+    while have < batch_size:
+        parts.append(sample_batch())
+        have += len(parts[-1][0])
+    fields = [torch.cat(column)[:batch_size] if len(parts) > 1 else column[0][:batch_size] for column in zip(*parts)]
+    return type(parts[0])(*fields)
+
+
+def prune_at_initialization(
+    algo: Any,
+    sample_batch: Callable[..., Any],
+    pruner: Mapping[str, Any],
+    sparsity: float | Mapping[str, float],
+    seed: int = 0,
+) -> tuple[MaskSet, dict[str, Any]]:
+    """Prune every online network of `algo` once, before training; return the bound MaskSet and a
+    JSON-serialisable report.
+
+    Each network is scored on its own loss, `algo.saliency_loss(name, batch)`, over `num_batches`
+    batches of `batch_size` transitions drawn once (all networks see the same batches). Target
+    networks share their online network's mask. `sparsity` is a float for all networks or a mapping
+    {network: sparsity} (key 'default' as fallback); `budget_params` / `budget_flops` in `pruner`
+    replace it by the sparsity that meets that per-network budget. The global RNG is forked and
+    seeded with `seed` while scoring, so a stochastic saliency loss (e.g. CQL's sampled actions) is
+    reproducible and training's random stream is unaffected.
+    """
+    cfg = dict(pruner)
+    method = cfg.pop("name", "dense")
+    _check_method(method)
+    unknown = sorted(set(cfg) - set(PRUNER_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
+        )
+    cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    scope = cfg["scope"]
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope '{scope}'; available: {', '.join(SCOPES)}")
+    for key in ("num_batches", "batch_size"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"pruner.{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["budget_params"] is not None and cfg["budget_flops"] is not None:
+        raise ValueError("give at most one of pruner.budget_params and pruner.budget_flops")
+    rounds = _rounds(method, cfg["rounds"])
+
+    nets: dict[str, nn.Module] = dict(algo.networks())
+    names = list(nets)
+    targets = {n: _check_sparsity(s, n) for n, s in _per_network(sparsity, names, "sparsity").items()}
+    budget_kind = "budget_params" if cfg["budget_params"] is not None else "budget_flops" if cfg["budget_flops"] is not None else None
+    budgets = _per_network(cfg[budget_kind], names, budget_kind) if budget_kind else {}
+
+    start = time.perf_counter()
+    devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
+    batches: list[Any] = []
+    if method in DATA_DRIVEN:
+        batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
+    masks: dict[str, dict[str, torch.Tensor]] = {}
+    networks_report: dict[str, Any] = {}
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for name, net in nets.items():
+            params = prunable_parameters(net)
+            total = sum(p.numel() for p in params.values())
+            first, last = first_last_layers(net)
+            dense_layers = list(
+                dict.fromkeys((first if cfg["keep_first_layer_dense"] else []) + (last if cfg["keep_last_layer_dense"] else []))
+            )
+            dense_n = sum(params[n].numel() for n in dense_layers)
+            if budget_kind:
+                # A budget is about the whole network, so the dense layers are paid out of it.
+                keep = _budget_keep(net, budget_kind, int(budgets[name]), name)
+                target = 1 - keep / total if total else 0.0
+            else:
+                # A sparsity applies to the layers being pruned: keeping a layer dense means "do not
+                # prune it", not "prune the others harder" (at 95% the 17x256 input layer alone would
+                # exceed the budget of a 17-256-256-1 value net).
+                target = targets[name] if method != "dense" else 0.0
+                keep = dense_n + keep_count(total - dense_n, 1 - target)
+            net_masks: dict[str, torch.Tensor] | None = None
+            if method != "dense" and keep < total:
+                losses = [partial(algo.saliency_loss, name, b) for b in batches]
+                net_masks = prune_module(
+                    net, method, keep, scope=scope, dense_layers=dense_layers, losses=losses, rounds=rounds,
+                    seed=_seed_for(seed, name), allow_layer_collapse=cfg["allow_layer_collapse"], name=name,
+                )
+                masks[name] = net_masks
+            networks_report[name] = _network_report(net, net_masks, target, keep, total, dense_layers, budget_kind, budgets.get(name))
+            if method == "dense" and targets[name] > 0:
+                networks_report[name]["ignored_sparsity"] = targets[name]
+    # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
+    # optimizer step must not see such gradients.
+    for net in nets.values():
+        net.zero_grad(set_to_none=True)
+    scoring_seconds = time.perf_counter() - start
+
+    mask_set = MaskSet(masks).bind(algo)
+    totals = {k: sum(r[k] for r in networks_report.values()) for k in ("params_dense", "params", "flops_dense", "flops")}
+    report: dict[str, Any] = {
+        "pruner": method,
+        "scope": scope,
+        "num_batches": cfg["num_batches"] if method in DATA_DRIVEN else 0,
+        "batch_size": cfg["batch_size"] if method in DATA_DRIVEN else 0,
+        "rounds": rounds,
+        "keep_first_layer_dense": bool(cfg["keep_first_layer_dense"]),
+        "keep_last_layer_dense": bool(cfg["keep_last_layer_dense"]),
+        "allow_layer_collapse": bool(cfg["allow_layer_collapse"]),
+        "budget_params": cfg["budget_params"] if not isinstance(cfg["budget_params"], Mapping) else dict(cfg["budget_params"]),
+        "budget_flops": cfg["budget_flops"] if not isinstance(cfg["budget_flops"], Mapping) else dict(cfg["budget_flops"]),
+        "seed": int(seed),
+        "scoring_seconds": scoring_seconds,
+        "networks": networks_report,
+        "total": totals,
+    }
+    return mask_set, report
+
+
+def _network_report(
+    net: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    target: float,
+    keep: int,
+    total: int,
+    dense_layers: Sequence[str],
+    budget_kind: str | None,
+    budget: Any,
+) -> dict[str, Any]:
+    params = prunable_parameters(net)
+    layers: dict[str, Any] = {}
+    kept_total = 0
+    sparse_kept = sparse_total = 0
+    for pname, p in params.items():
+        kept = int(masks[pname].sum()) if masks is not None else p.numel()
+        kept_total += kept
+        if pname not in dense_layers:
+            sparse_kept += kept
+            sparse_total += p.numel()
+        layers[pname] = {"shape": list(p.shape), "kept": kept, "total": p.numel(), "density": kept / p.numel()}
+    stats = count_params_flops(net, masks if masks is not None else {})
+    out: dict[str, Any] = {
+        "target_sparsity": target,
+        "target_from": budget_kind or "sparsity",
+        # a sparsity target applies to the pruned layers (dense ones excluded), a budget to the network
+        "target_applies_to": "network" if budget_kind else "pruned layers",
+        "pruned_layers_density": sparse_kept / sparse_total if sparse_total else 1.0,
+        "prunable_weights": total,
+        "kept_weights": kept_total,
+        "density": kept_total / total if total else 1.0,
+        "layers": layers,
+        "layer_density": {n: v["density"] for n, v in layers.items()},
+        "dense_layers": list(dense_layers),
+        "collapsed_layers": [n for n, v in layers.items() if v["kept"] == 0],
+        **stats,
+    }
+    if budget_kind:
+        out[budget_kind] = int(budget)
+    return out
+
+
+def format_density_table(report: Mapping[str, Any]) -> str:
+    """The per-layer densities of a `prune_at_initialization` report as an aligned text table."""
+    head = f"pruning at initialization: {report.get('pruner', '?')}"
+    if report.get("pruner") != "dense":
+        head += f" (scope {report.get('scope')}, rounds {report.get('rounds')}"
+        if report.get("num_batches"):
+            head += f", {report['num_batches']} x {report['batch_size']} transitions"
+        head += f", {report.get('scoring_seconds', 0.0):.2f} s)"
+    rows: list[tuple[str, ...]] = [("network", "layer", "shape", "kept / total", "density")]
+    for net, info in report.get("networks", {}).items():
+        for layer, li in info["layers"].items():
+            mark = " (dense)" if layer in info.get("dense_layers", ()) else ""
+            rows.append((net, layer + mark, "x".join(map(str, li["shape"])), f"{li['kept']:,} / {li['total']:,}", f"{li['density']:.4f}"))
+        if info.get("dense_layers"):
+            rows.append((
+                net, "pruned layers", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] != "network" else "",
+                "", f"{info['pruned_layers_density']:.4f}",
+            ))
+        rows.append((
+            net, "all prunable", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] == "network" or not info.get("dense_layers") else "",
+            f"{info['kept_weights']:,} / {info['prunable_weights']:,}", f"{info['density']:.4f}",
+        ))
+        rows.append((
+            net, "params / FLOPs", "", f"{info['params']:,} / {info['params_dense']:,}", f"{info['flops']:,} / {info['flops_dense']:,} FLOPs",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DEFAULT_ROUNDS",
+    "LayerCollapseError",
+    "MaskSet",
+    "PRUNERS",
+    "PRUNER_DEFAULTS",
+    "count_params_flops",
+    "format_density_table",
+    "network_density",
+    "prunable_parameters",
+    "prune_at_initialization",
+    "prune_module",
+    "saliency",
+]

@@ -1,0 +1,207 @@
+"""Saliency scorers: one small function per method, each returning a score per prunable weight.
+
+Every scorer follows the reference definitions (REFERENCE.md section 1) and leaves the module
+exactly as it found it (weights, signs, gradients). Higher score = more worth keeping; GraSP scores
+are signed and must never be ranked by absolute value.
+
+Data-driven scorers take `losses`: zero-argument closures, one per batch, each returning the scalar
+loss of *this* network on that batch. Gradients are taken with `torch.autograd.grad` with respect to
+this network's prunable weights only, so a loss that also runs (and builds graph through) another
+network can never leak into these scores, and no `.grad` field is read or written.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparse_offline_rl.pruning.masks import prunable_parameters
+
+Scores = dict[str, torch.Tensor]
+Masks = Mapping[str, torch.Tensor]
+LossClosure = Callable[[], torch.Tensor]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def masked_weights(params: Mapping[str, nn.Parameter], masks: Masks | None) -> Iterator[None]:
+    """Temporarily zero pruned weights in place (iterative rounds score the pruned network), then
+    restore the exact original values, so scoring never changes the module."""
+    if not masks:
+        yield
+        return
+    saved = {n: p.detach().clone() for n, p in params.items() if n in masks}
+    try:
+        with torch.no_grad():
+            for n in saved:
+                params[n].mul_(masks[n].to(params[n].dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for n, value in saved.items():
+                params[n].copy_(value)
+
+
+@contextlib.contextmanager
+def _requires_grad(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def _scalar(loss: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+        raise ValueError(f"saliency loss for {what} must be a scalar tensor, got {shape}")
+    if not loss.requires_grad:
+        raise ValueError(f"saliency loss for {what} does not depend on its weights (no autograd graph)")
+    return loss.reshape(())
+
+
+def _grads(loss: torch.Tensor, weights: Sequence[nn.Parameter], create_graph: bool = False) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(weights), allow_unused=True, create_graph=create_graph)
+    # A weight the loss never reaches (e.g. an unused head) has zero saliency, not an error.
+    return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
+
+
+def _mean_gradient(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str) -> list[torch.Tensor]:
+    if not losses:
+        raise ValueError(f"{what}: data-driven scoring needs at least one batch (num_batches >= 1)")
+    weights = list(params.values())
+    total = [torch.zeros_like(w) for w in weights]
+    for loss_fn in losses:
+        for acc, g in zip(total, _grads(_scalar(loss_fn(), what), weights)):
+            acc.add_(g.detach())
+    return [t / len(losses) for t in total]
+
+
+# -- scorers -----------------------------------------------------------------------------------
+def random_scores(params: Mapping[str, nn.Parameter], generator: torch.Generator) -> Scores:
+    """Uniform random scores (baseline). float64 so that ties have probability ~0."""
+    return {n: torch.rand(p.shape, generator=generator, dtype=torch.float64).to(p.device) for n, p in params.items()}
+
+
+def magnitude_scores(params: Mapping[str, nn.Parameter]) -> Scores:
+    """abs(W) at initialization (baseline)."""
+    return {n: p.detach().abs().clone() for n, p in params.items()}
+
+
+def snip_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str = "network") -> Scores:
+    """SNIP: abs(g * W), g the gradient of the loss averaged over the batches.
+
+    Not normalised by the sum: the ranking is identical and raw values are easier to check."""
+    with _requires_grad(list(params.values())):
+        grads = _mean_gradient(params, losses, what)
+    return {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads)}
+
+
+def grasp_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str = "network") -> Scores:
+    """GraSP: W * (H g), keep the largest (signed; never rank by abs).
+
+    g is the mean gradient over all batches; H g is the gradient of sum_b (g_b . stopgrad(g)) / B,
+    i.e. the Hessian of the mean loss times g, by double backward (no explicit Hessian)."""
+    weights = list(params.values())
+    with _requires_grad(weights):
+        g_fixed = _mean_gradient(params, losses, what)
+        hg = [torch.zeros_like(w) for w in weights]
+        for loss_fn in losses:
+            g_b = _grads(_scalar(loss_fn(), what), weights, create_graph=True)
+            z = sum((a * b).sum() for a, b in zip(g_b, g_fixed) if a.requires_grad)
+            if not torch.is_tensor(z) or not z.requires_grad:
+                continue  # the loss is linear in these weights: H g = 0
+            for acc, h in zip(hg, _grads(z, weights)):
+                acc.add_(h.detach())
+    return {n: p.detach() * (h / len(losses)) for (n, p), h in zip(params.items(), hg)}
+
+
+# -- SynFlow -----------------------------------------------------------------------------------
+def linear_trunk(module: nn.Module) -> list[tuple[str, nn.Linear, int | None]]:
+    """The Linear layers of `module` as a data-flow graph: (weight name, layer, index of parent).
+
+    Rule (no forward pass is traced, so tanh / distributions / ensembles never get in the way):
+    walking the layers in registration order, a layer's input is the output of the most recent
+    earlier layer whose out_features equals its in_features; a layer with no such predecessor reads
+    the network input. This recovers plain MLPs, an MLP trunk with several heads (each head hangs
+    off the trunk's last hidden layer) and ensembles (each member starts again from the input
+    because no earlier layer produces the input width). It assumes a hidden width never equals the
+    input width of a later ensemble member; a network violating that should be scored with
+    `magnitude` / `snip` or split into modules.
+    """
+    layers = [(f"{n}.weight" if n else "weight", m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    graph: list[tuple[str, nn.Linear, int | None]] = []
+    for i, (name, layer) in enumerate(layers):
+        parent = next((j for j in range(i - 1, -1, -1) if layers[j][1].out_features == layer.in_features), None)
+        graph.append((name, layer, parent))
+    return graph
+
+
+def synflow_scores(module: nn.Module, masks: Masks | None = None, input_shape: Sequence[int] | None = None) -> Scores:
+    """One SynFlow round: abs(dR/dW * W) with R = sum of the output of the linearised network.
+
+    The linearised network is the Linear trunk (see `linear_trunk`) evaluated in float64 on an
+    all-ones input with every weight *and bias* replaced by its absolute value (as the reference
+    implementation does: it abs()es the whole state dict), pruned weights zeroed. Activations are
+    dropped: ReLU is the identity on these positive signals; output nonlinearities (tanh, the
+    Gaussian head's exp / clamp) are deliberately ignored, so the last layer is scored like any
+    other Linear layer with its raw output summed into R. Heads are summed together (a
+    Gaussian actor's mean and log-std columns both count). Works on float64 *copies*: the module's
+    weights and signs are never modified, so there is nothing to restore.
+    """
+    graph = linear_trunk(module)
+    if not graph:
+        return {}
+    device = graph[0][1].weight.device
+    weights: list[torch.Tensor] = []
+    biases: list[torch.Tensor | None] = []
+    for name, layer, _ in graph:
+        w = layer.weight.detach().to(torch.float64).abs()
+        if masks is not None and name in masks:
+            w = w * masks[name].to(device=w.device, dtype=torch.float64)
+        weights.append(w.requires_grad_(True))
+        biases.append(None if layer.bias is None else layer.bias.detach().to(torch.float64).abs())
+    outputs: list[torch.Tensor] = []
+    has_child = [False] * len(graph)
+    with torch.enable_grad():
+        for i, (name, layer, parent) in enumerate(graph):
+            if parent is None:
+                shape = tuple(input_shape) if input_shape is not None else (1, layer.in_features)
+                if shape[-1] != layer.in_features:
+                    raise ValueError(
+                        f"synflow: input_shape {shape} does not match layer '{name}' in_features={layer.in_features}"
+                    )
+                x = torch.ones(shape, dtype=torch.float64, device=device)
+            else:
+                x = outputs[parent]
+                has_child[parent] = True
+            y = x @ weights[i].T
+            if biases[i] is not None:
+                y = y + biases[i]
+            outputs.append(y)
+        r = sum(out.sum() for out, child in zip(outputs, has_child) if not child)
+        grads = torch.autograd.grad(r, weights, allow_unused=True)
+    scores: Scores = {}
+    for (name, _, _), w, g in zip(graph, weights, grads):
+        scores[name] = torch.zeros_like(w) if g is None else (g * w.detach()).abs()
+    return scores
+
+
+__all__ = [
+    "LossClosure",
+    "Scores",
+    "grasp_scores",
+    "linear_trunk",
+    "magnitude_scores",
+    "masked_weights",
+    "prunable_parameters",
+    "random_scores",
+    "snip_scores",
+    "synflow_scores",
+]
