@@ -2,6 +2,10 @@
 
 Every episode i starts from `env.reset(seed=seeds[i])`, so two agents evaluated with the same seeds
 face exactly the same initial states (and, with seeded noise, the same perturbations).
+
+Episodes run in a pool of at most `max_parallel` live environments: when one ends, the next
+pending episode takes its slot, so short (early-terminating) episodes never leave the batch idle
+while a long one finishes.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from sparse_offline_rl.data.buffer import ObsNormalizer
 
 Policy = Callable[[np.ndarray], np.ndarray]
+EnvFactory = Callable[[], gym.Env]
 
 
 @dataclass
@@ -39,46 +44,63 @@ class AgentPolicy:
 
 def run_episodes(
     policy: Policy,
-    make_env: Callable[[], gym.Env],
+    make_env: EnvFactory | Sequence[EnvFactory],
     seeds: Sequence[int],
     discount: float = 0.99,
     obs_transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
     action_transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
     max_parallel: int = 16,
+    on_episode_end: Callable[[int], None] | None = None,
 ) -> EpisodeStats:
-    """Run one episode per seed. `obs_transform(obs, env_index)` / `action_transform(action, env_index)`
-    let the generalization harness add noise or stickiness per episode without touching the policy."""
-    seeds = list(seeds)
+    """Run one episode per seed.
+
+    `make_env` is one factory for every episode, or a sequence with one factory per episode (the
+    generalization suite runs all its perturbed environments in one pool this way).
+    `obs_transform(obs, episode_index)` / `action_transform(action, episode_index)` let the harness
+    add noise or stickiness per episode without touching the policy; each is called exactly once per
+    step of its episode. `on_episode_end(episode_index)` is called as each episode finishes
+    (progress bars).
+    """
+    seeds = [int(s) for s in seeds]
     n = len(seeds)
-    returns = np.zeros(n)
-    disc_returns = np.zeros(n)
+    factories = list(make_env) if isinstance(make_env, Sequence) else [make_env] * n
+    if len(factories) != n:
+        raise ValueError(f"make_env has {len(factories)} factories for {n} seeds; give one per seed or a single one")
+    returns, disc_returns = np.zeros(n), np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
     first_obs: list[np.ndarray] = [np.zeros(0)] * n
-    for start in range(0, n, max_parallel):
-        idx = list(range(start, min(n, start + max_parallel)))
-        envs = [make_env() for _ in idx]
-        obs = np.stack([env.reset(seed=int(seeds[i]))[0] for env, i in zip(envs, idx)])
-        for j, i in enumerate(idx):
-            first_obs[i] = obs[j].copy()
-        alive = np.ones(len(idx), dtype=bool)
-        discount_now = np.ones(len(idx))
-        while alive.any():
-            live = np.flatnonzero(alive)
-            seen = obs[live]
-            if obs_transform is not None:
-                seen = np.stack([obs_transform(seen[k], idx[j]) for k, j in enumerate(live)])
-            actions = policy(seen)
-            for k, j in enumerate(live):
-                action = actions[k] if action_transform is None else action_transform(actions[k], idx[j])
-                next_obs, reward, terminated, truncated, _ = envs[j].step(action)
-                i = idx[j]
-                returns[i] += reward
-                disc_returns[i] += discount_now[j] * reward
-                discount_now[j] *= discount
-                lengths[i] += 1
-                obs[j] = next_obs
-                if terminated or truncated:
-                    alive[j] = False
-        for env in envs:
-            env.close()
+    envs: dict[int, gym.Env] = {}  # episode index -> its live env
+    current: dict[int, np.ndarray] = {}  # episode index -> latest raw observation
+    discount_now = np.ones(n)
+    pending = iter(range(n))
+
+    def start_next() -> None:
+        i = next(pending, None)
+        if i is None:
+            return
+        envs[i] = factories[i]()
+        obs, _ = envs[i].reset(seed=seeds[i])
+        current[i] = obs
+        first_obs[i] = np.array(obs, copy=True)
+
+    for _ in range(min(n, max(1, max_parallel))):
+        start_next()
+    while envs:
+        live = sorted(envs)  # fixed order: the batch composition depends only on the episodes
+        seen = [current[i] if obs_transform is None else obs_transform(current[i], i) for i in live]
+        actions = policy(np.stack(seen))
+        for k, i in enumerate(live):
+            action = actions[k] if action_transform is None else action_transform(actions[k], i)
+            next_obs, reward, terminated, truncated, _ = envs[i].step(action)
+            returns[i] += reward
+            disc_returns[i] += discount_now[i] * reward
+            discount_now[i] *= discount
+            lengths[i] += 1
+            current[i] = next_obs
+            if terminated or truncated:
+                envs.pop(i).close()
+                del current[i]
+                if on_episode_end is not None:
+                    on_episode_end(i)
+                start_next()
     return EpisodeStats(returns, disc_returns, lengths, np.stack(first_obs))

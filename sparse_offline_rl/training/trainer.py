@@ -22,6 +22,7 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_co
 from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import get_task, make_env
+from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json
 from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
@@ -121,6 +122,11 @@ def train(
 ) -> dict[str, Any]:
     cfg = to_dict(cfg)
     validate_config(cfg)
+    suite_name = cfg["eval"].get("suite")
+    if suite_name:  # an unknown suite fails now, not after training
+        from sparse_offline_rl.evaluation.suite import get_suite
+
+        get_suite(suite_name)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("threads"):
@@ -191,11 +197,18 @@ def train(
 
     eval_cfg = cfg["eval"]
     discount = float(cfg["algo"].get("discount", 0.99))
+    # Overfitting diagnostics: fixed probe sets and their own generator, so training is unaffected.
+    diagnostics = TrainingDiagnostics(
+        algo, buffer, val_data, normalizer, reward_scale, cfg["env"], discount,
+        start_state_seeds=range(int(eval_cfg["seed_offset"]), int(eval_cfg["seed_offset"]) + min(5, int(eval_cfg["episodes"]))),
+        device=device, run_dir=run_dir, start_step=start_step, seed=seed,
+    )
 
     def run_eval(step: int) -> dict[str, float]:
         result = evaluate(algo, normalizer, dataset, cfg["env"], int(eval_cfg["episodes"]),
                           int(eval_cfg["seed_offset"]), device, discount)
         logger.log(step, "eval", result)
+        logger.log(step, "diagnostics", diagnostics(step))
         return result
 
     # -- the loop ------------------------------------------------------------------------------
@@ -244,5 +257,15 @@ def train(
         "pruning": pruning_report,
         "config": cfg,
     }
+    if suite_name:  # the generalization suite on the final agent: generalization.json + figure
+        from sparse_offline_rl.evaluation.agent import EvalAgent, run_meta
+        from sparse_offline_rl.evaluation.suite import run_suite, write_report
+
+        agent = EvalAgent(algo, normalizer, cfg["env"], train_data, val_data, discount, reward_scale, device,
+                          meta={**run_meta(cfg), "step": steps, "run_dir": str(run_dir)})
+        # Default noise seed: every run is scored on the same episodes, whatever its own seed.
+        result = run_suite(agent, suite_name, progress=bool(cfg.get("progress", True)))
+        write_report(run_dir, result)
+        summary["generalization"] = result["summary"]
     atomic_write_json(run_dir / "summary.json", summary)
     return summary

@@ -1,0 +1,89 @@
+"""An evaluable agent: the algorithm plus everything needed to feed it and to score it.
+
+`load_agent(run_dir)` rebuilds a trained agent from a run directory's checkpoint; the trainer builds
+an `EvalAgent` from its live objects. Both derive data preprocessing (validation split, observation
+normaliser, reward scale) from the same config values and library calls, so the agent sees exactly
+the inputs it was trained on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.data.buffer import ObsNormalizer
+from sparse_offline_rl.data.dataset import OfflineDataset
+
+
+@dataclass
+class EvalAgent:
+    algo: OfflineAlgorithm
+    normalizer: ObsNormalizer  # raw observations -> the algorithm's inputs
+    env: str
+    train_data: OfflineDataset  # the episodes it was trained on (their reset seeds are "train" seeds)
+    val_data: OfflineDataset | None = None  # whole episodes held out from training
+    discount: float = 0.99
+    reward_scale: float = 1.0  # the critic's reward units per env reward unit
+    device: str = "cpu"
+    meta: dict[str, Any] = field(default_factory=dict)  # algo, sparsity, seed... (for comparisons)
+
+
+@dataclass
+class PreparedData:
+    train: OfflineDataset
+    val: OfflineDataset | None
+    normalizer: ObsNormalizer
+    reward_scale: float
+
+
+def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = "cpu") -> PreparedData:
+    """The trainer's preprocessing for a config: episode split by (val_fraction, seed), normaliser and
+    reward scale from the training split when the algorithm opts in."""
+    from sparse_offline_rl.training.trainer import reward_scale_for  # late: the trainer imports this package
+
+    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
+    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
+    train, val = dataset.split_episodes(val_fraction, int(cfg["seed"])) if val_fraction > 0 else (dataset, None)
+    normalizer = (ObsNormalizer.from_dataset(train, device=device) if getattr(algo_config, "normalize_obs", False)
+                  else ObsNormalizer.identity(dataset.obs_dim, device))
+    reward_scale = reward_scale_for(train) if getattr(algo_config, "normalize_reward", False) else 1.0
+    return PreparedData(train, val, normalizer, reward_scale)
+
+
+def run_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a run in comparisons: the configuration (label) and the task (stratum)."""
+    sparsity = cfg.get("sparsity", 0.0)
+    dense = not (sparsity if not isinstance(sparsity, Mapping) else any(float(v) > 0 for v in sparsity.values()))
+    return {
+        "algo": cfg["algo"]["name"],
+        "env": cfg["env"],
+        "dataset": cfg.get("dataset"),
+        "pruner": "dense" if dense else cfg.get("pruner", {}).get("name"),
+        "sparsity": sparsity,
+        "seed": cfg.get("seed"),
+    }
+
+
+def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, device: str = "cpu") -> EvalAgent:
+    """Rebuild the agent of a finished (or checkpointed) run. `dataset` defaults to loading the run's
+    configured dataset; pass it when it is not loadable by id (tests, ad-hoc datasets)."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint.pt there (train the run first, or check the path)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = ckpt["config"]
+    if dataset is None:
+        from sparse_offline_rl.data import load_dataset
+
+        dataset = load_dataset(cfg["dataset"], env=cfg["env"])
+    data = prepare_data(cfg, dataset, device)
+    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device)
+    algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])
+    algo.load_state_dict(ckpt["algo"])
+    meta = {**run_meta(cfg), "step": ckpt.get("step"), "run_dir": str(run_dir)}
+    return EvalAgent(algo, data.normalizer, cfg["env"], data.train, data.val,
+                     discount=float(cfg["algo"].get("discount", 0.99)), reward_scale=data.reward_scale,
+                     device=device, meta=meta)
