@@ -16,12 +16,18 @@ _plugins_loaded = False
 
 
 def load_plugins() -> None:
-    """Register built-ins (and, later, entry-point plug-ins) once, on first use."""
+    """Register, once and on first use: the built-ins, the `d3rlpy:<name>` backend (d3rlpy itself is
+    only imported when one is built) and installed entry-point plug-ins (group
+    `sparse_offline_rl.algorithms`; a broken one is skipped with a warning naming it)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
     from sparse_offline_rl.algorithms import iql  # noqa: F401  (registration side effect)
+    from sparse_offline_rl.algorithms import d3rlpy_backend  # noqa: F401  (registration side effect)
+    from sparse_offline_rl.algorithms.plugins import load_entry_points
+
+    load_entry_points()
 
 
 __all__ = [

@@ -1,0 +1,194 @@
+"""Algorithm plug-ins: the decorator path (a user's file), the entry-point path (an installed
+package), broken plug-ins, and `algo=<plug-in>` from the command line."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import sparse_offline_rl as sorl
+from conftest import REPO, random_dataset, write_d4rl_hdf5
+from sparse_offline_rl.algorithms import base, plugins
+from sparse_offline_rl.algorithms.plugins import PluginImportError, PluginWarning, config_defaults, store_algorithm_configs
+from sparse_offline_rl.pruning import prunable_parameters
+from sparse_offline_rl.training.trainer import StepInfo, train
+
+PLUGIN_DIR = REPO / "examples" / "sorl_awac_plugin"
+PLUGIN_FILE = PLUGIN_DIR / "sorl_awac_plugin.py"
+
+
+@pytest.fixture
+def clean_registry():
+    """Each test starts from the built-ins only and leaves no plug-in behind."""
+    import sparse_offline_rl.algorithms as algorithms
+
+    algorithms.load_plugins()
+    saved = dict(base._REGISTRY), algorithms._plugins_loaded, dict(plugins._errors), set(plugins._loaded)
+    base._REGISTRY.pop("awac", None)
+    yield
+    base._REGISTRY.clear()
+    base._REGISTRY.update(saved[0])
+    algorithms._plugins_loaded = saved[1]
+    plugins._errors.clear()
+    plugins._errors.update(saved[2])
+    plugins._loaded.clear()
+    plugins._loaded.update(saved[3])
+    sys.modules.pop("sorl_awac_plugin", None)
+
+
+def masks_hold(info: StepInfo) -> None:
+    nets, targets = info.algo.networks(), info.algo.target_networks()
+    for net, param_masks in info.masks.masks.items():
+        online = prunable_parameters(nets[net])
+        target = prunable_parameters(targets[net]) if net in targets else {}
+        for pname, mask in param_masks.items():
+            assert (online[pname][mask == 0] == 0).all(), f"{net}.{pname}"
+            if pname in target:
+                assert (target[pname][mask == 0] == 0).all(), f"target {net}.{pname}"
+
+
+def write_entry_point_dist(site, entry_points: str) -> None:
+    """What `pip install ./examples/sorl_awac_plugin` leaves in site-packages, minus the copy of the module."""
+    dist = site / "sorl_awac_plugin-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: sorl-awac-plugin\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+
+
+ENTRY_POINTS = "[sparse_offline_rl.algorithms]\nawac = sorl_awac_plugin:AWAC\nbroken = sorl_no_such_module:Algo\n"
+
+
+def run_cli(*args: str, pythonpath: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath or [])}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+
+
+# -- decorator path ------------------------------------------------------------------------------
+def test_single_file_plugin_trains_with_pruning_and_masks(tmp_path, fast_config, hopper_data, clean_registry):
+    sorl.import_plugin(str(PLUGIN_FILE))
+    assert "awac" in sorl.available_algorithms()
+    assert sorl.import_plugin(str(PLUGIN_FILE)) is sys.modules["sorl_awac_plugin"]  # idempotent
+    fast_config.update(algo={"name": "awac", "hidden": [32, 32]}, pruner={"name": "snip"}, steps=100)
+    fast_config["eval"].update(every=100, episodes=1)
+    summary = train(fast_config, tmp_path, dataset=hopper_data, callbacks=[masks_hold])
+    assert summary["algo"] == "awac" and set(summary["density"]) == {"actor", "critic"}
+    for density in summary["density"].values():
+        assert density == pytest.approx(0.1, abs=0.01)
+
+
+def test_plugin_config_defaults_become_a_hydra_entry(clean_registry):
+    sorl.import_plugin(str(PLUGIN_FILE))
+    assert "awac" in store_algorithm_configs(REPO / "configs" / "algo")
+    defaults = config_defaults("awac")
+    assert defaults["name"] == "awac" and defaults["hidden"] == [256, 256] and defaults["lam"] == 1.0
+
+
+def test_config_without_defaults_is_rejected_with_its_name(clean_registry):
+    @dataclass
+    class NeedsValue:
+        width: int
+
+    @sorl.register_algorithm("needs_value")
+    class Algo:
+        Config = NeedsValue
+
+    with pytest.raises(TypeError, match="needs_value.*NeedsValue needs a default"):
+        config_defaults("needs_value")
+
+
+def test_bad_plugin_module_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad_algo.py"
+    bad.write_text("import sorl_definitely_missing\n")
+    with pytest.raises(PluginImportError, match="bad_algo.py' failed to import: ModuleNotFoundError"):
+        sorl.import_plugin(str(bad))
+    assert "bad_algo" not in sys.modules
+
+
+def test_cli_trains_a_single_file_plugin(tmp_path):
+    data = write_d4rl_hdf5(tmp_path / "tiny-hopper.hdf5", random_dataset("hopper", n=600))
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        f"plugins={PLUGIN_FILE}", "algo=awac", "algo.hidden=[16,16]", "algo.lam=2.0", "sparsity=0.9", "pruner=random",
+        f"dataset={data}", "steps=20", "batch_size=32", "log_every=10", "eval.every=20", "eval.episodes=1",
+        "checkpoint_every=20", "tensorboard=false", "progress=false", "verbose=false", "threads=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algo"] == "awac" and summary["config"]["algo"]["lam"] == 2.0
+    assert summary["config"]["plugins"] == [str(PLUGIN_FILE)]  # recorded with the run
+    assert summary["density"]["actor"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_cli_reports_a_missing_plugin_file_in_one_line():
+    result = run_cli("plugins=no_such_algo.py", "algo=iql", "--cfg", "job")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: plugin 'no_such_algo.py' failed to import: FileNotFoundError: no such file: {REPO / 'no_such_algo.py'}"
+    ]
+
+
+def test_plugin_argument_forms():
+    spec = importlib.util.spec_from_file_location("sorl_run_script", REPO / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    assert run.plugin_specs(["algo=awac", "plugins=a.py", "--cfg", "job"]) == (["a.py"], ["algo=awac", "++plugins=[a.py]", "--cfg", "job"])
+    assert run.plugin_specs(["+plugins=[a.py,lab.b]", "seed=1"]) == (["a.py", "lab.b"], ["++plugins=[a.py,lab.b]", "seed=1"])
+    assert run.plugin_specs(["seed=1"]) == ([], ["seed=1"])
+    with pytest.raises(ValueError, match="plugins takes a module or file"):
+        run.plugin_specs(["plugins=[1,2]"])
+
+
+# -- entry-point path ----------------------------------------------------------------------------
+def test_entry_point_plugin_is_discovered_lazily_and_a_broken_one_is_reported(tmp_path, monkeypatch, clean_registry):
+    import sparse_offline_rl.algorithms as algorithms
+
+    write_entry_point_dist(tmp_path / "site", ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
+    algorithms._plugins_loaded = False  # as in a fresh process
+    plugins._loaded.clear()
+    assert "sorl_awac_plugin" not in sys.modules
+
+    with pytest.warns(PluginWarning, match=r"plug-in 'broken' \(sorl_no_such_module:Algo\) failed to load.*ModuleNotFoundError"):
+        entry = sorl.get_algorithm("awac")
+    assert entry.factory is sys.modules["sorl_awac_plugin"].AWAC
+    assert sorl.plugin_errors()["broken"].startswith("ModuleNotFoundError: No module named 'sorl_no_such_module'")
+    spec = sorl.ProblemSpec(obs_dim=11, act_dim=3)
+    for name in ("awac", "iql", "td3bc", "cql"):  # built-ins unaffected by the broken plug-in
+        algo = sorl.make_algorithm(name, spec, {"hidden": [8]})
+        assert algo.act(torch.zeros(2, 11)).shape == (2, 3)
+
+
+def test_entry_point_class_without_decorator_is_registered_under_the_entry_point_name(tmp_path, monkeypatch, clean_registry):
+    import sparse_offline_rl.algorithms as algorithms
+
+    (tmp_path / "undecorated_algo.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from sorl_awac_plugin import AWAC\n\n"
+        "class Plain(AWAC):\n    pass\n"
+    )
+    write_entry_point_dist(tmp_path, "[sparse_offline_rl.algorithms]\nplain_awac = undecorated_algo:Plain\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
+    algorithms._plugins_loaded = False
+    plugins._loaded.clear()
+    try:
+        assert sorl.get_algorithm("plain_awac").factory.__name__ == "Plain"
+    finally:
+        sys.modules.pop("undecorated_algo", None)
+
+
+def test_cli_selects_an_installed_plugin_without_plugins_option(tmp_path):
+    write_entry_point_dist(tmp_path / "site", ENTRY_POINTS)
+    result = run_cli("algo=awac", "algo.lam=3.0", "--cfg", "job", pythonpath=[str(tmp_path / "site"), str(PLUGIN_DIR)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "name: awac" in result.stdout and "lam: 3.0" in result.stdout
+    assert "plug-in 'broken'" in result.stderr and "ModuleNotFoundError" in result.stderr
