@@ -23,7 +23,7 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from sparse_offline_rl.algorithms import iql  # noqa: F401  (registration side effect)
+    from sparse_offline_rl.algorithms import cql, iql, td3bc  # noqa: F401  (registration side effect)
     from sparse_offline_rl.algorithms import d3rlpy_backend  # noqa: F401  (registration side effect)
     from sparse_offline_rl.algorithms.plugins import load_entry_points
 

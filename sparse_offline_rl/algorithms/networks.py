@@ -1,9 +1,10 @@
 """Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -28,6 +29,10 @@ class TwinQ(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, action], dim=-1)
         return torch.stack([q(x).squeeze(-1) for q in self.qs])
+
+    def q1(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The first critic only, (B,): TD3's actor is trained against Q1 alone."""
+        return self.qs[0](torch.cat([obs, action], dim=-1)).squeeze(-1)
 
 
 class ValueNet(nn.Module):
@@ -104,6 +109,56 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(mean) * self.max_action
 
 
+class Scalar(nn.Module):
+    """One learnable number (e.g. SAC's log-alpha) as a module, so it checkpoints like a network."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+class NoiseSource:
+    """A torch.Generator owned by an algorithm, for its sampling noise (target smoothing, policy samples).
+
+    Seeded from the global RNG at construction, so `torch.manual_seed` before building the algorithm
+    fixes it; its state is checkpointed (`state_dict`) so a resumed run draws the very same noise.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def uniform(self, shape: Sequence[int], low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(tuple(shape), generator=self.generator, device=like.device, dtype=like.dtype)
+        return low + (high - low) * u
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@contextlib.contextmanager
+def frozen_params(*modules: nn.Module) -> Iterator[None]:
+    """Use `modules` as fixed functions: gradients still flow through them to their inputs (e.g. the
+    actor's action), but none reach or accumulate in their own parameters."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
 def frozen_copy(module: nn.Module) -> nn.Module:
     """Target network: a copy that never receives gradients."""
     target = copy.deepcopy(module)
@@ -119,4 +174,4 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with the multi-tensor implementation (much faster than the per-tensor loop on CPU)."""
-    return torch.optim.Adam(module.parameters(), lr=lr, foreach=True)
+    return torch.optim.Adam(module.parameters(), lr=lr, fused=True)

@@ -1,0 +1,204 @@
+"""Conservative Q-Learning (Kumar et al., 2020) on a SAC backbone: CORL's D4RL MuJoCo settings,
+with d3rlpy's actor learning rate (see `CQLConfig.actor_lr`).
+
+Critic loss per Q-network i (both summed):
+    TD:  (Q_i(s, a) - [r + gamma * (1 - d) * min_j Q'_j(s', a'~pi(s'))])^2
+    CQL: cql_alpha * ( logsumexp_{a~mu} [Q_i(s, a) - log mu(a)] - Q_i(s, a_data) )
+where the importance-sampled logsumexp pools `cql_n_actions` actions from each of three proposals
+mu: uniform over the action box, the current policy at s and the current policy at s' (all scored
+at s, as in the original CQL code and CORL). Actor: SAC, alpha * log pi(a|s) - min_j Q_j(s, a), with
+alpha tuned towards entropy -|A|. Per step (CORL order): losses on the current networks, then the
+alpha, actor and critic steps, then the Polyak update of the target critic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
+from sparse_offline_rl.algorithms.networks import (
+    NoiseSource,
+    Scalar,
+    TanhGaussianActor,
+    TwinQ,
+    adam,
+    frozen_copy,
+    frozen_params,
+    polyak_update,
+)
+from sparse_offline_rl.data.buffer import Batch
+
+
+@dataclass
+class CQLConfig:
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])  # actor and each critic
+    # d3rlpy's default and the CQL paper's Gym setting; CORL uses 3e-5. The faster rate matters for
+    # sparse actors (fewer weights to carry the policy change) and for short runs.
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4  # SAC temperature (and Lagrange multiplier, when enabled)
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critic
+    init_log_alpha: float = 0.0  # SAC temperature starts at 1
+    target_entropy: float | None = None  # None: -|A|
+    # CORL's value for MuJoCo (its scores are the reference table); d3rlpy uses 5.0.
+    cql_alpha: float = 10.0
+    cql_n_actions: int = 10  # actions per proposal (uniform, pi(s), pi(s')) in the logsumexp
+    cql_temperature: float = 1.0
+    # Lagrange variant: when set, cql_alpha is scaled by a learned multiplier that drives the
+    # penalty (logsumexp - Q(s, a_data)) towards this threshold; null keeps the fixed weight.
+    lagrange_threshold: float | None = None
+    backup_entropy: bool = False  # subtract alpha * log pi(a'|s') in the TD target (off in CORL)
+    normalize_obs: bool = True
+    normalize_reward: bool = False
+
+
+@register_algorithm("cql")
+class CQL:
+    Config = CQLConfig
+
+    def __init__(self, config: CQLConfig, spec: ProblemSpec) -> None:
+        self.config = config
+        self.act_dim = spec.act_dim
+        self.max_action = spec.max_action
+        dev = torch.device(spec.device)
+        self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
+        self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
+        self.critic_target = frozen_copy(self.critic)
+        self.log_alpha = Scalar(config.init_log_alpha).to(dev)
+        self.actor_opt = adam(self.actor, config.actor_lr)
+        self.critic_opt = adam(self.critic, config.critic_lr)
+        self.alpha_opt = adam(self.log_alpha, config.alpha_lr)
+        self.target_entropy = -float(spec.act_dim) if config.target_entropy is None else config.target_entropy
+        # CORL initialises the Lagrange multiplier's log at 1.0.
+        self.log_alpha_prime = Scalar(1.0).to(dev)
+        self.alpha_prime_opt = adam(self.log_alpha_prime, config.alpha_lr)
+        self.noise = NoiseSource(dev)  # policy samples and uniform proposals, checkpointed
+
+    # -- protocol -----------------------------------------------------------------------------
+    def networks(self):
+        return {"actor": self.actor, "critic": self.critic}
+
+    def target_networks(self):
+        return {"critic": self.critic_target}
+
+    def optimizers(self):
+        opts = {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
+        if self.config.lagrange_threshold is not None:
+            opts["alpha_prime"] = self.alpha_prime_opt
+        return opts
+
+    # -- losses (each touches only the network it trains) --------------------------------------
+    def actor_loss(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC actor loss with the critic frozen; also returns log pi for the temperature loss."""
+        action, log_pi = self.actor.sample(b.observations, self.noise.generator)
+        with frozen_params(self.critic):
+            q = self.critic(b.observations, action).min(0).values
+        alpha = self.log_alpha().exp().detach()
+        return (alpha * log_pi - q).mean(), log_pi.detach()
+
+    def alpha_loss(self, log_pi: torch.Tensor) -> torch.Tensor:
+        return -(self.log_alpha() * (log_pi + self.target_entropy)).mean()
+
+    def critic_loss(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, n = self.config, self.config.cql_n_actions
+        batch, act_dim = b.actions.shape
+        with torch.no_grad():
+            next_action, next_log_pi = self.actor.sample(b.next_observations, self.noise.generator)
+            next_q = self.critic_target(b.next_observations, next_action).min(0).values
+            if cfg.backup_entropy:
+                next_q = next_q - self.log_alpha().exp() * next_log_pi
+            target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
+
+            # Out-of-distribution proposals, n per state: uniform, pi(.|s) and pi(.|s'), in that order.
+            obs_rep = b.observations.repeat_interleave(n, 0)  # row b * n + j is state b
+            next_obs_rep = b.next_observations.repeat_interleave(n, 0)
+            rand_a = self.noise.uniform((batch * n, act_dim), -self.max_action, self.max_action, like=b.actions)
+            pol_a, pol_log_pi = self.actor.sample(torch.cat([obs_rep, next_obs_rep]), self.noise.generator)
+            # Log-densities of the proposals: uniform on [-m, m]^|A|; the actor's log pi is that of
+            # the tanh sample, so the scaling by max_action (m) adds -|A| log m.
+            rand_log_mu = torch.full((batch * n,), -act_dim * math.log(2.0 * self.max_action), device=b.actions.device)
+            log_mu = torch.cat([rand_log_mu, pol_log_pi - act_dim * math.log(self.max_action)]).view(3, batch, n)
+
+        # One critic forward for the data actions and all 3 * B * n proposals (all scored at s).
+        q_all = self.critic(
+            torch.cat([b.observations, obs_rep.repeat(3, 1)]), torch.cat([b.actions, rand_a, pol_a])
+        )  # (2, B + 3 * B * n)
+        q_data, q_ood = q_all[:, :batch], q_all[:, batch:].view(-1, 3, batch, n)
+        td_loss = (q_data - target).pow(2).mean(1).sum()  # sum over the critics of each one's MSE
+
+        q_ood = q_ood - log_mu  # importance weights for the logsumexp
+        t = cfg.cql_temperature
+        logsumexp = t * torch.logsumexp(q_ood / t, dim=(1, 3))  # (2, B): over the 3 * n proposals
+        gap = (logsumexp - q_data).mean(1)  # (2,): how far above the data the OOD values sit
+
+        if cfg.lagrange_threshold is None:
+            cql_loss = cfg.cql_alpha * gap.sum()
+            alpha_prime_loss = None
+        else:
+            alpha_prime = self.log_alpha_prime().exp().clamp(0.0, 1e6)
+            cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gap - cfg.lagrange_threshold).sum()
+            # The multiplier grows while the gap exceeds the threshold (dual ascent, CORL's form).
+            alpha_prime_loss = -alpha_prime * cfg.cql_alpha * (gap.detach() - cfg.lagrange_threshold).sum() * 0.5
+        info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(), "q_data": q_data.detach().mean()}
+        if alpha_prime_loss is not None:
+            info["alpha_prime_loss"] = alpha_prime_loss
+        return td_loss + cql_loss, info
+
+    def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
+        if network == "critic":
+            return self.critic_loss(batch)[0]
+        if network == "actor":
+            return self.actor_loss(batch)[0]
+        raise KeyError(f"CQL has no network '{network}'; networks: actor, critic")
+
+    # -- one gradient step ---------------------------------------------------------------------
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
+        # All losses are computed on the networks as they are at the start of the step (CORL).
+        a_loss, log_pi = self.actor_loss(b)
+        alpha_loss = self.alpha_loss(log_pi)
+        q_loss, info = self.critic_loss(b)
+        alpha_prime_loss = info.pop("alpha_prime_loss", None)
+
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        self.actor_opt.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.actor_opt.step()
+
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+
+        if alpha_prime_loss is not None:
+            self.alpha_prime_opt.zero_grad(set_to_none=True)
+            alpha_prime_loss.backward()
+            self.alpha_prime_opt.step()
+            info["alpha_prime"] = self.log_alpha_prime().detach().exp()
+
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+        return {
+            "critic_loss": q_loss.detach(),
+            "actor_loss": a_loss.detach(),
+            "alpha": self.log_alpha().detach().exp(),
+            **info,
+        }
+
+    @torch.no_grad()
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.actor(observations)
+
+    _STATE = [
+        "actor", "critic", "critic_target", "log_alpha", "log_alpha_prime",
+        "actor_opt", "critic_opt", "alpha_opt", "alpha_prime_opt", "noise",
+    ]
+
+    def state_dict(self):
+        return collect_state(self, self._STATE)
+
+    def load_state_dict(self, state):
+        restore_state(self, state)

@@ -1,0 +1,126 @@
+"""TD3+BC (Fujimoto & Gu, 2021), reference settings of CORL for D4RL MuJoCo.
+
+TD3 (twin critics, target policy smoothing, delayed actor) whose actor loss adds a behaviour-cloning
+term: -lambda * Q1(s, pi(s)) + (pi(s) - a)^2 with lambda = alpha / mean|Q1|, so the Q term's scale
+does not depend on the reward scale. Per step: critic update; every `policy_freq` steps also the
+actor update and the Polyak update of all three target networks (as in TD3 / CORL).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
+from sparse_offline_rl.algorithms.networks import (
+    DeterministicActor,
+    NoiseSource,
+    TwinQ,
+    adam,
+    frozen_copy,
+    frozen_params,
+    polyak_update,
+)
+from sparse_offline_rl.data.buffer import Batch
+
+
+@dataclass
+class TD3BCConfig:
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # actor and each critic
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target actor and critic
+    alpha: float = 2.5  # weight of the Q term relative to BC (after dividing by mean |Q|)
+    policy_noise: float = 0.2  # std of the target-policy smoothing noise, times max_action
+    noise_clip: float = 0.5  # clip of that noise, times max_action
+    policy_freq: int = 2  # actor and target updates once every this many critic updates
+    normalize_obs: bool = True  # dataset mean/std state normalisation is part of TD3+BC
+    normalize_reward: bool = False
+
+
+@register_algorithm("td3bc")
+class TD3BC:
+    Config = TD3BCConfig
+
+    def __init__(self, config: TD3BCConfig, spec: ProblemSpec) -> None:
+        self.config = config
+        self.max_action = spec.max_action
+        dev = torch.device(spec.device)
+        self.actor = DeterministicActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
+        self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
+        self.actor_target = frozen_copy(self.actor)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_opt = adam(self.actor, config.actor_lr)
+        self.critic_opt = adam(self.critic, config.critic_lr)
+        self.noise = NoiseSource(dev)  # target policy smoothing noise, checkpointed for exact resume
+        self.step = 0  # critic updates done; decides when the delayed actor update happens
+
+    # -- protocol -----------------------------------------------------------------------------
+    def networks(self):
+        return {"actor": self.actor, "critic": self.critic}
+
+    def target_networks(self):
+        return {"actor": self.actor_target, "critic": self.critic_target}
+
+    def optimizers(self):
+        return {"actor": self.actor_opt, "critic": self.critic_opt}
+
+    # -- losses (each touches only the network it trains) --------------------------------------
+    def critic_loss(self, b: Batch) -> torch.Tensor:
+        cfg = self.config
+        with torch.no_grad():
+            # Target policy smoothing: a clipped Gaussian around the target actor's action.
+            noise = self.noise.randn(b.actions.shape, like=b.actions) * (cfg.policy_noise * self.max_action)
+            noise = noise.clamp(-cfg.noise_clip * self.max_action, cfg.noise_clip * self.max_action)
+            next_action = (self.actor_target(b.next_observations) + noise).clamp(-self.max_action, self.max_action)
+            next_q = self.critic_target(b.next_observations, next_action).min(0).values
+            target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
+        qs = self.critic(b.observations, b.actions)  # (2, B)
+        return F.mse_loss(qs, target.expand_as(qs), reduction="none").mean(1).sum()  # sum of both critics' MSE
+
+    def actor_loss(self, b: Batch) -> torch.Tensor:
+        pi = self.actor(b.observations)
+        with frozen_params(self.critic):  # gradient flows through the action into the actor only
+            q = self.critic.q1(b.observations, pi)
+        lmbda = self.config.alpha / q.abs().mean().detach()
+        return -lmbda * q.mean() + F.mse_loss(pi, b.actions)
+
+    def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
+        if network == "critic":
+            return self.critic_loss(batch)
+        if network == "actor":
+            return self.actor_loss(batch)
+        raise KeyError(f"TD3BC has no network '{network}'; networks: actor, critic")
+
+    # -- one gradient step ---------------------------------------------------------------------
+    def update(self, b: Batch) -> dict[str, torch.Tensor]:
+        q_loss = self.critic_loss(b)
+        self.critic_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.critic_opt.step()
+        self.step += 1
+        metrics = {"critic_loss": q_loss.detach()}
+
+        if self.step % self.config.policy_freq == 0:  # delayed actor and target updates
+            a_loss = self.actor_loss(b)
+            self.actor_opt.zero_grad(set_to_none=True)
+            a_loss.backward()
+            self.actor_opt.step()
+            polyak_update(self.critic_target, self.critic, self.config.tau)
+            polyak_update(self.actor_target, self.actor, self.config.tau)
+            metrics["actor_loss"] = a_loss.detach()
+        return metrics
+
+    @torch.no_grad()
+    def act(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.actor(observations)
+
+    _STATE = ["actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt", "noise", "step"]
+
+    def state_dict(self):
+        return collect_state(self, self._STATE)
+
+    def load_state_dict(self, state):
+        restore_state(self, state)
