@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 
@@ -29,28 +29,6 @@ class EvalAgent:
     reward_scale: float = 1.0  # the critic's reward units per env reward unit
     device: str = "cpu"
     meta: dict[str, Any] = field(default_factory=dict)  # algo, sparsity, seed... (for comparisons)
-
-
-@dataclass
-class PreparedData:
-    train: OfflineDataset
-    val: OfflineDataset | None
-    normalizer: ObsNormalizer
-    reward_scale: float
-
-
-def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = "cpu") -> PreparedData:
-    """The trainer's preprocessing for a config: episode split by (val_fraction, seed), normaliser and
-    reward scale from the training split when the algorithm opts in."""
-    from sparse_offline_rl.training.trainer import reward_scale_for  # late: the trainer imports this package
-
-    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
-    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
-    train, val = dataset.split_episodes(val_fraction, int(cfg["seed"])) if val_fraction > 0 else (dataset, None)
-    normalizer = (ObsNormalizer.from_dataset(train, device=device) if getattr(algo_config, "normalize_obs", False)
-                  else ObsNormalizer.identity(dataset.obs_dim, device))
-    reward_scale = reward_scale_for(train) if getattr(algo_config, "normalize_reward", False) else 1.0
-    return PreparedData(train, val, normalizer, reward_scale)
 
 
 def run_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,6 +57,8 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
         from sparse_offline_rl.data import load_dataset
 
         dataset = load_dataset(cfg["dataset"], env=cfg["env"])
+    from sparse_offline_rl.training.trainer import prepare_data  # late: the trainer imports this package
+
     data = prepare_data(cfg, dataset, device)
     spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device)
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])

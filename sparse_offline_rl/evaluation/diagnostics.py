@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sparse_offline_rl.data.buffer import Batch, ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import make_env
-from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
+from sparse_offline_rl.evaluation.rollout import AgentPolicy, EpisodeStats, run_episodes
 from sparse_offline_rl.io import atomic_torch_save
 
 CHURN_FILE = "diagnostics_churn.pt"
@@ -109,7 +109,9 @@ class TrainingDiagnostics:
         return {int(step): actions for step, actions in saved.items() if int(step) <= start_step}
 
     @torch.no_grad()
-    def __call__(self, step: int) -> dict[str, float]:
+    def __call__(self, step: int, episodes: EpisodeStats | None = None) -> dict[str, float]:
+        """`episodes`: the evaluation's own episodes from `start_state_seeds`, reused for the
+        over-estimation check instead of running them again."""
         out: dict[str, float] = {}
         for split, batch in (("train", self.train_probe), ("val", self.val_probe)):
             if batch is None:
@@ -119,16 +121,17 @@ class TrainingDiagnostics:
                 out[f"td_error_{split}"] = td
             for name, value in bc_losses(self.algo, batch).items():
                 out[f"{name}_{split}"] = value
-        out.update(self.overestimation())
+        out.update(self.overestimation(episodes))
         out.update(self.churn(step))
         return out
 
-    def overestimation(self) -> dict[str, float]:
+    def overestimation(self, stats: EpisodeStats | None = None) -> dict[str, float]:
         critic = self.algo.networks().get("critic")
         if critic is None or not self.start_state_seeds:
             return {}
-        stats = run_episodes(AgentPolicy(self.algo, self.normalizer, self.device), lambda: make_env(self.env),
-                             self.start_state_seeds, discount=self.discount)
+        if stats is None:
+            stats = run_episodes(AgentPolicy(self.algo, self.normalizer, self.device), lambda: make_env(self.env),
+                                 self.start_state_seeds, discount=self.discount)
         obs = self.normalizer(torch.as_tensor(stats.first_observations, dtype=torch.float32, device=self.device))
         q = _as_2d(critic(obs, self.algo.act(obs))).min(0).values.double().cpu().numpy()
         achieved = self.reward_scale * stats.discounted_returns

@@ -23,7 +23,7 @@ from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import get_task, make_env
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
-from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
+from sparse_offline_rl.evaluation.rollout import AgentPolicy, EpisodeStats, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json
 from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
 from sparse_offline_rl.training.logger import MetricsLogger
@@ -99,8 +99,31 @@ def reward_scale_for(dataset: OfflineDataset) -> float:
     return 1000.0 / spread if spread > 0 else 1.0
 
 
+@dataclass
+class PreparedData:
+    algo_config: Any
+    train: OfflineDataset
+    val: OfflineDataset | None  # whole episodes held out for validation losses
+    normalizer: ObsNormalizer
+    reward_scale: float
+
+
+def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = "cpu") -> PreparedData:
+    """The run's preprocessing, shared by training and by reloading an agent: episode split by
+    (val_fraction, seed); normaliser and reward scale from the training split when the algorithm
+    opts in through its config fields `normalize_obs` / `normalize_reward` (plug-ins may omit them)."""
+    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
+    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
+    train, val = dataset.split_episodes(val_fraction, int(cfg["seed"])) if val_fraction > 0 else (dataset, None)
+    normalizer = (ObsNormalizer.from_dataset(train, device=device) if getattr(algo_config, "normalize_obs", False)
+                  else ObsNormalizer.identity(dataset.obs_dim, device))
+    reward_scale = reward_scale_for(train) if getattr(algo_config, "normalize_reward", False) else 1.0
+    return PreparedData(algo_config, train, val, normalizer, reward_scale)
+
+
 def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
-             episodes: int, seed_offset: int, device: str, discount: float) -> dict[str, float]:
+             episodes: int, seed_offset: int, device: str, discount: float) -> tuple[dict[str, float], EpisodeStats]:
+    """Deterministic episodes from reset seeds seed_offset.. : the summary row and the raw episodes."""
     stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env),
                          seeds=range(seed_offset, seed_offset + episodes), discount=discount)
     scores = np.asarray(dataset.normalized_score(stats.returns))
@@ -111,7 +134,7 @@ def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: Offline
         "normalized_score_std": float(scores.std()),
         "episode_length_mean": float(stats.lengths.mean()),
         "episodes": episodes,
-    }
+    }, stats
 
 
 def train(
@@ -143,16 +166,10 @@ def train(
         dataset = load_dataset(cfg["dataset"], env=cfg["env"])
     task = get_task(cfg["env"])
     dataset.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
-    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
-    train_data, val_data = dataset.split_episodes(val_fraction, seed) if val_fraction > 0 else (dataset, None)
-
-    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
+    data = prepare_data(cfg, dataset, device)
+    train_data, val_data, normalizer, reward_scale = data.train, data.val, data.normalizer, data.reward_scale
+    algo_config = data.algo_config
     steps = int(cfg["steps"])
-    # Algorithms opt in to data preprocessing through these config fields (plug-ins may omit them).
-    normalize_obs = bool(getattr(algo_config, "normalize_obs", False))
-    normalize_reward = bool(getattr(algo_config, "normalize_reward", False))
-    normalizer = ObsNormalizer.from_dataset(train_data, device=device) if normalize_obs else ObsNormalizer.identity(dataset.obs_dim, device)
-    reward_scale = reward_scale_for(train_data) if normalize_reward else 1.0
     buffer = TransitionBuffer(train_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
     buffer.seed(seed)
 
@@ -200,15 +217,15 @@ def train(
     # Overfitting diagnostics: fixed probe sets and their own generator, so training is unaffected.
     diagnostics = TrainingDiagnostics(
         algo, buffer, val_data, normalizer, reward_scale, cfg["env"], discount,
-        start_state_seeds=range(int(eval_cfg["seed_offset"]), int(eval_cfg["seed_offset"]) + min(5, int(eval_cfg["episodes"]))),
+        start_state_seeds=range(int(eval_cfg["seed_offset"]), int(eval_cfg["seed_offset"]) + int(eval_cfg["episodes"])),
         device=device, run_dir=run_dir, start_step=start_step, seed=seed,
     )
 
     def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(algo, normalizer, dataset, cfg["env"], int(eval_cfg["episodes"]),
-                          int(eval_cfg["seed_offset"]), device, discount)
+        result, episodes = evaluate(algo, normalizer, dataset, cfg["env"], int(eval_cfg["episodes"]),
+                                    int(eval_cfg["seed_offset"]), device, discount)
         logger.log(step, "eval", result)
-        logger.log(step, "diagnostics", diagnostics(step))
+        logger.log(step, "diagnostics", diagnostics(step, episodes))
         return result
 
     # -- the loop ------------------------------------------------------------------------------
