@@ -1,0 +1,39 @@
+"""python -m sparse_offline_rl.reports SWEEP_DIR [--out DIR] [--reps N]
+
+Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
+DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
+learning_curves.png, density_per_layer.png. Missing or failed runs are listed (in results.md and
+here); with --strict they also make the exit status 3.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sparse_offline_rl.reports.collect import ReportError
+from sparse_offline_rl.reports.report import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparse_offline_rl.reports", description=__doc__.split("\n\n")[1])
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--out", default=None, help="report directory (default: SWEEP_DIR/report)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM CIs")
+    parser.add_argument("--strict", action="store_true", help="exit with status 3 when runs are missing or failed")
+    args = parser.parse_args(argv)
+    try:
+        result = write_report(args.sweep_dir, args.out, reps=args.reps)
+    except (ReportError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    groups, problems = result["groups"], result["problems"]
+    print(f"{len(result['runs'])} finished runs in {len(groups)} configurations")
+    for job in problems:
+        print(f"{job.status}: {job.label}: {job.detail}")
+    for path in result["paths"].values():
+        print(f"wrote {path}")
+    return 3 if problems and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

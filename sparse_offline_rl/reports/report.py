@@ -1,0 +1,36 @@
+"""Sweep directory -> report directory: runs.csv, results.csv, results.md and the figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sparse_offline_rl.io import atomic_write_text
+from sparse_offline_rl.reports import figures
+from sparse_offline_rl.reports.collect import ReportError, collect
+from sparse_offline_rl.reports.table import aggregate, run_rows, to_csv, to_markdown
+
+
+def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps: int = 2000) -> dict[str, Any]:
+    """Write the report; returns the paths written, the aggregated rows and the missing/failed jobs."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect(sweep_dir)
+    runs = run_rows(jobs)
+    problems = [job for job in jobs if job.status != "done"]
+    if not runs:
+        listed = f" ({len(problems)} job(s) not finished)" if problems else ""
+        raise ReportError(f"no finished run (summary.json) under {sweep_dir}{listed}")
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    groups = aggregate(runs, reps=reps)
+    pruning = {str(job.path): job.summary.get("pruning", {}) for job in jobs if job.summary}
+    paths = {
+        "runs_csv": out / "runs.csv",
+        "results_csv": out / "results.csv",
+        "results_md": out / "results.md",
+    }
+    atomic_write_text(paths["runs_csv"], to_csv(runs))
+    atomic_write_text(paths["results_csv"], to_csv(groups))
+    atomic_write_text(paths["results_md"], to_markdown(groups, problems))
+    paths["score_vs_sparsity"] = figures.score_vs_sparsity(groups, out / "score_vs_sparsity.png")
+    paths["learning_curves"] = figures.learning_curves(runs, out / "learning_curves.png")
+    paths["density_per_layer"] = figures.density_per_layer(runs, pruning, out / "density_per_layer.png")
+    return {"paths": paths, "groups": groups, "runs": runs, "problems": problems}

@@ -1,0 +1,146 @@
+"""Finished runs -> one row each -> one row per configuration, aggregated over seeds.
+
+A configuration is (algo, env, dataset, pruner, sparsity) plus any other setting that differs between
+runs of one such group (say a sweep over algo.expectile): those become extra columns, so runs of
+different settings are never averaged together as if they were seeds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sparse_offline_rl.cli import VOLATILE_KEYS, flatten
+from sparse_offline_rl.evaluation.stats import iqm, stratified_bootstrap_ci
+from sparse_offline_rl.reports.collect import Job
+
+BASE_KEYS = ("algo", "env", "dataset", "pruner", "sparsity")
+# Config entries already covered by BASE_KEYS, or that never define a configuration.
+NOT_SETTINGS = {"algo.name", "env", "dataset", "pruner.name", "sparsity", "seed", "plugins"}
+
+
+def sparsity_label(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return json.dumps(dict(sorted(value.items())), separators=(",", ":"))
+    return f"{float(value):g}"
+
+
+def run_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
+    """One flat row per finished run."""
+    rows = []
+    for job in jobs:
+        if job.status != "done" or job.summary is None:
+            continue
+        s = job.summary
+        row: dict[str, Any] = {
+            "algo": s["algo"], "env": s["env"], "dataset": s["dataset"], "pruner": s["pruner"],
+            "sparsity": sparsity_label(s["sparsity"]), "seed": s["seed"],
+            "score": s["eval"]["normalized_score_mean"], "return": s["eval"]["return_mean"],
+            "steps": s["steps"], "steps_per_sec": s.get("steps_per_sec"), "run_dir": str(job.path),
+        }
+        for net, density in sorted(s.get("density", {}).items()):
+            row[f"density_{net}"] = density
+        for key, value in sorted((s.get("generalization") or {}).items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[f"gen_{key}"] = value
+        row["_config"] = flatten(s.get("config", {}))
+        rows.append(row)
+    return rows
+
+
+def setting_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Config keys whose value differs between runs of one base group (other than the seed)."""
+    values: dict[tuple, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for row in rows:
+        group = values[tuple(row[k] for k in BASE_KEYS)]
+        for key, value in row["_config"].items():
+            if key not in NOT_SETTINGS and key.split(".")[0] not in VOLATILE_KEYS:
+                group[key].add(json.dumps(value, sort_keys=True))
+    return sorted({key for group in values.values() for key, seen in group.items() if len(seen) > 1})
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]], reps: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Mean, std (ddof 1), IQM with a bootstrap 95% CI and seed count per configuration."""
+    extra = setting_columns(rows)
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        key = tuple(row[k] for k in BASE_KEYS) + tuple(json.dumps(row["_config"].get(k)) for k in extra)
+        groups[key].append(row)
+    out = []
+    for key, members in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
+        scores = np.array([m["score"] for m in members], dtype=np.float64)
+        point, low, high = stratified_bootstrap_ci([scores], iqm, reps=reps, seed=seed)
+        agg: dict[str, Any] = dict(zip(BASE_KEYS, key))
+        agg.update({k: members[0]["_config"].get(k) for k in extra})
+        agg.update({
+            "n_seeds": len(members),
+            "seeds": " ".join(str(s) for s in sorted(m["seed"] for m in members)),
+            "score_mean": float(scores.mean()),
+            "score_std": float(scores.std(ddof=1)) if len(scores) > 1 else math.nan,
+            "score_iqm": point, "iqm_ci_low": low, "iqm_ci_high": high,
+        })
+        numeric = sorted({c for m in members for c in m if c.startswith(("density_", "gen_", "return", "steps_per_sec"))})
+        for column in numeric:
+            values = [m[column] for m in members if isinstance(m.get(column), (int, float))]
+            agg[f"{column}_mean" if column in ("return",) else column] = float(np.mean(values)) if values else math.nan
+        agg["steps"] = max(m["steps"] for m in members)
+        out.append(agg)
+    return out
+
+
+def extra_columns(groups: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The setting columns `aggregate` put between the base keys and n_seeds."""
+    columns = list(groups[0]) if groups else []
+    return columns[len(BASE_KEYS):columns.index("n_seeds")] if columns else []
+
+
+def _sort_key(key: tuple) -> tuple:
+    algo, env, dataset, pruner, sparsity, *rest = key
+    try:
+        s = float(sparsity)
+    except ValueError:
+        s = math.inf
+    return (algo, env, dataset, pruner != "dense", pruner, s, *map(str, rest))
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns and not c.startswith("_")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) -> str:
+    extra = extra_columns(groups)
+    gen = [c for c in ("gen_generalization_gap", "gen_retention") if any(c in g for g in groups)]
+    head = ["algo", "dataset", "pruner", "sparsity", *extra, "seeds", "score mean ± std", "IQM [95% CI]", "density", *gen]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        densities = [v for k, v in g.items() if k.startswith("density_") and isinstance(v, float)]
+        cells = [g["algo"], g["dataset"], g["pruner"], g["sparsity"], *(str(g[c]) for c in extra), str(g["n_seeds"]),
+                 f"{g['score_mean']:.1f} ± {_num(g['score_std'])}",
+                 f"{g['score_iqm']:.1f} [{g['iqm_ci_low']:.1f}, {g['iqm_ci_high']:.1f}]",
+                 f"{np.mean(densities):.3f}" if densities else "",
+                 *(_num(g.get(c, math.nan), 2) for c in gen)]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    text += "\nScores are D4RL-normalised (0 random, 100 expert); IQM: interquartile mean over seeds with a "
+    text += "percentile-bootstrap 95% CI; density: mean kept fraction over the agent's networks.\n"
+    if problems:
+        text += f"\n## Missing or failed runs ({len(problems)})\n\n" + "\n".join(
+            f"- **{job.status}** `{job.label}`: {job.detail}" + (f" ({job.path})" if job.path else "") for job in problems
+        ) + "\n"
+    return text
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -1,0 +1,116 @@
+"""The sweep report on fabricated run directories (no training): statistics, grouping, dense
+reference, incomplete runs, figures, one-line CLI errors; plus the job-level skip/stale checks."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparse_offline_rl.cli import StaleRunError, check_same_config, run_training
+from sparse_offline_rl.evaluation.stats import iqm
+from sparse_offline_rl.io import atomic_write_json
+from sparse_offline_rl.reports import collect, write_report
+from sparse_offline_rl.reports.__main__ import main as report_main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(root: Path, algo: str, pruner: str, sparsity: float, seed: int, score: float, **algo_cfg) -> Path:
+    run = root / f"{algo}-{pruner}-{sparsity}-{seed}-{'-'.join(f'{k}{v}' for k, v in algo_cfg.items())}"
+    density = 1 - sparsity
+    layers = {"net.0.weight": {"density": density * 1.2}, "net.2.weight": {"density": density * 0.8}}
+    config = {"algo": {"name": algo, **algo_cfg}, "env": "hopper", "dataset": "hopper-medium", "seed": seed,
+              "sparsity": sparsity, "pruner": {"name": pruner, "rounds": 100 if pruner == "synflow" else 1},
+              "steps": 1000, "progress": seed % 2 == 0}  # `progress` differs between seeds: never a setting
+    atomic_write_json(run / "summary.json", {
+        "algo": algo, "env": "hopper", "dataset": "hopper-medium", "pruner": pruner if sparsity > 0 else "dense",
+        "sparsity": sparsity, "density": {"actor": density, "critic": density}, "steps": 1000, "steps_per_sec": 100.0,
+        "eval": {"normalized_score_mean": score, "normalized_score_std": 1.0, "return_mean": 10 * score},
+        "seed": seed, "pruning": {"networks": {"actor": {"layers": layers}, "critic": {"layers": layers}}},
+        "config": config,
+    })
+    with open(run / "eval.csv", "w") as f:
+        f.write("step,kind,normalized_score_mean\n" + "".join(f"{s},eval,{score * s / 1000}\n" for s in (500, 1000)))
+    return run
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    scores = {0: [50.0, 52.0, 54.0, 90.0], 0.9: [40.0, 41.0, 42.0, 43.0]}
+    for seed in range(4):
+        fake_run(root, "iql", "dense", 0.0, seed, scores[0][seed])
+        for pruner in ("snip", "synflow"):
+            fake_run(root, "iql", pruner, 0.9, seed, scores[0.9][seed] + (pruner == "synflow"))
+    return root
+
+
+def test_table_aggregates_over_seeds_with_iqm_and_ci(sweep_dir):
+    result = write_report(sweep_dir, reps=500)
+    groups = {(g["pruner"], g["sparsity"]): g for g in result["groups"]}
+    assert set(groups) == {("dense", "0"), ("snip", "0.9"), ("synflow", "0.9")}  # pruner.rounds is no setting
+    dense = groups[("dense", "0")]
+    assert dense["n_seeds"] == 4 and dense["seeds"] == "0 1 2 3"
+    assert dense["score_mean"] == pytest.approx(61.5)
+    assert dense["score_std"] == pytest.approx(np.std([50, 52, 54, 90], ddof=1))
+    assert dense["score_iqm"] == pytest.approx(53.0) == pytest.approx(iqm([50, 52, 54, 90]))  # the outlier is trimmed
+    assert 50.0 <= dense["iqm_ci_low"] <= 53.0 <= dense["iqm_ci_high"] <= 90.0
+    assert groups[("snip", "0.9")]["density_actor"] == pytest.approx(0.1)
+    with open(result["paths"]["results_csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and float(rows[0]["score_iqm"]) == pytest.approx(53.0)
+    markdown = result["paths"]["results_md"].read_text()
+    assert "| iql | hopper-medium | dense | 0 | 4 | 61.5 ± " in markdown and "Missing or failed" not in markdown
+    for name in ("score_vs_sparsity", "learning_curves", "density_per_layer"):
+        assert result["paths"][name].read_bytes().startswith(PNG)
+
+
+def test_a_setting_that_differs_between_runs_splits_groups(tmp_path):
+    for seed in range(2):
+        for expectile in (0.7, 0.9):
+            fake_run(tmp_path, "iql", "snip", 0.9, seed, 40.0 + 10 * expectile, expectile=expectile)
+    groups = write_report(tmp_path, reps=50)["groups"]
+    assert [(g["algo.expectile"], g["n_seeds"]) for g in groups] == [(0.7, 2), (0.9, 2)]
+    assert "| algo.expectile |" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_unfinished_runs_are_listed_not_dropped(sweep_dir):
+    failed = sweep_dir / "failed-job"
+    atomic_write_json(failed / "failed.json", {"error": "RuntimeError: loss is NaN", "traceback": ""})
+    cut = sweep_dir / "cut-job"
+    (cut / ".hydra").mkdir(parents=True)
+    (cut / "metrics.jsonl").write_text('{"step": 50, "kind": "train"}\n{"step": 100, "kind": "train"}\n')
+    jobs = {job.path.name: job for job in collect(sweep_dir) if job.status != "done"}
+    assert jobs["failed-job"].status == "failed" and jobs["failed-job"].detail == "RuntimeError: loss is NaN"
+    assert jobs["cut-job"].status == "incomplete" and "last logged step 100" in jobs["cut-job"].detail
+    markdown = write_report(sweep_dir, reps=50)["paths"]["results_md"].read_text()
+    assert "## Missing or failed runs (2)" in markdown and "loss is NaN" in markdown
+
+
+def test_report_cli_errors_are_one_line(tmp_path, capsys):
+    assert report_main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {tmp_path / 'nope'} is not a directory"]
+    (tmp_path / "empty").mkdir()
+    assert report_main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: no finished run (summary.json) under {tmp_path / 'empty'}"]
+
+
+def test_a_finished_job_is_skipped_and_a_stale_one_refused(tmp_path, fast_config, capsys):
+    run = fake_run(tmp_path, "iql", "random", 0.9, 0, 42.0)
+    stored = json.loads((run / "summary.json").read_text())
+    stored["config"] = {**fast_config, "threads": 8, "progress": True}  # volatile keys may differ
+    atomic_write_json(run / "summary.json", stored)
+    assert run_training(fast_config, str(run)) == 42.0  # no training: the stored score
+    assert "skip: " in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_training({**fast_config, "steps": 500}, str(run))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another config (steps: 300 -> 500)" in err[0]
+    with pytest.raises(StaleRunError):
+        check_same_config({"algo": {"name": "iql", "beta": 3.0}}, {"algo": {"name": "iql", "beta": 1.0}}, run)
+    check_same_config({"algo": {"name": "iql"}}, {"algo": {"name": "iql"}, "plugins": []}, run)  # new keys are fine
