@@ -41,6 +41,15 @@ def atomic_torch_save(path: Path | str, obj: Any) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
+def atomic_save_figure(fig: Any, path: Path | str, dpi: int = 110) -> Path:
+    """A matplotlib figure as PNG, written atomically; the figure is closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

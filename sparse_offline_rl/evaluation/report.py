@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparse_offline_rl.evaluation.perturbations import ALL_GROUPS, NOMINAL_LEVEL  # noqa: E402
-from sparse_offline_rl.io import _atomic  # noqa: E402
+from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
 
 DIAGNOSTIC_PANELS = (  # (title, [(metrics.jsonl key, legend)])
     ("TD error", [("td_error_train", "train"), ("td_error_val", "validation")]),
@@ -85,5 +85,4 @@ def plot_run(result: Mapping[str, Any], metrics_path: Path, out_path: Path) -> N
     fig.suptitle(" ".join(f"{k}={meta[k]}" for k in ("algo", "env", "pruner", "sparsity", "seed") if k in meta)
                  + f"  suite={result['suite']}, {result['episodes_per_cell']} episodes/cell")
     fig.tight_layout()
-    _atomic(Path(out_path), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
+    atomic_save_figure(fig, out_path, dpi=90)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,17 +22,9 @@ matplotlib.use("Agg")  # files only: no display on clusters and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sparse_offline_rl.io import _atomic  # noqa: E402
+from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
 
 Row = Mapping[str, Any]
-
-
-def save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
-    return path
 
 
 def panel_grid(rows: Sequence[str], cols: Sequence[str], width: float = 4.0, height: float = 3.0) -> tuple[Any, Any]:
@@ -91,7 +82,7 @@ def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
             ax.grid(alpha=0.3)
             if here:
                 ax.legend(fontsize=7)
-    return save(fig, path)
+    return atomic_save_figure(fig, path)
 
 
 def read_curve(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -138,7 +129,7 @@ def learning_curves(runs: Sequence[Row], path: Path) -> Path:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=6)
-    return save(fig, path)
+    return atomic_save_figure(fig, path)
 
 
 def layer_densities(summary_pruning: Mapping[str, Any]) -> dict[str, float]:
@@ -178,4 +169,4 @@ def density_per_layer(runs: Sequence[Row], pruning: Mapping[str, Mapping[str, An
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
-    return save(fig, path)
+    return atomic_save_figure(fig, path)
