@@ -114,9 +114,9 @@ class CQL:
 
             # Out-of-distribution proposals, n per state: uniform, pi(.|s) and pi(.|s'), in that order.
             obs_rep = b.observations.repeat_interleave(n, 0)  # row b * n + j is state b
-            next_obs_rep = b.next_observations.repeat_interleave(n, 0)
             rand_a = self.noise.uniform((batch * n, act_dim), -self.max_action, self.max_action, like=b.actions)
-            pol_a, pol_log_pi = self.actor.sample(torch.cat([obs_rep, next_obs_rep]), self.noise.generator)
+            # The actor runs once per state (not per proposal): n samples of each of the 2B states.
+            pol_a, pol_log_pi = self.actor.sample(torch.cat([b.observations, b.next_observations]), self.noise.generator, n=n)
             # Log-densities of the proposals: uniform on [-m, m]^|A|; the actor's log pi is that of
             # the tanh sample, so the scaling by max_action (m) adds -|A| log m.
             rand_log_mu = torch.full((batch * n,), -act_dim * math.log(2.0 * self.max_action), device=b.actions.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -14,7 +14,9 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Mo
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), activation()]
+        # In place: the Linear before it does not keep its output for backward, and the
+        # activation is not allocated anew each forward.
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True) if activation is nn.ReLU else activation()]
     layers.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 
@@ -92,9 +94,14 @@ class TanhGaussianActor(nn.Module):
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         return mean, log_std.clamp(-20.0, 2.0)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-probability (summed over action dims)."""
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-probability (summed over action dims).
+
+        `n > 1` draws n actions per state, rows ordered like `obs.repeat_interleave(n, 0)` (same
+        noise stream as sampling that repeated batch) with the network run once per state."""
         mean, log_std = self._mean_log_std(obs)
+        if n > 1:
+            mean, log_std = mean.repeat_interleave(n, 0), log_std.repeat_interleave(n, 0)
         std = log_std.exp()
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         pre_tanh = mean + std * noise
@@ -172,6 +179,55 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
 
 
+class FusedAdam(torch.optim.Adam):
+    """`torch.optim.Adam(fused=True)` whose `step` calls the fused kernel directly once every
+    parameter has its state, skipping the generic per-step Python bookkeeping of `Optimizer.step`
+    (about 60 us a call on this project's 2-core reference machine: three optimizers a step).
+
+    Same kernel and same arguments as Adam's own fused path, so results are bit-identical; it is an
+    `Adam` (state_dict / load_state_dict / schedulers unchanged, checkpoints interchangeable). Falls
+    back to `Adam.step` for a closure, several parameter groups, missing gradients, amsgrad, a
+    tensor lr, or before the state exists; the cached lists are rebuilt when `load_state_dict`
+    replaces the state.
+    """
+
+    _fast: tuple[Any, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def _fast_lists(self):
+        group = self.param_groups[0]
+        if self._fast is not None and self._fast[0] is self.state:
+            return self._fast
+        params = group["params"]
+        states = [self.state.get(p) for p in params]
+        if not states or any(not s or "exp_avg" not in s for s in states):
+            return None
+        self._fast = (self.state, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                      [s["step"] for s in states])
+        return self._fast
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        if closure is not None or len(self.param_groups) != 1:
+            return super().step(closure)
+        group = self.param_groups[0]
+        if group["amsgrad"] or group["maximize"] or group["differentiable"] or isinstance(group["lr"], torch.Tensor) \
+                or group.get("decoupled_weight_decay", False):
+            return super().step(closure)
+        lists = self._fast_lists()
+        if lists is None:
+            return super().step(closure)
+        _, params, exp_avgs, exp_avg_sqs, steps = lists
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return super().step(closure)
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
+        return None
+
+
 def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with the multi-tensor implementation (much faster than the per-tensor loop on CPU)."""
-    return torch.optim.Adam(module.parameters(), lr=lr, fused=True)
+    """Fused Adam (one kernel for all of a network's tensors; on CPU about 3x faster than foreach)."""
+    return FusedAdam(module.parameters(), lr=lr, fused=True)
