@@ -50,7 +50,10 @@ class TransitionBuffer:
     """Holds a dataset on `device`; `sample` draws a batch with replacement using its own generator.
 
     Observations are stored already normalised (when a normalizer is given) so the hot loop does no
-    per-step arithmetic beyond the gather.
+    per-step arithmetic beyond the gather. All fields live side by side in one contiguous (N, D)
+    tensor, columns [obs | action | reward | next_obs | done], so a batch is a single row gather
+    (`index_select`) whose column slices are the batch's fields; `observations`, `actions`, ...
+    are column views of that tensor.
     """
 
     def __init__(
@@ -63,17 +66,29 @@ class TransitionBuffer:
     ) -> None:
         self.device = torch.device(device)
         self.normalizer = normalizer or ObsNormalizer.identity(dataset.obs_dim, self.device)
-
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
-
-        self.observations = self.normalizer(tensor(dataset.observations))
-        self.next_observations = self.normalizer(tensor(dataset.next_observations))
-        self.actions = tensor(dataset.actions)
-        self.rewards = tensor(dataset.rewards) * reward_scale + reward_shift
-        self.dones = tensor(dataset.terminals)
-        self.size = len(dataset)
+        obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
+        n = len(dataset)
+        # Column layout; filled on the host one field at a time (no full-size temporaries), then moved.
+        o, a = obs_dim, obs_dim + act_dim
+        self._slices = (slice(0, o), slice(o, a), a, slice(a + 1, a + 1 + obs_dim), a + 1 + obs_dim)
+        packed = torch.empty((n, a + 2 + obs_dim), dtype=torch.float32)
+        mean, std = self.normalizer.mean.cpu(), self.normalizer.std.cpu()
+        for col, values in ((self._slices[0], dataset.observations), (self._slices[3], dataset.next_observations)):
+            view = packed[:, col]
+            view.copy_(torch.from_numpy(np.asarray(values)))
+            view.sub_(mean).div_(std)  # the normalizer's (obs - mean) / std
+        packed[:, self._slices[1]].copy_(torch.from_numpy(np.asarray(dataset.actions)))
+        rewards = packed[:, a]
+        rewards.copy_(torch.from_numpy(np.asarray(dataset.rewards)))
+        rewards.mul_(reward_scale).add_(reward_shift)
+        packed[:, self._slices[4]].copy_(torch.from_numpy(np.asarray(dataset.terminals)))
+        self.data = packed.to(self.device)
+        self.observations, self.actions, self.rewards, self.next_observations, self.dones = self._fields(self.data)
+        self.size = n
         self.generator = torch.Generator(device=self.device)
+
+    def _fields(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(rows[:, s] for s in self._slices)
 
     def __len__(self) -> int:
         return self.size
@@ -86,13 +101,7 @@ class TransitionBuffer:
         return self.gather(idx)
 
     def gather(self, idx: torch.Tensor) -> Batch:
-        return Batch(
-            self.observations[idx],
-            self.actions[idx],
-            self.rewards[idx],
-            self.next_observations[idx],
-            self.dones[idx],
-        )
+        return Batch(*self._fields(self.data.index_select(0, idx)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
