@@ -1,0 +1,45 @@
+"""python -m sparse_offline_rl.data {list | make env=.. quality=.. [size=1000000] [seed=0] [out=DIR] [id=..]}"""
+from __future__ import annotations
+
+import sys
+import time
+
+from sparse_offline_rl.data.behavior import parse_kv
+from sparse_offline_rl.data.dataset import DatasetError
+from sparse_offline_rl.data.generate import DEFAULT_SIZE, datasets_root, make_dataset, minari_id
+from sparse_offline_rl.data.loaders import available_ids, load_minari
+
+USAGE = __doc__
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("list", "make"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] == "list":
+        for dataset_id in available_ids():
+            print(dataset_id)
+        return 0
+    kv = parse_kv(argv[1:])
+    missing = [k for k in ("env", "quality") if k not in kv]
+    if missing:
+        print(f"missing {', '.join(missing)}; {USAGE}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    try:
+        size, seed = int(kv.get("size", DEFAULT_SIZE)), int(kv.get("seed", 0))
+        dataset_id = kv.get("id") or minari_id(kv["env"], kv["quality"], size, seed)
+        path = make_dataset(kv["env"], kv["quality"], size=size, seed=seed, out=kv.get("out"), dataset_id=dataset_id)
+        ds = load_minari(dataset_id, root=datasets_root(kv.get("out")))
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rets = ds.episode_returns()
+    print(f"wrote {path} ({len(ds)} transitions, {ds.num_episodes} episodes, return mean {rets.mean():.1f} "
+          f"min {rets.min():.1f} max {rets.max():.1f}, normalized {ds.normalized_score(rets.mean()):.1f}) "
+          f"in {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

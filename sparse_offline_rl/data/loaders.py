@@ -1,0 +1,297 @@
+"""Loaders that turn D4RL HDF5 files and local Minari datasets into an `OfflineDataset`, and the one
+entry point the trainer uses, `load_dataset(name, env=None)`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from sparse_offline_rl.algorithms.base import UnknownNameError
+from sparse_offline_rl.data.dataset import DatasetError, OfflineDataset
+from sparse_offline_rl.data.envs import TASKS, Task, get_task
+from sparse_offline_rl.data.generate import (
+    DEFAULT_ROOT,
+    ENVS,
+    QUALITIES,
+    datasets_root,
+    make_command,
+    make_dataset,
+    minari_id,
+)
+
+D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
+PROJECT_ID = re.compile(rf"^({'|'.join(ENVS)})-({'|'.join(QUALITIES)})$")
+
+
+# ---------------------------------------------------------------- D4RL HDF5
+
+def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDataset:
+    """A D4RL-layout HDF5 file with D4RL's transition rule.
+
+    Without `next_observations` (classic D4RL): next obs = observations[i + 1], rows with timeouts[i] are
+    dropped (their successor belongs to the next episode) and so is the last row; the row before a dropped
+    timeout becomes the episode's last one (timeouts=True, so it still bootstraps). With
+    `next_observations` every row has a true next obs, so timeout rows are kept as timeouts.
+    """
+    import h5py
+
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise DatasetError(f"{source}: file not found")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{source}: not a readable HDF5 file ({e})") from e
+    with f:
+        for name in D4RL_REQUIRED:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise DatasetError(f"{source}: field '{name}' missing")
+        raw = {name: f[name][()] for name in D4RL_REQUIRED}
+        next_obs = f["next_observations"][()] if "next_observations" in f else None
+        metadata = {f"metadata/{k}": _plain(v[()]) for k, v in f.get("metadata", {}).items() if isinstance(v, h5py.Dataset)}
+        info_keys = sorted(f["infos"].keys()) if "infos" in f else []
+
+    obs, act = raw["observations"], raw["actions"]
+    if obs.ndim != 2:
+        raise DatasetError(f"{source}: field 'observations' must be (N, obs_dim), got shape {obs.shape}")
+    if act.ndim != 2:
+        raise DatasetError(f"{source}: field 'actions' must be (N, act_dim), got shape {act.shape}")
+    n = obs.shape[0]
+    rewards = raw["rewards"].reshape(n, -1)[:, 0] if raw["rewards"].size == n else raw["rewards"]
+    for name, arr in (("actions", act), ("rewards", rewards), ("terminals", raw["terminals"]),
+                      ("timeouts", raw["timeouts"])):
+        if arr.shape[0] != n or (name != "actions" and arr.ndim != 1):
+            raise DatasetError(f"{source}: field '{name}' has shape {arr.shape}, expected {n} rows to match 'observations'")
+    if next_obs is not None and next_obs.shape != obs.shape:
+        raise DatasetError(f"{source}: field 'next_observations' has shape {next_obs.shape}, 'observations' has {obs.shape}")
+    for name in ("terminals", "timeouts"):
+        if not np.isin(raw[name], (0, 1)).all():
+            raise DatasetError(f"{source}: field '{name}' must be boolean (0/1)")
+    terminals, timeouts = raw["terminals"].astype(bool), raw["timeouts"].astype(bool)
+
+    if next_obs is None:
+        keep = ~timeouts
+        keep[-1] = False  # no successor row
+        nxt = np.concatenate([obs[1:], obs[-1:]])
+        ends_by_drop = np.zeros(n, bool)
+        ends_by_drop[:-1] = ~keep[1:]  # the row before a dropped row ends its episode
+        rows = np.flatnonzero(keep)
+        t_out = ends_by_drop[rows] & ~terminals[rows]
+    else:
+        rows = np.arange(n)
+        nxt = next_obs
+        t_out = timeouts.copy()
+        t_out[-1] |= not terminals[-1]  # the file may end mid-episode: treat it as cut
+    if len(rows) == 0:
+        raise DatasetError(f"{source}: no transitions left after dropping timeout rows")
+    term = terminals[rows]
+    t_out = t_out & ~term
+
+    task = _task_for_file(path, obs.shape[1], act.shape[1], env)
+    warnings.warn(f"{source}: D4RL (mujoco-py v2) data is evaluated on gymnasium {task.env_id} dynamics, "
+                  "which are close to but not equal to v2", stacklevel=2)
+    ends = np.flatnonzero(term | t_out)
+    starts = np.concatenate([[0], ends + 1])
+    ds = OfflineDataset(
+        observations=_float(obs[rows], source, "observations"),
+        actions=_float(act[rows], source, "actions"),
+        rewards=_float(rewards[rows], source, "rewards"),
+        next_observations=_float(nxt[rows], source, "next_observations"),
+        terminals=term,
+        timeouts=t_out,
+        episode_starts=starts[starts < len(rows)].astype(np.int64),
+        env_id=task.env_id,
+        ref_min_score=task.d4rl_random_score,
+        ref_max_score=task.d4rl_expert_score,
+        source=source,
+        metadata={"format": "d4rl-hdf5", "info_keys": info_keys, **metadata},
+    )
+    return ds
+
+
+def _float(arr: np.ndarray, source: str, name: str) -> np.ndarray:
+    if not np.issubdtype(arr.dtype, np.number):
+        raise DatasetError(f"{source}: field '{name}' must be numeric, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist() if v.size <= 16 else f"array{v.shape}"
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _task_for_file(path: Path, obs_dim: int, act_dim: int, env: str | None) -> Task:
+    """The v5 task a D4RL file belongs to: `env` if given, else the file name, else unique dims."""
+    if env is not None:
+        task = _task(env)
+        if (obs_dim, act_dim) != (task.obs_dim, task.act_dim):
+            raise DatasetError(f"{path}: field 'observations'/'actions' have dims ({obs_dim}, {act_dim}) but "
+                               f"{task.env_id} expects ({task.obs_dim}, {task.act_dim})")
+        return task
+    for task in TASKS.values():
+        if task.name in path.name.lower():
+            if (obs_dim, act_dim) != (task.obs_dim, task.act_dim):
+                raise DatasetError(f"{path}: field 'observations'/'actions' have dims ({obs_dim}, {act_dim}) but the "
+                                   f"file name says {task.env_id} with ({task.obs_dim}, {task.act_dim})")
+            return task
+    matches = [t for t in TASKS.values() if (t.obs_dim, t.act_dim) == (obs_dim, act_dim)]
+    if len(matches) == 1:
+        return matches[0]
+    raise DatasetError(f"{path}: cannot tell the environment from dims (obs {obs_dim}, act {act_dim}) "
+                       f"{'(ambiguous: ' + ', '.join(t.name for t in matches) + ')' if matches else ''}; pass env=")
+
+
+def _task(env: str) -> Task:
+    try:
+        return get_task(env)
+    except UnknownNameError as e:
+        raise DatasetError(str(e)) from e
+
+
+# ---------------------------------------------------------------- Minari
+
+def search_roots() -> list[Path]:
+    """$MINARI_DATASETS_PATH (if set), then the repo's datasets/minari."""
+    roots = [datasets_root()]
+    if DEFAULT_ROOT not in roots:
+        roots.append(DEFAULT_ROOT)
+    return roots
+
+
+@contextmanager
+def _minari_root(root: Path) -> Iterator[None]:
+    """minari reads MINARI_DATASETS_PATH at call time; point it at `root` for one call."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def find_minari(dataset_id: str) -> Path | None:
+    """The datasets root holding `dataset_id`, if any."""
+    for root in search_roots():
+        if (root / dataset_id / "data").is_dir():
+            return root
+    return None
+
+
+def load_minari(dataset_id: str, root: str | os.PathLike | None = None) -> OfflineDataset:
+    """A local Minari dataset (flat Box observations/actions) via `minari.load_dataset`."""
+    import gymnasium as gym
+    import minari
+
+    root_path = Path(root) if root is not None else find_minari(dataset_id)
+    if root_path is None or not (root_path / dataset_id / "data").is_dir():
+        raise DatasetError(_missing_message(dataset_id))
+    source = f"minari:{dataset_id}"
+    with _minari_root(root_path):
+        try:
+            ds = minari.load_dataset(dataset_id)
+        except Exception as e:  # minari raises several types for unreadable folders
+            raise DatasetError(f"{source}: cannot be opened ({e})") from e
+    for name, space in (("observations", ds.observation_space), ("actions", ds.action_space)):
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise DatasetError(f"{source}: field '{name}' must be a flat Box space, got {space}")
+    obs, nxt, act, rew, term, trunc, lengths = [], [], [], [], [], [], []
+    for ep in ds.iterate_episodes():
+        t = len(ep.rewards)
+        if t == 0:
+            continue
+        if ep.observations.shape[0] != t + 1:
+            raise DatasetError(f"{source}: field 'observations' of episode {ep.id} has {ep.observations.shape[0]} rows, "
+                               f"expected {t + 1} (T+1)")
+        obs.append(ep.observations[:-1]), nxt.append(ep.observations[1:]), act.append(ep.actions)
+        rew.append(ep.rewards), term.append(ep.terminations), trunc.append(ep.truncations), lengths.append(t)
+    if not lengths:
+        raise DatasetError(f"{source}: dataset has no transitions")
+    terminals = np.concatenate(term).astype(bool)
+    timeouts = np.concatenate(trunc).astype(bool) & ~terminals
+    ends = np.cumsum(lengths) - 1
+    timeouts[ends] |= ~terminals[ends]  # every episode ends with one of the two flags
+    meta = ds.storage.metadata
+    seeds = [m.get("seed") for m in ds.storage.get_episode_metadata(range(ds.total_episodes))]
+    env_spec = ds.spec.env_spec
+    return OfflineDataset(
+        observations=_float(np.concatenate(obs), source, "observations"),
+        actions=_float(np.concatenate(act), source, "actions"),
+        rewards=_float(np.concatenate(rew), source, "rewards"),
+        next_observations=_float(np.concatenate(nxt), source, "next_observations"),
+        terminals=terminals,
+        timeouts=timeouts,
+        episode_starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
+        env_id=env_spec.id if env_spec is not None else None,
+        ref_min_score=_opt_float(meta.get("ref_min_score")),
+        ref_max_score=_opt_float(meta.get("ref_max_score")),
+        source=source,
+        reset_seeds=np.asarray(seeds, dtype=np.int64) if all(s is not None for s in seeds) and len(seeds) == len(lengths) else None,
+        metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, list))} | {"format": "minari"},
+    )
+
+
+def _opt_float(v: object) -> float | None:
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- entry point
+
+def available_ids() -> list[str]:
+    """Project ids (made on first use from the shipped policies) and every local Minari id."""
+    import minari
+
+    ids = [f"{e}-{q}" for e in ENVS for q in QUALITIES]
+    for root in search_roots():
+        if root.is_dir():
+            with _minari_root(root), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ids += [i for i in minari.list_local_datasets() if i not in ids]
+    return ids
+
+
+def _missing_message(name: str) -> str:
+    m = re.match(rf"^sorl/({'|'.join(ENVS)})/({'|'.join(QUALITIES)})(?:-n(\d+))?(?:-s(\d+))?-v0$", name)
+    how = (make_command(m[1], m[2], int(m[3] or 1_000_000), int(m[4] or 0)) if m else
+           "python -m sparse_offline_rl.data make env=ENV quality=QUALITY size=N seed=S")
+    return (f"unknown dataset '{name}' (searched {', '.join(map(str, search_roots()))}); available: "
+            f"{', '.join(available_ids())}; make a missing one with `{how}`")
+
+
+def load_dataset(name: str, env: str | None = None, generate: bool = True) -> OfflineDataset:
+    """The trainer's single entry point.
+
+    `name` is a project id (`hopper-medium`, `walker2d-medium-expert`; made from the shipped policies on
+    first use when `generate`, then cached), a local Minari id (`mujoco/hopper/medium-v0`), or a path
+    to a D4RL-layout `.hdf5`/`.h5` file. With `env`, dims are checked against that environment.
+    """
+    if name.endswith((".hdf5", ".h5")) or os.sep in name and Path(name).exists():
+        ds = load_d4rl_hdf5(name, env)
+    else:
+        m = PROJECT_ID.match(name)
+        target = minari_id(m[1], m[2]) if m else name
+        if m and find_minari(target) is None:
+            if not generate:
+                raise DatasetError(_missing_message(target))
+            print(f"dataset '{name}' not found locally: generating it once from the shipped policies "
+                  f"({make_command(m[1], m[2])})", flush=True)
+            make_dataset(m[1], m[2])
+        ds = load_minari(target)
+    if env is not None:
+        task = _task(env)
+        ds.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
+        if ds.env_id is not None and ds.env_id.split("-v")[0].lower() != task.env_id.split("-v")[0].lower():
+            raise DatasetError(f"{ds.source}: dataset was collected on {ds.env_id}, not {task.env_id}")
+    return ds

@@ -1,0 +1,248 @@
+"""Data layer: D4RL HDF5 and Minari loaders, the load_dataset entry point, and dataset generation."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sparse_offline_rl.data import DatasetError, load_d4rl_hdf5, load_dataset, make_dataset
+from sparse_offline_rl.data import generate as gen
+from sparse_offline_rl.data.__main__ import main as cli
+from sparse_offline_rl.data.policies import POLICY_DIR, GaussianActor, actor_to_arrays, load_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+# ---------------------------------------------------------------- helpers
+
+def write_d4rl(path: Path, n: int = 10, obs_dim: int = 11, act_dim: int = 3, next_obs: bool = False, **override) -> dict:
+    rng = np.random.default_rng(0)
+    data = {
+        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
+        "rewards": np.arange(n, dtype=np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.zeros(n, bool),
+    }
+    data["terminals"][3] = True  # episode 1: rows 0-3, ends by termination
+    data["timeouts"][6] = True  # episode 2: rows 4-6, cut by the time limit
+    if next_obs:
+        data["next_observations"] = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    data.update(override)
+    with h5py.File(path, "w") as f:
+        for k, v in data.items():
+            if v is not None:
+                f.create_dataset(k, data=v)
+        f.create_dataset("infos/qpos", data=np.zeros((n, 2)))
+        f.create_dataset("metadata/algorithm", data="SAC")
+    return data
+
+
+@pytest.fixture()
+def policy_dir(tmp_path: Path) -> Path:
+    """Untrained but seeded actors laid out like datasets/policies/, so generation needs no training."""
+    root = tmp_path / "policies"
+    (root / "hopper").mkdir(parents=True)
+    torch.manual_seed(0)
+    names = ["step_0000000", "step_0005000", "step_0010000"]
+    arrays = {f"{n}/{k}": v for n in names for k, v in actor_to_arrays(GaussianActor(11, 3, 32)).items()}
+    np.savez(root / "hopper" / "actors.npz", **arrays)
+    info = {"policies": {"expert": names[2], "medium": names[1], "medium-replay": names[:2]},
+            "ref_min_score": -20.0, "ref_max_score": 3000.0,
+            "returns": {"random": {"episodes": 100}}}
+    (root / "hopper" / "policies.json").write_text(json.dumps(info))
+    return root
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "data").iterdir())}
+
+
+# ---------------------------------------------------------------- D4RL HDF5
+
+def test_d4rl_classic_transition_rule(tmp_path: Path) -> None:
+    path = tmp_path / "hopper-medium-v2.hdf5"
+    raw = write_d4rl(path)
+    with pytest.warns(UserWarning, match="v5"):
+        ds = load_d4rl_hdf5(path)
+    # Row 6 (timeout) and row 9 (no successor) are dropped; next obs is the following row.
+    kept = [0, 1, 2, 3, 4, 5, 7, 8]
+    np.testing.assert_array_equal(ds.observations, raw["observations"][kept])
+    np.testing.assert_array_equal(ds.next_observations, raw["observations"][[k + 1 for k in kept]])
+    np.testing.assert_array_equal(ds.rewards, raw["rewards"][kept])
+    assert ds.terminals.tolist() == [False, False, False, True, False, False, False, False]
+    assert ds.timeouts.tolist() == [False, False, False, False, False, True, False, True]
+    assert ds.episode_starts.tolist() == [0, 4, 6]
+    assert ds.env_id == "Hopper-v5" and ds.ref_min_score == pytest.approx(-20.272305)
+    assert ds.ref_max_score == pytest.approx(3234.3)
+    assert ds.metadata["metadata/algorithm"] == "SAC" and ds.metadata["info_keys"] == ["qpos"]
+
+
+def test_d4rl_next_observations_keep_timeout_rows(tmp_path: Path) -> None:
+    path = tmp_path / "data.h5"  # no env in the name: found from the dims (11, 3) -> hopper
+    raw = write_d4rl(path, next_obs=True)
+    ds = load_dataset(str(path), env="hopper")
+    assert len(ds) == 10
+    np.testing.assert_array_equal(ds.next_observations, raw["next_observations"])
+    assert np.flatnonzero(ds.timeouts).tolist() == [6, 9] and np.flatnonzero(ds.terminals).tolist() == [3]
+    assert ds.episode_starts.tolist() == [0, 4, 7]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [({"timeouts": None}, "timeouts"), ({"rewards": np.zeros(7, np.float32)}, "rewards"),
+     ({"observations": np.zeros(10, np.float32)}, "observations")],
+)
+def test_d4rl_malformed_names_file_and_field(tmp_path: Path, override: dict, field: str) -> None:
+    path = tmp_path / "hopper-bad.hdf5"
+    write_d4rl(path, **override)
+    with pytest.raises(DatasetError, match=rf"hopper-bad\.hdf5.*'{field}'"):
+        load_d4rl_hdf5(path)
+
+
+def test_d4rl_nan_names_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "hopper-nan.hdf5"
+    obs = np.zeros((10, 11), np.float32)
+    obs[2, 5] = np.nan
+    write_d4rl(path, observations=obs)
+    with pytest.raises(DatasetError, match=r"hopper-nan\.hdf5.*'observations'.*NaN"):
+        load_d4rl_hdf5(path)
+
+
+def test_d4rl_wrong_dims_for_env(tmp_path: Path) -> None:
+    path = tmp_path / "hopper-medium.hdf5"
+    write_d4rl(path)
+    with pytest.raises(DatasetError, match=r"hopper-medium\.hdf5.*'observations'.*Walker2d-v5"):
+        load_dataset(str(path), env="walker2d")
+
+
+def test_d4rl_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="nope.hdf5: file not found"):
+        load_dataset(str(tmp_path / "nope.hdf5"))
+
+
+# ---------------------------------------------------------------- Minari
+
+def test_minari_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    rng = np.random.default_rng(1)
+    lengths, ends = [5, 3], [(True, False), (False, True)]  # one terminated, one truncated
+    buffers = [
+        EpisodeBuffer(id=i, seed=100 + i, observations=rng.normal(size=(t + 1, 11)).astype(np.float32),
+                      actions=rng.uniform(-1, 1, (t, 3)).astype(np.float32), rewards=np.ones(t, np.float32),
+                      terminations=np.array([False] * (t - 1) + [term]), truncations=np.array([False] * (t - 1) + [trunc]))
+        for i, (t, (term, trunc)) in enumerate(zip(lengths, ends))
+    ]
+    minari.create_dataset_from_buffers("test/hopper/tiny-v0", buffers, env="Hopper-v5", ref_min_score=-20.0,
+                                       ref_max_score=3000.0, algorithm_name="x", author="x", author_email="x",
+                                       code_permalink="x", description="x")
+    ds = load_dataset("test/hopper/tiny-v0", env="hopper")
+    assert len(ds) == 8 and ds.episode_starts.tolist() == [0, 5]
+    np.testing.assert_array_equal(ds.observations[:5], buffers[0].observations[:-1])
+    np.testing.assert_array_equal(ds.next_observations[5:], buffers[1].observations[1:])
+    assert np.flatnonzero(ds.terminals).tolist() == [4] and np.flatnonzero(ds.timeouts).tolist() == [7]
+    assert (ds.ref_min_score, ds.ref_max_score, ds.env_id) == (-20.0, 3000.0, "Hopper-v5")
+    assert ds.reset_seeds.tolist() == [100, 101]
+    with pytest.raises(DatasetError, match="Walker2d"):
+        load_dataset("test/hopper/tiny-v0", env="walker2d")
+
+
+def test_unknown_id_lists_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mujoco/hopper/nothing-v0")
+    assert "hopper-medium" in str(err.value) and "walker2d-medium-expert" in str(err.value)
+    assert "python -m sparse_offline_rl.data make" in str(err.value)
+    with pytest.raises(DatasetError, match="make env=hopper quality=medium-replay size=1000000 seed=0"):
+        load_dataset("hopper-medium-replay", generate=False)
+
+
+# ---------------------------------------------------------------- generation
+
+def test_generation_is_deterministic_and_loadable(tmp_path: Path, policy_dir: Path) -> None:
+    paths = [make_dataset("hopper", "medium-replay", size=1500, seed=3, out=tmp_path / r, policy_dir=policy_dir,
+                          progress=False) for r in ("a", "b")]
+    assert digest(paths[0]) == digest(paths[1])  # same command + seed -> same bytes
+    a = gen_load(tmp_path / "a", "sorl/hopper/medium-replay-n1500-s3-v0")
+    assert len(a) == 1500 and a.env_id == "Hopper-v5"
+    assert (a.ref_min_score, a.ref_max_score) == (-20.0, 3000.0)
+    assert len(set(a.reset_seeds.tolist())) == a.num_episodes and a.reset_seeds.min() >= 3 * 10**9
+    assert a.metadata["sorl_behaviour_policies"] == ["step_0000000", "step_0005000"]
+    other = make_dataset("hopper", "medium-replay", size=1500, seed=4, out=tmp_path / "c", policy_dir=policy_dir,
+                         progress=False)
+    assert digest(other) != digest(paths[0])
+    train, val = a.split_episodes(0.2, seed=0)
+    assert len(train) + len(val) == len(a)
+
+
+def test_sharded_generation_matches_in_process(tmp_path: Path, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gen, "SHARD_SIZE", 700)  # 3 shards for 1600 transitions
+    kw = dict(size=1600, seed=0, policy_dir=policy_dir, progress=False)
+    one = make_dataset("hopper", "random", out=tmp_path / "one", workers=1, **kw)
+    two = make_dataset("hopper", "random", out=tmp_path / "two", workers=2, **kw)
+    assert digest(one) == digest(two)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path: Path, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = gen.write_episodes
+
+    def crash(path: Path, episodes: list) -> None:
+        real(path, episodes[:1])  # half-written file, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "write_episodes", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make_dataset("hopper", "medium", size=500, out=tmp_path / "root", policy_dir=policy_dir, progress=False)
+    assert list((tmp_path / "root").iterdir()) == []  # no temp folder, no dataset folder
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("sorl/hopper/medium-n500-v0")
+
+
+def test_cli_make_and_list(tmp_path: Path, policy_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture) -> None:
+    import sparse_offline_rl.data.__main__ as main_mod
+
+    monkeypatch.setattr(main_mod, "make_dataset", _with_policy_dir(make_dataset, policy_dir))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    assert cli(["make", "env=hopper", "quality=expert", "size=300", "seed=2"]) == 0
+    assert cli(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "sorl/hopper/expert-n300-s2-v0" in out and "halfcheetah-medium-replay" in out
+    assert cli(["make", "env=hopper", "quality=expert", "size=300", "seed=2"]) == 1  # refuses to overwrite
+
+
+def _with_policy_dir(fn, policy_dir: Path):
+    return lambda *a, **k: fn(*a, **{**k, "policy_dir": policy_dir, "progress": False})
+
+
+def gen_load(root: Path, dataset_id: str):
+    from sparse_offline_rl.data.loaders import load_minari
+
+    return load_minari(dataset_id, root=root)
+
+
+# ---------------------------------------------------------------- shipped artefacts
+
+@pytest.mark.parametrize("env", ["hopper", "walker2d", "halfcheetah"])
+def test_shipped_policies_load(env: str) -> None:
+    path = POLICY_DIR / env / "policies.json"
+    if not path.exists():
+        pytest.skip(f"no shipped policies for {env}")
+    info = json.loads(path.read_text())
+    from sparse_offline_rl.data.envs import get_task
+
+    task = get_task(env)
+    for quality in ("medium", "expert"):
+        policy = load_checkpoint(env, info["policies"][quality], task.obs_dim, task.act_dim)
+        act = policy.act(np.zeros((4, task.obs_dim), np.float32), np.random.default_rng(0))
+        assert act.shape == (4, task.act_dim) and np.abs(act).max() <= 1.0
+    assert info["ref_max_score"] > info["ref_min_score"]
