@@ -15,12 +15,19 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should be readable as usual
     try:
         write(tmp)
         os.replace(tmp, path)  # atomic on POSIX: the old file or the new one, never a mix
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -31,6 +38,18 @@ def atomic_write_text(path: Path | str, text: str) -> None:
             os.fsync(f.fileno())
 
     _atomic(Path(path), write)
+
+
+def atomic_write_bytes_with(path: Path | str, write: Callable[[Any], None]) -> None:
+    """`write(file_object)` fills the file (e.g. `np.savez`); readers see all of it or nothing."""
+
+    def to_tmp(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic(Path(path), to_tmp)
 
 
 def atomic_write_json(path: Path | str, obj: Any) -> None:

@@ -155,6 +155,29 @@ def test_minari_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         load_dataset("test/hopper/tiny-v0", env="walker2d")
 
 
+def test_minari_flat_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from sparse_offline_rl.data import loaders
+
+    test_minari_round_trip(tmp_path, monkeypatch)  # builds test/hopper/tiny-v0 and loads it once
+    first = load_dataset("test/hopper/tiny-v0")
+    assert (tmp_path / "minari" / "test/hopper/tiny-v0" / loaders.FLAT_CACHE).exists()
+    calls = []
+    real = loaders._load_minari_episodes
+    monkeypatch.setattr(loaders, "_load_minari_episodes", lambda *a: calls.append(a) or real(*a))
+    cached = load_dataset("test/hopper/tiny-v0")
+    assert calls == []  # served from the cache
+    for field in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
+                  "episode_starts", "reset_seeds"):
+        np.testing.assert_array_equal(getattr(cached, field), getattr(first, field))
+    assert (cached.ref_min_score, cached.ref_max_score, cached.env_id) == (first.ref_min_score, first.ref_max_score, first.env_id)
+    data_file = next((tmp_path / "minari" / "test/hopper/tiny-v0" / "data").glob("*.hdf5"))
+    os.utime(data_file, ns=(1, 1))  # Minari's files changed: the cache must not be trusted
+    load_dataset("test/hopper/tiny-v0")
+    assert len(calls) == 1
+
+
 def test_unknown_id_lists_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     with pytest.raises(DatasetError) as err:
