@@ -147,6 +147,41 @@ class Adapter(Native):
         self.label = "adapter"
 
 
+class WithThreads(Contender):
+    """Another contender run with `threads` torch threads (set before each timed run, restored after)."""
+
+    def __init__(self, inner: Contender, threads: int) -> None:
+        self.inner, self.threads = inner, threads
+        self.label = f"{inner.label} @{threads}t"
+        self.step = inner.step
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self.inner.run(seconds)
+        finally:
+            torch.set_num_threads(before)
+
+
+def bench_threads(name: str, dataset: OfflineDataset, replay: Any | None, rounds: int, seconds: float,
+                  threads: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Native (and d3rlpy's update) at each thread count, alternating: the thread-policy evidence."""
+    contenders: list[Contender] = []
+    for t in threads:
+        contenders.append(WithThreads(Native(name, dataset), t))
+        if replay is not None:
+            contenders.append(WithThreads(D3rlpyOwn(name, replay, NATIVE_HIDDEN[name], presampled=True, label="d3rlpy upd"), t))
+    rates = measure(contenders, rounds, seconds)
+    out: dict[str, Any] = {"steps_per_sec": {k: statistics.median(v) for k, v in rates.items()}, "rounds": rates}
+    out["ratios"] = {f"{a} / {b}": ratio(rates, a, b) for a in rates for b in rates if a != b and a.split(" @")[1] == b.split(" @")[1]}
+    t0, t1 = threads[0], threads[-1]
+    out["ratios"].update({f"native @{t1}t / @{t0}t": ratio(rates, f"native @{t1}t", f"native @{t0}t")})
+    if replay is not None:
+        out["ratios"].update({f"d3rlpy upd @{t1}t / @{t0}t": ratio(rates, f"d3rlpy upd @{t1}t", f"d3rlpy upd @{t0}t")})
+    return out
+
+
 def measure(contenders: list[Contender], rounds: int, seconds: float, warmup: float = 0.5) -> dict[str, list[float]]:
     """Steps/s per contender per round, alternating (the order rotates each round)."""
     for c in contenders:
@@ -211,6 +246,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-d3rlpy", action="store_true")
+    ap.add_argument("--thread-policy", action="store_true", help="1 vs 2 threads, native and d3rlpy, alternating")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,6 +258,13 @@ def main() -> None:
             replay = d3rlpy_replay_buffer(dataset)
         except ImportError:
             print("d3rlpy not installed: native figures only")
+    if args.thread_policy:
+        for name in args.algos.split(","):
+            res = bench_threads(name, dataset, replay, args.rounds, args.seconds)
+            print(name, {k: round(v, 1) for k, v in res["steps_per_sec"].items()})
+            print(name, {k: round(v, 2) for k, v in res["ratios"].items()})
+        print(f"load average at end {os.getloadavg()[0]:.1f}")
+        return
     rows = []
     for name in args.algos.split(","):
         res = bench_algorithm(name, dataset, replay, args.rounds, args.seconds)

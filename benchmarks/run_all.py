@@ -15,6 +15,8 @@ native figures are still measured). Sections:
 5. `dataset`  a synthetic 1M-transition D4RL-layout HDF5 file (hopper dims) loaded through
               `load_dataset` in a fresh process: seconds and peak memory against the raw arrays,
               and the TransitionBuffer built from it;
+4b. `threads` IQL at 1 vs 2 torch threads, alternating, with libgomp's default wait policy and (in a
+              child process) with OMP_WAIT_POLICY=PASSIVE: the evidence for the threads policy;
 6. `eval`     evaluation throughput: env steps/s of a policy in the pooled vectorised rollouts the
               trainer uses (10 HalfCheetah episodes of 1000 steps, 10 at once).
 
@@ -51,7 +53,7 @@ import torch  # noqa: E402
 
 import bench_training as bt  # noqa: E402
 
-SECTIONS = ("matmul", "training", "flops", "pruning", "dataset", "eval")
+SECTIONS = ("matmul", "training", "flops", "threads", "pruning", "dataset", "eval")
 TARGETS = {"ratio": 2.0, "mask_overhead": 0.05, "flop_fraction_iql": 0.5, "load_seconds": 5.0, "peak_over_raw": 2.0}
 
 
@@ -235,6 +237,32 @@ def bench_eval(episodes: int = 10) -> dict[str, Any]:
             "seconds": total, "env_steps_per_sec": steps / total, "policy_fraction": policy_s[0] / total}
 
 
+# ------------------------------------------------------------------------------------ 3b. threads
+def threads_child(with_d3rlpy: bool, rounds: int, seconds: float) -> None:
+    dataset = bt.synthetic_dataset()
+    replay = bt.d3rlpy_replay_buffer(dataset) if with_d3rlpy else None
+    res = bt.bench_threads("iql", dataset, replay, rounds, seconds)
+    print(json.dumps(res))
+
+
+def bench_thread_policy(with_d3rlpy: bool, rounds: int, seconds: float) -> dict[str, Any]:
+    """The same measurement in two fresh processes: libgomp's wait policy is fixed at start-up."""
+    out = {}
+    for policy in ("default", "PASSIVE"):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env.pop("OMP_WAIT_POLICY", None)
+        if policy != "default":
+            env["OMP_WAIT_POLICY"] = policy
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_threads-child", "1" if with_d3rlpy else "0",
+               "--rounds", str(max(2, rounds - 2)), "--seconds", str(seconds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+        try:
+            out[policy] = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            out[policy] = {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return out
+
+
 # ------------------------------------------------------------------------------------ 4. pruning
 def bench_pruning(threads: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -270,9 +298,13 @@ def main() -> None:
     ap.add_argument("--algos", default="iql,td3bc,cql")
     ap.add_argument("--transitions", type=int, default=1_000_000)
     ap.add_argument("--_load-child", dest="load_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_threads-child", dest="threads_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load_child:
         load_child(args.load_child)
+        return
+    if args.threads_child is not None:
+        threads_child(args.threads_child == "1", args.rounds, args.seconds)
         return
     if args.quick:
         args.rounds, args.seconds, args.transitions = 3, 0.5, 100_000
@@ -350,6 +382,21 @@ def main() -> None:
         print(f"\n[3] FLOPs per update step vs the 256^3 matmul rate ({peak:.0f} GFLOP/s)")
         print(fmt_table(("algo", "GFLOP/step", "steps/s", "GFLOP/s", "FLOP-bound steps/s", "of bound",
                          "d3rlpy GFLOP/step", "d3rlpy of bound"), rows))
+
+    if "threads" not in skip:
+        res = result["threads"] = bench_thread_policy(replay is not None, args.rounds, args.seconds)
+        print("\n[3b] IQL steps/s at 1 and 2 torch threads, alternating (OMP wait policy: default / PASSIVE)")
+        rows = []
+        for policy, r in res.items():
+            if "error" in r:
+                rows.append((policy, r["error"], "", ""))
+                continue
+            sps = r["steps_per_sec"]
+            for who in ("native", "d3rlpy upd"):
+                if f"{who} @1t" in sps:
+                    rows.append((policy, who, f"{sps[f'{who} @1t']:.0f}", f"{sps[f'{who} @2t']:.0f}",
+                                 f"{r['ratios'][f'{who} @2t / @1t']:.2f}x"))
+        print(fmt_table(("OMP_WAIT_POLICY", "contender", "1 thread", "2 threads", "2t / 1t"), rows))
 
     if "pruning" not in skip:
         result["pruning"] = bench_pruning(args.threads)
