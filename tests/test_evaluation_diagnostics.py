@@ -56,7 +56,7 @@ def test_td_error_is_iqls_critic_loss(hopper_data):
 def test_bc_mse_is_zero_when_the_dataset_actions_are_the_policy(hopper_data):
     algo, buffer, diag = make_diagnostics("td3bc", hopper_data)
     with torch.no_grad():
-        buffer.actions = algo.act(buffer.observations)
+        buffer.actions.copy_(algo.act(buffer.observations))  # in place: a view into the packed rows
     diag = TrainingDiagnostics(algo, buffer, None, diag.normalizer, 1.0, "hopper", 0.99, start_state_seeds=[])
     out = diag(1)
     assert out["bc_mse_train"] == 0.0 and "td_error_val" not in out and "q_s0" not in out
