@@ -83,12 +83,25 @@ class TransitionBuffer:
         rewards.mul_(reward_scale).add_(reward_shift)
         packed[:, self._slices[4]].copy_(torch.from_numpy(np.asarray(dataset.terminals)))
         self.data = packed.to(self.device)
-        self.observations, self.actions, self.rewards, self.next_observations, self.dones = self._fields(self.data)
         self.size = n
         self.generator = torch.Generator(device=self.device)
 
     def _fields(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(rows[:, s] for s in self._slices)
+
+    # Each field is a column view of `data`: writing into it (or assigning a whole new tensor of the
+    # same shape, which is copied in) changes what `sample` / `gather` return.
+    def _column(i: int) -> property:  # type: ignore[misc]
+        def get(self: "TransitionBuffer") -> torch.Tensor:
+            return self.data[:, self._slices[i]]
+
+        def put(self: "TransitionBuffer", value: torch.Tensor) -> None:
+            get(self).copy_(torch.as_tensor(value, dtype=self.data.dtype, device=self.data.device))
+
+        return property(get, put)
+
+    observations, actions, rewards, next_observations, dones = _column(0), _column(1), _column(2), _column(3), _column(4)
+    del _column
 
     def __len__(self) -> int:
         return self.size
