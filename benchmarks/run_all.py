@@ -306,6 +306,7 @@ def main() -> None:
     if args.threads_child is not None:
         threads_child(args.threads_child == "1", args.rounds, args.seconds)
         return
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when piped to a file
     if args.quick:
         args.rounds, args.seconds, args.transitions = 3, 0.5, 100_000
     skip = {s for s in args.skip.split(",") if s}
