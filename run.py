@@ -52,6 +52,24 @@ def plugin_specs(argv: list[str]) -> tuple[list[str], list[str]]:
     return specs, out
 
 
+def check_choices(args: list[str]) -> None:
+    """`algo=` / `pruner=` (or comma lists of them, for sweeps) must name a known option: say so in one
+    line here instead of Hydra's multi-line config-search report."""
+    from sparse_offline_rl.algorithms import available_algorithms
+    from sparse_offline_rl.pruning import PRUNERS
+
+    known = {
+        "algorithm": ("algo", sorted(set(available_algorithms()) | {p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml")})),
+        "pruner": ("pruner", sorted(PRUNERS)),
+    }
+    for what, (group, options) in known.items():
+        for arg in args:
+            if arg.startswith(f"{group}="):
+                for value in arg.split("=", 1)[1].split(","):
+                    if value not in options:
+                        raise ValueError(f"unknown {what} '{value}'; available: {', '.join(options)}")
+
+
 def prepare(argv: list[str]) -> list[str]:
     """Import plug-ins and register config entries; return argv with `plugins` as a recorded override."""
     from sparse_offline_rl.algorithms import load_plugins
@@ -60,6 +78,7 @@ def prepare(argv: list[str]) -> list[str]:
     specs, args = plugin_specs(argv[1:])
     import_plugins(specs)
     load_plugins()
+    check_choices(args)
     store_algorithm_configs(CONFIG_DIR / "algo")
     return [argv[0], *args]
 
