@@ -5,105 +5,30 @@
 Networks: actor 17-256-256-6 (Gaussian, state-independent log-std), twin critics (23-256-256-1)x2,
 value 17-256-256-1, with IQL's saliency losses (critic TD against r + gamma V(s'), value expectile
 0.7, actor advantage-weighted log-likelihood, beta 3, weights clamped at 100) on one batch of 256.
-The algorithm is a self-contained stand-in following the OfflineAlgorithm protocol, so the figures
-measure the pruning code, not whichever IQL is in the tree. Targets: SNIP / GraSP < 2 s, SynFlow
+The networks and saliency losses are the project's own IQL (`make_algorithm("iql", ...)`). Targets: SNIP / GraSP < 2 s, SynFlow
 (100 rounds) < 10 s for all networks together. Also: mask enforcement (`MaskSet.apply` over online
 weights, target weights and Adam state) against one Adam step and one full IQL-style update.
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import os
 import statistics
 import time
 from typing import Callable
 
 import torch
-from torch import nn
-
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import Batch
 from sparse_offline_rl.pruning import prune_at_initialization
 
-OBS, ACT, HIDDEN, BATCH = 17, 6, 256, 256
+OBS, ACT, BATCH = 17, 6, 256
 
 
-def mlp(i: int, o: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(i, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, o))
-
-
-class Actor(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = mlp(OBS, ACT)
-        self.log_std = nn.Parameter(torch.zeros(ACT))
-
-    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        mean = torch.tanh(self.net(obs))
-        log_std = self.log_std.clamp(-20, 2)
-        z = (act - mean) * torch.exp(-log_std)
-        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-class TwinQ(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qs = nn.ModuleList(mlp(OBS + ACT, 1) for _ in range(2))
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], -1)
-        return torch.stack([q(x).squeeze(-1) for q in self.qs])
-
-
-class IQLLike:
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.config = None
-        self.actor, self.critic = Actor(), TwinQ()
-        self.value = nn.Sequential(mlp(OBS, 1))
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.opts = {n: torch.optim.Adam(m.parameters(), lr=3e-4, foreach=True) for n, m in self.networks().items()}
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"actor": self.actor, "critic": self.critic, "value": self.value}
-
-    def target_networks(self) -> dict[str, nn.Module]:
-        return {"critic": self.critic_target}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return self.opts
-
-    def v(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.value(obs).squeeze(-1)
-
-    def value_loss(self, b: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            q = self.critic_target(b.observations, b.actions).min(0).values
-        adv = q - self.v(b.observations)
-        return (torch.abs(0.7 - (adv < 0).float()) * adv.pow(2)).mean()
-
-    def critic_loss(self, b: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            target = b.rewards + 0.99 * (1 - b.dones) * self.v(b.next_observations)
-        return ((self.critic(b.observations, b.actions) - target) ** 2).mean()
-
-    def actor_loss(self, b: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            adv = self.critic_target(b.observations, b.actions).min(0).values - self.v(b.observations)
-            w = torch.exp(3.0 * adv).clamp(max=100.0)
-        return -(w * self.actor.log_prob(b.observations, b.actions)).mean()
-
-    def saliency_loss(self, network: str, b: Batch) -> torch.Tensor:
-        return {"actor": self.actor_loss, "critic": self.critic_loss, "value": self.value_loss}[network](b)
-
-    def update(self, b: Batch) -> None:
-        for name, loss in (("value", self.value_loss), ("critic", self.critic_loss), ("actor", self.actor_loss)):
-            self.opts[name].zero_grad(set_to_none=True)
-            loss(b).backward()
-            self.opts[name].step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), 0.005)
+def fresh_iql() -> OfflineAlgorithm:
+    """The project's IQL (2x256 actor, twin critics, value), freshly initialised with a fixed seed."""
+    torch.manual_seed(0)
+    return make_algorithm("iql", ProblemSpec(OBS, ACT, total_steps=1000))
 
 
 def sampler(seed: int = 0) -> Callable[[int], Batch]:
@@ -148,7 +73,7 @@ def main() -> None:
     for name, extra, target in cases:
         times, report = [], None
         for _ in range(args.repeats):
-            algo = IQLLike()  # fresh, unpruned weights every time
+            algo = fresh_iql()  # fresh, unpruned weights every time
             t = time.perf_counter()
             _, report = prune_at_initialization(algo, sampler(), {"name": name, **extra}, args.sparsity, seed=0)
             times.append(time.perf_counter() - t)
@@ -162,7 +87,7 @@ def main() -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
     # -- mask enforcement overhead ------------------------------------------------------------------
-    algo = IQLLike()
+    algo = fresh_iql()
     sample = sampler(1)
     mask_set, _ = prune_at_initialization(algo, sample, {"name": "random"}, args.sparsity, seed=0)
     batch = sample(BATCH)
@@ -171,10 +96,11 @@ def main() -> None:
         mask_set.apply()
     n = 200
     apply_s = statistics.median(timed(lambda: [mask_set.apply() for _ in range(n)], args.repeats)) / n
-    for net_name, loss in (("value", algo.value_loss), ("critic", algo.critic_loss), ("actor", algo.actor_loss)):
-        algo.opts[net_name].zero_grad()
-        loss(batch).backward()
-    adam_s = statistics.median(timed(lambda: [o.step() for _ in range(n) for o in algo.opts.values()], args.repeats)) / n
+    optimizers = algo.optimizers()
+    for net_name, net in algo.networks().items():
+        optimizers[net_name].zero_grad()
+        algo.saliency_loss(net_name, batch).backward()
+    adam_s = statistics.median(timed(lambda: [o.step() for _ in range(n) for o in optimizers.values()], args.repeats)) / n
     m = 50
     update_s = statistics.median(timed(lambda: [algo.update(batch) for _ in range(m)], args.repeats)) / m
     n_tensors = len(mask_set._tensors)
@@ -182,7 +108,7 @@ def main() -> None:
     print(f"MaskSet.apply ({n_tensors} tensors: weights, target weights, Adam exp_avg/exp_avg_sq): {apply_s * 1e6:.0f} us")
     print(f"Adam step, 3 optimizers (all parameters):                                 {adam_s * 1e6:.0f} us "
           f"-> apply = {100 * apply_s / adam_s:.0f}% of an Adam step")
-    print(f"full IQL-style update (3 losses, backward, 3 Adam steps, Polyak):         {update_s * 1e3:.2f} ms "
+    print(f"full IQL update (3 losses, backward, 3 Adam steps, Polyak, lr schedule):   {update_s * 1e3:.2f} ms "
           f"-> apply = {100 * apply_s / update_s:.1f}% of an update")
 
 
