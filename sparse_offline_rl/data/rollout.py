@@ -1,4 +1,5 @@
-"""Batched rollouts: a list of envs stepped in lockstep, one policy call per step for all of them.
+"""Recorded rollouts for datasets: episodes run in the shared env pool (`data.pool.run_pool`), one policy
+call per step for all of them, each step kept.
 
 Determinism: episode k of a rollout with `seed` is reset with `reset_seed(seed, k)` and the policy's
 noise comes from one numpy generator seeded by `seed`, so the same call gives the same episodes.
@@ -14,6 +15,7 @@ from tqdm import tqdm
 
 from sparse_offline_rl.data.envs import get_task
 from sparse_offline_rl.data.policies import Policy
+from sparse_offline_rl.data.pool import run_pool
 
 # Episode k of a rollout seeded `seed` resets with seed * SEED_STRIDE + k: readable, and disjoint
 # across rollout seeds (evaluation harnesses can hold out whole seed ranges). Dataset shards start at
@@ -80,11 +82,9 @@ def _rollout(env: str, policy: Policy, seed: int, episodes: int | None, transiti
              first_episode: int, progress: str | None) -> list[Episode]:
     task = get_task(env)
     n_envs = max(1, min(n_envs, episodes or n_envs))
-    envs = [gym.make(task.env_id, disable_env_checker=True) for _ in range(n_envs)]
+    envs = [gym.make(task.env_id, disable_env_checker=True) for _ in range(n_envs)]  # one per slot, reused
     rng = np.random.default_rng([seed, 1, first_episode])
     started = 0
-    slot_episode = [-1] * n_envs  # index of the episode each slot is running, -1 when idle
-    obs = np.zeros((n_envs, task.obs_dim), dtype=np.float64)
     buffers: dict[int, dict[str, list]] = {}
     done: dict[int, Episode] = {}
     done_steps = 0
@@ -92,40 +92,33 @@ def _rollout(env: str, policy: Policy, seed: int, episodes: int | None, transiti
     bar = tqdm(total=episodes or transitions, desc=progress, unit="ep" if episodes else "step",
                disable=progress is None, mininterval=1.0)
 
-    def launch(slot: int) -> None:
+    def start(slot: int) -> tuple[int, gym.Env, np.ndarray] | None:
         nonlocal started
-        if episodes is not None and started >= episodes:
-            slot_episode[slot] = -1
-            return
+        # Stop launching when enough finished; for a transition budget, the episodes already running still
+        # finish, so the kept set does not depend on which ones happened to be short.
+        if (episodes is not None and started >= episodes) or (transitions is not None and done_steps >= transitions):
+            return None
         o, _ = envs[slot].reset(seed=reset_seed(seed, first_episode + started))
-        obs[slot] = o
         buffers[started] = {"obs": [o], "act": [], "rew": [], "term": [], "trunc": []}
-        slot_episode[slot] = started
         started += 1
+        return started - 1, envs[slot], o
 
-    for slot in range(n_envs):
-        launch(slot)
-    # Stop when enough finished; for a transition budget, all episodes that started earlier must also finish
-    # so the kept set does not depend on which ones happened to be short.
-    while any(e >= 0 for e in slot_episode):
-        active = [s for s in range(n_envs) if slot_episode[s] >= 0]
-        actions = policy.act(obs[active].astype(np.float32), rng)
-        for row, slot in enumerate(active):
-            ep = slot_episode[slot]
-            o, r, term, trunc, _ = envs[slot].step(actions[row])
-            buf = buffers[ep]
-            buf["obs"].append(o), buf["act"].append(actions[row]), buf["rew"].append(r)
-            buf["term"].append(term), buf["trunc"].append(trunc)
-            obs[slot] = o
-            if term or trunc:
-                done[ep] = _to_episode(buffers.pop(ep), reset_seed(seed, first_episode + ep))
-                done_steps += len(done[ep])
-                bar.update(1 if by_episode else min(len(done[ep]), max(0, transitions - done_steps + len(done[ep]))))
-                if transitions is not None and done_steps >= transitions:
-                    episodes = started  # stop launching; finish the ones already running
-                    slot_episode[slot] = -1
-                else:
-                    launch(slot)
+    def act(_: list[int], observations: list[np.ndarray]) -> np.ndarray:
+        return policy.act(np.stack(observations).astype(np.float32), rng)
+
+    def on_step(ep: int, action: np.ndarray, o: np.ndarray, r: float, term: bool, trunc: bool) -> None:
+        buf = buffers[ep]
+        buf["obs"].append(o), buf["act"].append(action), buf["rew"].append(r)
+        buf["term"].append(term), buf["trunc"].append(trunc)
+
+    def on_end(ep: int, _: gym.Env) -> None:
+        nonlocal done_steps
+        done[ep] = _to_episode(buffers.pop(ep), reset_seed(seed, first_episode + ep))
+        done_steps += len(done[ep])
+        bar.update(1 if by_episode else min(len(done[ep]), max(0, transitions - done_steps + len(done[ep]))))
+
+    # Slot order: the policy draws its noise row by row, so the batch order is part of the dataset's bytes.
+    run_pool(n_envs, start, act, on_step, on_end, order="slot")
     bar.close()
     for e in envs:
         e.close()

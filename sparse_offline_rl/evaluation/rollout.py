@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sparse_offline_rl.data.buffer import ObsNormalizer
+from sparse_offline_rl.data.pool import run_pool
 
 Policy = Callable[[np.ndarray], np.ndarray]
 EnvFactory = Callable[[], gym.Env]
@@ -69,38 +70,38 @@ def run_episodes(
     returns, disc_returns = np.zeros(n), np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
     first_obs: list[np.ndarray] = [np.zeros(0)] * n
-    envs: dict[int, gym.Env] = {}  # episode index -> its live env
-    current: dict[int, np.ndarray] = {}  # episode index -> latest raw observation
     discount_now = np.ones(n)
     pending = iter(range(n))
 
-    def start_next() -> None:
+    def start(_: int) -> tuple[int, gym.Env, np.ndarray] | None:
         i = next(pending, None)
         if i is None:
-            return
-        envs[i] = factories[i]()
-        obs, _ = envs[i].reset(seed=seeds[i])
-        current[i] = obs
+            return None
+        env = factories[i]()  # a fresh env per episode: episodes may run differently perturbed simulators
+        obs, _ = env.reset(seed=seeds[i])
         first_obs[i] = np.array(obs, copy=True)
+        return i, env, obs
 
-    for _ in range(min(n, max(1, max_parallel))):
-        start_next()
-    while envs:
-        live = sorted(envs)  # fixed order: the batch composition depends only on the episodes
-        seen = [current[i] if obs_transform is None else obs_transform(current[i], i) for i in live]
+    def act(live: list[int], observations: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+        seen = observations if obs_transform is None else [obs_transform(o, i) for o, i in zip(observations, live)]
         actions = policy(np.stack(seen))
-        for k, i in enumerate(live):
-            action = actions[k] if action_transform is None else action_transform(actions[k], i)
-            next_obs, reward, terminated, truncated, _ = envs[i].step(action)
-            returns[i] += reward
-            disc_returns[i] += discount_now[i] * reward
-            discount_now[i] *= discount
-            lengths[i] += 1
-            current[i] = next_obs
-            if terminated or truncated:
-                envs.pop(i).close()
-                del current[i]
-                if on_episode_end is not None:
-                    on_episode_end(i)
-                start_next()
+        if action_transform is None:
+            return actions
+        # Transformed here, so before this step's env.step calls: still once per step of each episode and
+        # in batch order; per-episode transforms (the suite's) do not share state with the envs.
+        return [action_transform(actions[k], i) for k, i in enumerate(live)]
+
+    def on_step(i: int, _: np.ndarray, __: np.ndarray, reward: float, terminated: bool, truncated: bool) -> None:
+        returns[i] += reward
+        disc_returns[i] += discount_now[i] * reward
+        discount_now[i] *= discount
+        lengths[i] += 1
+
+    def on_end(i: int, env: gym.Env) -> None:
+        env.close()
+        if on_episode_end is not None:
+            on_episode_end(i)
+
+    # Episode order: the batch composition depends only on the episodes, whatever slot each one landed in.
+    run_pool(min(n, max(1, max_parallel)), start, act, on_step, on_end, order="episode")
     return EpisodeStats(returns, disc_returns, lengths, np.stack(first_obs))
