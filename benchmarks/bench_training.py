@@ -258,7 +258,7 @@ def format_rows(name: str, res: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for label, sps in res["steps_per_sec"].items():
         r = res["ratios"].get(f"native/{label}")
-        rows.append((name, label, f"{sps:.0f}", "" if r is None else f"{r:.2f}x"))
+        rows.append((name, label, f"{sps:.1f}" if sps < 20 else f"{sps:.0f}", "" if r is None else f"{r:.2f}x"))
     return rows
 
 

@@ -292,7 +292,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results/<name>.json (default: <hostname>-<UTC date>)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--seconds", type=float, default=2.0, help="per contender per round (CQL: 2x)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="per contender per round (CQL: 1.5x)")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 0.5 s, 100k-row dataset: a smoke test")
     ap.add_argument("--skip", default="", help=f"comma-separated sections to skip: {', '.join(SECTIONS)}")
     ap.add_argument("--algos", default="iql,td3bc,cql")
@@ -344,7 +344,7 @@ def main() -> None:
         result["training"] = {}
         rows = []
         for name in args.algos.split(","):
-            secs = args.seconds * (2 if name == "cql" else 1)
+            secs = args.seconds * (1.5 if name == "cql" else 1)
             res = bt.bench_algorithm(name, dataset, replay, args.rounds, secs)
             result["training"][name] = res
             rows += bt.format_rows(name, res)
