@@ -7,7 +7,8 @@ with batch 256 and the same torch thread count. Contenders per algorithm:
 
 - `native`          our hot loop: `algo.update(buffer.sample(B)); masks.apply()` (dense masks bound,
                     so `apply` is a no-op exactly as in a dense run);
-- `native s=0.95`   the same at sparsity 0.95 (random pruner): the mask-enforcement overhead;
+- `native s=0.95`   the same at sparsity 0.95 (random pruner), and `native s=0.95 no-apply` the
+                    same without `masks.apply()`: their ratio is the mask-enforcement overhead;
 - `d3rlpy`          d3rlpy's own path as `fit` runs it: `ReplayBuffer.sample_transition_batch(B)`
                     then `algo.update(batch)`, with network sizes matched to ours (IQL and TD3+BC
                     2x256, CQL 3x256 actor and critics);
