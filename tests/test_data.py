@@ -93,6 +93,51 @@ def test_d4rl_next_observations_keep_timeout_rows(tmp_path: Path) -> None:
     assert ds.episode_starts.tolist() == [0, 4, 7]
 
 
+@pytest.mark.parametrize("chunk", [5, 1 << 14])
+@pytest.mark.parametrize("obs_dtype", [np.float32, np.float64])
+def test_d4rl_loader_matches_reference_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int,
+                                            obs_dtype: type) -> None:
+    """The chunked loader against the classic rule written plainly, on random flags (chunk 5 puts
+    timeouts on chunk edges); with next_observations every row is kept."""
+    from sparse_offline_rl.data import loaders
+
+    monkeypatch.setattr(loaders, "_CHUNK_ROWS", chunk)
+    rng = np.random.default_rng(7)
+    n = 203
+    term, tout = rng.random(n) < 0.05, rng.random(n) < 0.1
+    tout[[4, 5, 9, n - 2]] = True  # a timeout on a chunk's last row, two in a row, one before the last row
+    obs = rng.normal(size=(n, 11)).astype(obs_dtype)
+    raw = write_d4rl(tmp_path / "r.hdf5", n=n, observations=obs, rewards=rng.normal(size=(n, 1)),
+                     terminals=term, timeouts=tout)
+    ds = load_d4rl_hdf5(tmp_path / "r.hdf5", env="hopper")
+    rows = np.array([i for i in range(n - 1) if not tout[i]])  # drop timeout rows and the last row
+    ref_term = term[rows]
+    ref_tout = (tout[rows + 1] | (rows + 1 == n - 1)) & ~ref_term  # the row before a dropped one ends its episode
+    ends = np.flatnonzero(ref_term | ref_tout)
+    np.testing.assert_array_equal(ds.observations, obs[rows].astype(np.float32))
+    np.testing.assert_array_equal(ds.next_observations, obs[rows + 1].astype(np.float32))
+    np.testing.assert_array_equal(ds.actions, raw["actions"][rows])
+    np.testing.assert_array_equal(ds.rewards, raw["rewards"][rows, 0].astype(np.float32))
+    np.testing.assert_array_equal(ds.terminals, ref_term)
+    np.testing.assert_array_equal(ds.timeouts, ref_tout)
+    np.testing.assert_array_equal(ds.episode_starts, np.r_[0, ends[ends + 1 < len(rows)] + 1])
+    assert {getattr(ds, k).dtype for k in ("observations", "actions", "rewards", "next_observations")} == {np.dtype(np.float32)}
+    assert ds.terminals.dtype == ds.timeouts.dtype == np.bool_ and ds.episode_starts.dtype == np.int64
+
+    nxt = rng.normal(size=(n, 11)).astype(obs_dtype)
+    write_d4rl(tmp_path / "n.hdf5", n=n, observations=obs, next_observations=nxt, terminals=term, timeouts=tout)
+    ds = load_d4rl_hdf5(tmp_path / "n.hdf5", env="hopper")
+    ref_tout = tout.copy()
+    ref_tout[-1] |= not term[-1]
+    ref_tout &= ~term
+    np.testing.assert_array_equal(ds.observations, obs.astype(np.float32))
+    np.testing.assert_array_equal(ds.next_observations, nxt.astype(np.float32))
+    np.testing.assert_array_equal(ds.terminals, term)
+    np.testing.assert_array_equal(ds.timeouts, ref_tout)
+    ends = np.flatnonzero(term | ref_tout)
+    np.testing.assert_array_equal(ds.episode_starts, np.r_[0, ends[ends + 1 < n] + 1])
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [({"timeouts": None}, "timeouts"), ({"rewards": np.zeros(7, np.float32)}, "rewards"),

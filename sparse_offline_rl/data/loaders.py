@@ -40,6 +40,10 @@ def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDa
     dropped (their successor belongs to the next episode) and so is the last row; the row before a dropped
     timeout becomes the episode's last one (timeouts=True, so it still bootstraps). With
     `next_observations` every row has a true next obs, so timeout rows are kept as timeouts.
+
+    The large fields are read in row chunks straight into the float32 output arrays (each chunk once,
+    feeding both `observations` and `next_observations` in the classic layout), so the peak memory is
+    the output plus a few MiB rather than several full-size copies of the raw arrays.
     """
     import h5py
 
@@ -55,60 +59,81 @@ def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDa
         for name in D4RL_REQUIRED:
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise DatasetError(f"{source}: field '{name}' missing")
-        raw = {name: f[name][()] for name in D4RL_REQUIRED}
-        next_obs = f["next_observations"][()] if "next_observations" in f else None
+        obs_d, act_d, rew_d = f["observations"], f["actions"], f["rewards"]
+        next_d = f["next_observations"] if "next_observations" in f else None
         metadata = {f"metadata/{k}": _plain(v[()]) for k, v in f.get("metadata", {}).items() if isinstance(v, h5py.Dataset)}
         info_keys = sorted(f["infos"].keys()) if "infos" in f else []
 
-    obs, act = raw["observations"], raw["actions"]
-    if obs.ndim != 2:
-        raise DatasetError(f"{source}: field 'observations' must be (N, obs_dim), got shape {obs.shape}")
-    if act.ndim != 2:
-        raise DatasetError(f"{source}: field 'actions' must be (N, act_dim), got shape {act.shape}")
-    n = obs.shape[0]
-    rewards = raw["rewards"].reshape(n, -1)[:, 0] if raw["rewards"].size == n else raw["rewards"]
-    for name, arr in (("actions", act), ("rewards", rewards), ("terminals", raw["terminals"]),
-                      ("timeouts", raw["timeouts"])):
-        if arr.shape[0] != n or (name != "actions" and arr.ndim != 1):
-            raise DatasetError(f"{source}: field '{name}' has shape {arr.shape}, expected {n} rows to match 'observations'")
-    if next_obs is not None and next_obs.shape != obs.shape:
-        raise DatasetError(f"{source}: field 'next_observations' has shape {next_obs.shape}, 'observations' has {obs.shape}")
-    for name in ("terminals", "timeouts"):
-        if not np.isin(raw[name], (0, 1)).all():
-            raise DatasetError(f"{source}: field '{name}' must be boolean (0/1)")
-    terminals, timeouts = raw["terminals"].astype(bool), raw["timeouts"].astype(bool)
+        if obs_d.ndim != 2:
+            raise DatasetError(f"{source}: field 'observations' must be (N, obs_dim), got shape {obs_d.shape}")
+        if act_d.ndim != 2:
+            raise DatasetError(f"{source}: field 'actions' must be (N, act_dim), got shape {act_d.shape}")
+        n = obs_d.shape[0]
+        flat_rewards = rew_d.size == n  # (N,), (N, 1) or any other layout of exactly N values
+        rew_shape = (n,) if flat_rewards else rew_d.shape
+        for name, shape in (("actions", act_d.shape), ("rewards", rew_shape), ("terminals", f["terminals"].shape),
+                            ("timeouts", f["timeouts"].shape)):
+            if len(shape) == 0 or shape[0] != n or (name != "actions" and len(shape) != 1):
+                raise DatasetError(f"{source}: field '{name}' has shape {shape}, expected {n} rows to match 'observations'")
+        if next_d is not None and next_d.shape != obs_d.shape:
+            raise DatasetError(f"{source}: field 'next_observations' has shape {next_d.shape}, 'observations' has {obs_d.shape}")
+        if n == 0:
+            raise DatasetError(f"{source}: dataset is empty (0 transitions)")
+        terminals, timeouts = _read_flag(f["terminals"], source, "terminals"), _read_flag(f["timeouts"], source, "timeouts")
 
-    if next_obs is None:
-        keep = ~timeouts
-        keep[-1] = False  # no successor row
-        nxt = np.concatenate([obs[1:], obs[-1:]])
-        ends_by_drop = np.zeros(n, bool)
-        ends_by_drop[:-1] = ~keep[1:]  # the row before a dropped row ends its episode
-        rows = np.flatnonzero(keep)
-        t_out = ends_by_drop[rows] & ~terminals[rows]
-    else:
-        rows = np.arange(n)
-        nxt = next_obs
-        t_out = timeouts.copy()
-        t_out[-1] |= not terminals[-1]  # the file may end mid-episode: treat it as cut
-    if len(rows) == 0:
-        raise DatasetError(f"{source}: no transitions left after dropping timeout rows")
-    term = terminals[rows]
-    t_out = t_out & ~term
+        # Boolean bookkeeping in place (a & ~b is a > b for bools): no full-size temporaries beyond the flags.
+        if next_d is None:
+            keep = np.logical_not(timeouts)
+            keep[-1] = False  # no successor row
+            ends_by_drop = timeouts  # reused: the row before a dropped row ends its episode
+            np.logical_not(keep[1:], out=ends_by_drop[:-1])
+            ends_by_drop[-1] = False
+            np.greater(ends_by_drop, terminals, out=ends_by_drop)  # ... unless it terminates
+            t_out = ends_by_drop[keep]
+            term = terminals[keep]
+        else:
+            keep = None  # every row
+            t_out = timeouts
+            t_out[-1] |= not terminals[-1]  # the file may end mid-episode: treat it as cut
+            term = terminals
+        del terminals, timeouts
+        m = len(term)
+        if m == 0:
+            raise DatasetError(f"{source}: no transitions left after dropping timeout rows")
+        np.greater(t_out, term, out=t_out)  # t_out &= ~term
 
-    task = _task_for_file(path, obs.shape[1], act.shape[1], env)
-    warnings.warn(f"{source}: D4RL (mujoco-py v2) data is evaluated on gymnasium {task.env_id} dynamics, "
-                  "which are close to but not equal to v2", stacklevel=2)
+        task = _task_for_file(path, obs_d.shape[1], act_d.shape[1], env)
+        warnings.warn(f"{source}: D4RL (mujoco-py v2) data is evaluated on gymnasium {task.env_id} dynamics, "
+                      "which are close to but not equal to v2", stacklevel=2)
+        for name, d in (("observations", obs_d), ("actions", act_d), ("rewards", rew_d), ("next_observations", next_d)):
+            if d is not None:
+                _check_numeric(d.dtype, source, name)
+        observations = np.empty((m, obs_d.shape[1]), np.float32)
+        next_observations = np.empty((m, obs_d.shape[1]), np.float32)
+        actions = np.empty((m, act_d.shape[1]), np.float32)
+        rewards = np.empty(m, np.float32)
+        if flat_rewards and (rew_d.ndim == 0 or rew_d.shape[0] != n):  # e.g. (1, N): not row-aligned
+            _take_rows(rew_d[()].reshape(n), keep, rewards)
+        else:
+            _take_rows(rew_d, keep, rewards)
+        _take_rows(act_d, keep, actions)
+        if next_d is None:
+            _take_rows(obs_d, keep, observations, next_observations)
+        else:
+            _take_rows(obs_d, keep, observations)
+            _take_rows(next_d, keep, next_observations)
+    del keep
+
     ends = np.flatnonzero(term | t_out)
     starts = np.concatenate([[0], ends + 1])
     ds = OfflineDataset(
-        observations=_float(obs[rows], source, "observations"),
-        actions=_float(act[rows], source, "actions"),
-        rewards=_float(rewards[rows], source, "rewards"),
-        next_observations=_float(nxt[rows], source, "next_observations"),
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        next_observations=next_observations,
         terminals=term,
         timeouts=t_out,
-        episode_starts=starts[starts < len(rows)].astype(np.int64),
+        episode_starts=starts[starts < m].astype(np.int64),
         env_id=task.env_id,
         ref_min_score=task.d4rl_random_score,
         ref_max_score=task.d4rl_expert_score,
@@ -118,9 +143,64 @@ def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDa
     return ds
 
 
+_CHUNK_ROWS = 1 << 14
+
+
+def _read_flag(d, source: str, name: str) -> np.ndarray:
+    arr = d[()]
+    if arr.dtype != np.bool_:  # a bool array is 0/1 by construction
+        if not np.isin(arr, (0, 1)).all():
+            raise DatasetError(f"{source}: field '{name}' must be boolean (0/1)")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _take_rows(src, keep: np.ndarray | None, out: np.ndarray, out_next: np.ndarray | None = None) -> None:
+    """out[j] = src[rows[j]] (and out_next[j] = src[rows[j] + 1]) for rows = flatnonzero(keep), all rows
+    when `keep` is None, cast to out's dtype like `astype`. `src` (an h5py dataset or an array) is read
+    once, chunk by chunk into one reused buffer, so no temporary is larger than a chunk and the allocator
+    is not left holding freed chunks. With `out_next`, keep[-1] must be False (the last row has no successor)."""
+    n = src.shape[0]
+    extra = 1 if out_next is not None else 0
+    is_array = isinstance(src, np.ndarray)
+    buf = None if is_array else np.empty((min(_CHUNK_ROWS + extra, n),) + src.shape[1:], src.dtype)
+    pos = 0
+    for c0 in range(0, n, _CHUNK_ROWS):
+        c1 = min(c0 + _CHUNK_ROWS, n)
+        ce = min(c1 + extra, n)
+        if is_array:
+            v = src[c0:ce]
+        else:
+            src.read_direct(buf, np.s_[c0:ce], np.s_[0:ce - c0])
+            v = buf[:ce - c0]
+        if v.ndim > out.ndim:  # rewards stored as (N, 1)
+            v = v.reshape(v.shape[0], -1)[:, 0]
+        if keep is None:
+            out[c0:c1] = v
+            continue
+        idx = np.flatnonzero(keep[c0:c1])
+        cnt = len(idx)
+        for dest in (out, out_next):
+            if dest is None:
+                break
+            if cnt:
+                if v.dtype == dest.dtype:
+                    np.take(v, idx, axis=0, out=dest[pos:pos + cnt], mode="clip")  # indices valid: no checks, no copy
+                else:
+                    dest[pos:pos + cnt] = v[idx]
+            idx += 1  # next row, for out_next; the last row is never kept, so it stays inside v
+        pos += cnt
+    if keep is not None and pos != out.shape[0]:
+        raise AssertionError(f"_take_rows wrote {pos} rows into {out.shape[0]}")
+
+
+def _check_numeric(dtype: np.dtype, source: str, name: str) -> None:
+    if not np.issubdtype(dtype, np.number):
+        raise DatasetError(f"{source}: field '{name}' must be numeric, got dtype {dtype}")
+
+
 def _float(arr: np.ndarray, source: str, name: str) -> np.ndarray:
-    if not np.issubdtype(arr.dtype, np.number):
-        raise DatasetError(f"{source}: field '{name}' must be numeric, got dtype {arr.dtype}")
+    _check_numeric(arr.dtype, source, name)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
