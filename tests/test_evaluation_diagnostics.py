@@ -146,8 +146,13 @@ def test_compare_groups_configurations_and_tasks(tmp_path, capsys):
     # lower gap is better: the sparse runs have the smaller gaps on hopper, the larger one on walker2d
     assert out["metrics"]["generalization_gap"]["p_improvement"][sparse]["value"] == pytest.approx((15 / 16 + 0.0) / 2)
     assert "perturbed_mean" not in out["metrics"]  # no run has it
+    profile = heldout["profile"]  # thresholds span 5..95; at tau=5 every dense run and 4 of 5 sparse runs are above
+    assert profile["tau"][0] == 5 and profile["tau"][-1] == 95
+    assert profile[dense]["fraction"][0] == pytest.approx(1.0)
+    assert profile[sparse]["fraction"][0] == pytest.approx((1.0 + 0.0) / 2)  # walker2d's only sparse run is 5, not > 5
     for i, result in enumerate(results[:2] + results[4:6]):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "generalization.json").write_text(json.dumps(result))
     assert main(["compare", *(str(tmp_path / str(i)) for i in range(4)), "reps=100", f"out={tmp_path / 'c.json'}"]) == 0
     assert "P(improves on baseline)" in capsys.readouterr().out and (tmp_path / "c.json").exists()
+    assert (tmp_path / "c.png").stat().st_size > 0  # the performance-profile figure

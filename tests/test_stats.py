@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sparse_offline_rl.evaluation.stats import (
-    as_strata, iqm, mean, probability_of_improvement, probability_of_improvement_ci, stratified_bootstrap_ci,
+    as_strata, iqm, mean, performance_profile, probability_of_improvement, probability_of_improvement_ci,
+    stratified_bootstrap_ci,
 )
 
 
@@ -60,3 +61,13 @@ def test_probability_of_improvement_ci_and_errors():
         probability_of_improvement([[1], [2]], [[1]])
     with pytest.raises(ValueError, match="at least one run"):
         as_strata([[1.0], []])
+
+
+def test_performance_profile_hand_worked():
+    # task A runs 1, 2, 3, 4; task B runs 10, 20. At tau=2.5: A 2/4, B 2/2 -> (0.5 + 1) / 2 = 0.75.
+    # At tau=15: A 0/4, B 1/2 -> 0.25. At tau=0: everything is above -> 1. At tau=20: nothing (strict) -> 0.
+    frac, low, high = performance_profile([[1, 2, 3, 4], [10, 20]], [0, 2.5, 15, 20], reps=300)
+    assert frac.tolist() == pytest.approx([1.0, 0.75, 0.25, 0.0])
+    assert (low <= frac + 1e-12).all() and (frac <= high + 1e-12).all()
+    assert low[0] == high[0] == 1.0 and low[-1] == high[-1] == 0.0  # certain at the ends
+    assert (np.diff(frac) <= 0).all()  # a profile never rises with tau

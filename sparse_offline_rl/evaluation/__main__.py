@@ -84,7 +84,7 @@ def compare_command(args: Sequence[str]) -> None:
     options, run_dirs = parse_overrides(args, COMPARE_KEYS)
     if not run_dirs:
         raise UsageError("compare needs one or more run directories holding generalization.json")
-    from sparse_offline_rl.evaluation.compare import DEFAULT_LABEL_KEYS, compare_run_dirs, format_comparison
+    from sparse_offline_rl.evaluation.compare import DEFAULT_LABEL_KEYS, compare_run_dirs, format_comparison, plot_profiles
     from sparse_offline_rl.io import atomic_write_json
 
     by = tuple(options["by"].split(",")) if "by" in options else DEFAULT_LABEL_KEYS
@@ -93,7 +93,8 @@ def compare_command(args: Sequence[str]) -> None:
     print(format_comparison(comparison))
     if "out" in options:
         atomic_write_json(options["out"], comparison)
-        print(f"wrote {options['out']}")
+        figure = plot_profiles(comparison, Path(options["out"]).with_suffix(".png"))
+        print(f"wrote {options['out']}" + (f" and {figure}" if figure else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

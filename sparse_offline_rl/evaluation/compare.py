@@ -13,7 +13,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sparse_offline_rl.evaluation.stats import iqm, probability_of_improvement_ci, stratified_bootstrap_ci
+from sparse_offline_rl.evaluation.stats import (
+    iqm,
+    performance_profile,
+    probability_of_improvement_ci,
+    stratified_bootstrap_ci,
+)
 from sparse_offline_rl.evaluation.suite import load_result
 
 DEFAULT_LABEL_KEYS = ("algo", "pruner", "sparsity")
@@ -22,6 +27,8 @@ HIGHER_IS_BETTER = ("seeds_heldout", "seeds_train", "seeds_val", "perturbed_mean
                     "friction_mean", "damping_mean", "gear_mean", "obs_noise_mean", "action_noise_mean", "sticky_mean",
                     "retention")
 LOWER_IS_BETTER = ("generalization_gap", "val_gap", "overestimation_mean")
+PROFILE_METRICS = ("seeds_heldout", "perturbed_mean")  # score distributions worth a performance profile
+PROFILE_POINTS = 51
 
 
 def label_of(meta: Mapping[str, Any], keys: Sequence[str] = DEFAULT_LABEL_KEYS) -> str:
@@ -74,8 +81,49 @@ def compare_results(
                 x, y = [[-v for v in s] for s in x], [[-v for v in s] for s in y]
             point, low, high = probability_of_improvement_ci(x, y, reps=reps, seed=seed)
             entry["p_improvement"][label] = {"value": point, "ci": [low, high], "tasks": shared}
+        if metric in PROFILE_METRICS:
+            entry["profile"] = profiles(table, labels, reps, seed)
         out["metrics"][metric] = entry
     return out
+
+
+def profiles(table: Mapping[str, Mapping[str, list[float]]], labels: Sequence[str], reps: int, seed: int) -> dict[str, Any]:
+    """Performance profiles of every configuration on one shared grid of thresholds."""
+    values = [v for label in labels for runs in table.get(label, {}).values() for v in runs]
+    taus = np.linspace(min(values), max(values), PROFILE_POINTS)
+    out: dict[str, Any] = {"tau": taus.tolist()}
+    for label in labels:
+        if label in table:
+            frac, low, high = performance_profile(list(table[label].values()), taus, reps=reps, seed=seed)
+            out[label] = {"fraction": frac.tolist(), "low": low.tolist(), "high": high.tolist()}
+    return out
+
+
+def plot_profiles(comparison: Mapping[str, Any], path: Path | str) -> Path | None:
+    """One panel per profiled metric: fraction of runs above tau, with bootstrap bands."""
+    panels = [(m, e["profile"]) for m, e in comparison["metrics"].items() if "profile" in e]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparse_offline_rl.io import atomic_save_figure
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, (metric, profile) in zip(axes[0], panels):
+        for label in comparison["labels"]:
+            if label in profile:
+                line = ax.plot(profile["tau"], profile[label]["fraction"], label=label)[0]
+                ax.fill_between(profile["tau"], profile[label]["low"], profile[label]["high"], color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(f"{metric} threshold tau")
+        ax.set_ylabel("fraction of runs > tau")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("performance profiles (stratified bootstrap 95% bands)")
+    return atomic_save_figure(fig, path)
 
 
 def compare_run_dirs(run_dirs: Sequence[Path | str], label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,

@@ -8,6 +8,8 @@ numbers of runs. 2-D arrays are read as (runs, tasks), rliable's layout.
   recompute the statistic; percentile interval. Seeded: same seed, same interval.
 - `probability_of_improvement`: P(X > Y) per task as the Mann-Whitney U statistic over all run
   pairs (ties count 1/2), averaged over tasks.
+- `performance_profile`: for each threshold tau, the fraction of runs scoring above tau (per task,
+  then averaged over tasks, so every task weighs the same), with stratified-bootstrap bands.
 """
 from __future__ import annotations
 
@@ -93,3 +95,24 @@ def probability_of_improvement_ci(
     alpha = (1.0 - confidence) / 2
     low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])
     return point, float(low), float(high)
+
+
+def performance_profile(
+    scores: np.ndarray | Sequence[Sequence[float]],
+    taus: np.ndarray | Sequence[float],
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fraction > tau, low, high) for every tau: the run-score distribution of Agarwal et al. 2021."""
+    strata = as_strata(scores)
+    taus = np.asarray(taus, dtype=np.float64)
+
+    def profile(groups: Sequence[np.ndarray]) -> np.ndarray:
+        return np.mean([(g[:, None] > taus[None, :]).mean(axis=0) for g in groups], axis=0)
+
+    rng = np.random.default_rng(seed)
+    boot = np.stack([profile(stratified_resample(strata, rng)) for _ in range(reps)])
+    alpha = (1.0 - confidence) / 2
+    low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return profile(strata), low, high
