@@ -126,3 +126,13 @@ def test_per_network_sparsity(tmp_path, fast_config, hopper_data):
     summary = train(cfg, tmp_path, dataset=hopper_data)
     assert summary["density"]["actor"] == pytest.approx(0.5, abs=0.01)
     assert summary["density"]["critic"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_summary_pruner_is_measured_not_inferred(tmp_path, fast_config, hopper_data):
+    """A parameter budget prunes at sparsity 0; sparsity 0 with no budget is the dense reference."""
+    quick = {**fast_config, "steps": 10, "eval": {**fast_config["eval"], "every": 1000, "episodes": 1}, "sparsity": 0.0}
+    budget = train({**quick, "pruner": {"name": "magnitude", "scope": "layer", "budget_params": 1000}}, tmp_path / "budget",
+                   dataset=hopper_data)
+    assert budget["pruner"] == "magnitude" and all(d < 1.0 for d in budget["density"].values())
+    dense = train({**quick, "pruner": {"name": "snip"}}, tmp_path / "dense", dataset=hopper_data)
+    assert dense["pruner"] == "dense" and all(d == 1.0 for d in dense["density"].values())

@@ -259,13 +259,15 @@ def train(
         logger.close()
     save_checkpoint(steps)
 
+    density = {name: network_density(net) for name, net in algo.networks().items()}
     summary = {
         "algo": cfg["algo"]["name"],
         "env": cfg["env"],
         "dataset": cfg["dataset"],
-        "pruner": cfg["pruner"]["name"] if any(s > 0 for s in sparsity.values()) else "dense",
+        # Measured, not inferred from `sparsity`: a parameter/FLOP budget prunes at sparsity 0 too.
+        "pruner": cfg["pruner"]["name"] if any(d < 1.0 for d in density.values()) else "dense",
         "sparsity": cfg["sparsity"],
-        "density": {name: network_density(net) for name, net in algo.networks().items()},
+        "density": density,
         "steps": steps,
         "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
         "train_seconds": train_seconds,
