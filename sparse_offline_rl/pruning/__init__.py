@@ -237,7 +237,7 @@ def _budget_keep(module: nn.Module, kind: str, budget: int, network: str) -> int
     return min(total, int(keep))
 
 
-def _per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
+def per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
     """A single value for every network, or a mapping {network: value} (key 'default' as fallback)."""
     if not isinstance(value, Mapping):
         return {n: value for n in nets}
@@ -247,7 +247,8 @@ def _per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
     missing = [n for n in nets if n not in value and "default" not in value]
     if missing:
         raise ValueError(
-            f"{what} mapping has no entry for network(s) {', '.join(missing)} and no 'default'; networks: {', '.join(nets)}"
+            f"{what} mapping has no entry for network(s) {', '.join(missing)} and no 'default': name each or add "
+            f"{what}.default; networks: {', '.join(nets)}"
         )
     return {n: value.get(n, value.get("default")) for n in nets}
 
@@ -339,9 +340,9 @@ def prune_at_initialization(
 
     nets: dict[str, nn.Module] = dict(algo.networks())
     names = list(nets)
-    targets = {n: _check_sparsity(s, n) for n, s in _per_network(sparsity, names, "sparsity").items()}
+    targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
     budget_kind = "budget_params" if cfg["budget_params"] is not None else "budget_flops" if cfg["budget_flops"] is not None else None
-    budgets = _per_network(cfg[budget_kind], names, budget_kind) if budget_kind else {}
+    budgets = per_network(cfg[budget_kind], names, budget_kind) if budget_kind else {}
 
     start = time.perf_counter()
     devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
@@ -485,6 +486,7 @@ def format_density_table(report: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "per_network",
     "DEFAULT_ROUNDS",
     "LayerCollapseError",
     "MaskSet",

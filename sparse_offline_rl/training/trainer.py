@@ -72,16 +72,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
 
 def resolve_sparsity(sparsity: float | Mapping[str, float], networks: Sequence[str]) -> dict[str, float]:
-    """A float applies to every network; a mapping names networks (plus an optional `default`)."""
-    if not isinstance(sparsity, Mapping):
-        return {n: float(sparsity) for n in networks}
-    unknown = sorted(set(sparsity) - set(networks) - {"default"})
-    if unknown:
-        raise ConfigError(f"sparsity given for unknown network(s) {unknown}; this algorithm has {list(networks)}")
-    missing = [n for n in networks if n not in sparsity and "default" not in sparsity]
-    if missing:
-        raise ConfigError(f"no sparsity for network(s) {missing}: name each or add sparsity.default")
-    return {n: float(sparsity.get(n, sparsity.get("default", 0.0))) for n in networks}
+    """A float applies to every network; a mapping names networks (plus an optional `default`).
+    Checked here, before pruning, so a bad mapping is a config error raised early."""
+    from sparse_offline_rl.pruning import per_network
+
+    try:
+        return {n: float(v) for n, v in per_network(sparsity, networks, "sparsity").items()}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_device(name: str) -> str:
