@@ -1,9 +1,13 @@
 """Atomic file writes: a reader never sees a half-written result, checkpoint or summary."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +64,25 @@ def atomic_torch_save(path: Path | str, obj: Any) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is refused (it holds more than tensors and plain values) or cannot be read."""
+
+
+def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Any:
+    """Load with `weights_only=True`: tensors, containers and plain values only. A full pickle can run
+    any code while it is read, so a checkpoint from someone else must not get one; everything this
+    project saves (state dicts, RNG states, reports, the config) fits the restricted format."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load: a checkpoint may hold only tensors and plain values{what}; "
+                              "loading it in full could run code from the file") from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+
+
 def atomic_save_figure(fig: Any, path: Path | str, dpi: int = 110) -> Path:
     """A matplotlib figure as PNG, written atomically; the figure is closed afterwards."""
     import matplotlib.pyplot as plt
@@ -77,3 +100,33 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def cache_dir() -> Path:
+    """Where long-running work keeps its resumable state: $SORL_CACHE_DIR, else ~/.cache/sparse_offline_rl.
+
+    Outside the repository on purpose: it is large (replay buffers) and survives a fresh clone."""
+    env = os.environ.get("SORL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sparse_offline_rl"
+
+
+@contextmanager
+def file_lock(path: Path | str, waiting_message: str | None = None) -> Iterator[None]:
+    """An exclusive lock between processes (POSIX `flock` on `path`), held for the `with` block.
+
+    For work that several processes may start at once, e.g. the parallel jobs of a sweep on a fresh
+    machine all needing the same dataset: one does it, the others wait, then find it done. The lock
+    goes away with its process, so a killed holder never blocks anyone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                print(waiting_message, file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -17,6 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)  # tests run beside each other on 2 cores; one thread each is fastest overall
 
 
+@pytest.fixture(autouse=True)
+def _no_minari_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches Minari's server: its address is one that never resolves (RFC 2606 .invalid)."""
+    monkeypatch.setenv("HF_ENDPOINT", "https://minari-remote.invalid")
+
+
 def random_dataset(env: str = "hopper", n: int = 2000, episode_len: int = 100, seed: int = 0) -> OfflineDataset:
     """Random transitions with the env's dimensions (enough to exercise every code path quickly)."""
     task = get_task(env)
@@ -64,7 +70,7 @@ FAST_CONFIG = {
     "resume": False,
     "checkpoint_every": 100,
     "log_every": 50,
-    "eval": {"every": 150, "episodes": 2, "seed_offset": 100000, "suite": None},
+    "eval": {"every": 150, "episodes": 2, "suite": None},
     "tensorboard": False,
     "progress": False,
     "verbose": False,

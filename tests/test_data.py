@@ -173,11 +173,11 @@ def test_d4rl_missing_file(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- Minari
 
-def test_minari_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def write_tiny_minari(dataset_id: str) -> list:
+    """A real two-episode Minari dataset (Hopper dims) in $MINARI_DATASETS_PATH; returns its buffers."""
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     rng = np.random.default_rng(1)
     lengths, ends = [5, 3], [(True, False), (False, True)]  # one terminated, one truncated
     buffers = [
@@ -186,9 +186,15 @@ def test_minari_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
                       terminations=np.array([False] * (t - 1) + [term]), truncations=np.array([False] * (t - 1) + [trunc]))
         for i, (t, (term, trunc)) in enumerate(zip(lengths, ends))
     ]
-    minari.create_dataset_from_buffers("test/hopper/tiny-v0", buffers, env="Hopper-v5", ref_min_score=-20.0,
+    minari.create_dataset_from_buffers(dataset_id, buffers, env="Hopper-v5", ref_min_score=-20.0,
                                        ref_max_score=3000.0, algorithm_name="x", author="x", author_email="x",
                                        code_permalink="x", description="x")
+    return buffers
+
+
+def test_minari_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    buffers = write_tiny_minari("test/hopper/tiny-v0")
     ds = load_dataset("test/hopper/tiny-v0", env="hopper")
     assert len(ds) == 8 and ds.episode_starts.tolist() == [0, 5]
     np.testing.assert_array_equal(ds.observations[:5], buffers[0].observations[:-1])
@@ -231,6 +237,87 @@ def test_unknown_id_lists_available(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "python -m sparse_offline_rl.data make" in str(err.value)
     with pytest.raises(DatasetError, match="make env=hopper quality=medium-replay size=1000000 seed=0"):
         load_dataset("hopper-medium-replay", generate=False)
+
+
+def test_remote_minari_id_downloads_once_then_loads_locally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import minari
+
+    from sparse_offline_rl.data import loaders
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
+    monkeypatch.setattr(loaders, "_reachable", lambda url, timeout: True)
+    calls = []
+
+    def download_stand_in(dataset_id: str, force_download: bool = False) -> None:
+        # Minari's download writes a real dataset under $MINARI_DATASETS_PATH; so does the stand-in.
+        calls.append((dataset_id, os.environ["MINARI_DATASETS_PATH"]))
+        write_tiny_minari(dataset_id)
+
+    monkeypatch.setattr(minari, "download_dataset", download_stand_in)
+    ds = load_dataset("mujoco/hopper/medium-v0", env="hopper")
+    assert calls == [("mujoco/hopper/medium-v0", str(tmp_path / "minari"))]
+    assert len(ds) == 8 and ds.source == "minari:mujoco/hopper/medium-v0" and ds.ref_max_score == 3000.0
+    assert (tmp_path / "minari" / "mujoco/hopper/medium-v0" / loaders.FLAT_CACHE).exists()
+    again = load_dataset("mujoco/hopper/medium-v0")
+    assert len(calls) == 1  # found locally from now on
+    np.testing.assert_array_equal(again.observations, ds.observations)
+
+
+def test_remote_minari_id_without_network_fails_fast_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from sparse_offline_rl.data import loaders
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
+    t0 = time.monotonic()
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mujoco/hopper/medium-v0")  # the conftest points Minari's server at an address that never resolves
+    assert time.monotonic() - t0 < 10
+    msg = str(err.value)
+    assert "\n" not in msg and "'mujoco/hopper/medium-v0'" in msg and "could not be downloaded" in msg
+    assert "python -m sparse_offline_rl.data make" in msg and "MINARI_DATASETS_PATH" in msg
+    assert not (tmp_path / "mujoco").exists()
+
+
+def _load_length(name: str, results) -> None:
+    try:
+        results.put(len(load_dataset(name)))
+    except Exception as e:  # reported to the parent, which asserts on it
+        results.put(repr(e))
+
+
+def test_concurrent_first_use_makes_the_dataset_once(tmp_path: Path, policy_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel sweep jobs on a fresh machine all ask for the same missing dataset at once."""
+    import multiprocessing
+    import os
+
+    from sparse_offline_rl.data import loaders
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    made = tmp_path / "made.log"
+
+    def small_make(env: str, quality: str, out=None, **_) -> Path:
+        with open(made, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return make_dataset(env, quality, size=600, out=out, dataset_id=gen.minari_id(env, quality),
+                            policy_dir=policy_dir, progress=False, workers=1)
+
+    monkeypatch.setattr(loaders, "make_dataset", small_make)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_load_length, args=("hopper-medium", results)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    lengths = [results.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert lengths == [600, 600, 600]
+    assert len(made.read_text().split()) == 1  # one process made it, the others waited and reused it
 
 
 # ---------------------------------------------------------------- generation

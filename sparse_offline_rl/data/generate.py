@@ -138,7 +138,12 @@ def make_dataset(env: str, quality: str, size: int = DEFAULT_SIZE, seed: int = 0
         storage.update_metadata({"total_steps": sum(len(e) for e in episodes), "total_episodes": len(episodes),
                                  "dataset_size": storage.get_size()})
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, final)  # atomic: the dataset appears whole or not at all
+        try:
+            os.rename(tmp, final)  # atomic: the dataset appears whole or not at all
+        except OSError as e:
+            if final.exists():  # another process finished the same dataset first
+                raise DatasetError(f"{final}: dataset '{dataset_id}' was made by another process meanwhile") from e
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -1,5 +1,5 @@
-"""Loaders that turn D4RL HDF5 files and local Minari datasets into an `OfflineDataset`, and the one
-entry point the trainer uses, `load_dataset(name, env=None)`.
+"""Loaders that turn D4RL HDF5 files and Minari datasets (local, or downloaded on first use) into an
+`OfflineDataset`, and the one entry point the trainer uses, `load_dataset(name, env=None)`.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import numpy as np
 
 from sparse_offline_rl.algorithms.base import UnknownNameError
 from sparse_offline_rl.data.dataset import DatasetError, OfflineDataset
-from sparse_offline_rl.io import atomic_write_bytes_with
+from sparse_offline_rl.io import atomic_write_bytes_with, file_lock
 from sparse_offline_rl.data.envs import TASKS, Task, get_task
 from sparse_offline_rl.data.generate import (
     DEFAULT_ROOT,
     ENVS,
+    NAMESPACE,
     QUALITIES,
     datasets_root,
     make_command,
@@ -29,6 +30,9 @@ from sparse_offline_rl.data.generate import (
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 PROJECT_ID = re.compile(rf"^({'|'.join(ENVS)})-({'|'.join(QUALITIES)})$")
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*-v\d+$")  # namespace/name-vN, e.g. mujoco/hopper/medium-v0
+MINARI_HOME = Path.home() / ".minari" / "datasets"  # Minari's own default location
+REMOTE_TIMEOUT_S = 5.0
 
 
 # ---------------------------------------------------------------- D4RL HDF5
@@ -243,10 +247,11 @@ def _task(env: str) -> Task:
 # ---------------------------------------------------------------- Minari
 
 def search_roots() -> list[Path]:
-    """$MINARI_DATASETS_PATH (if set), then the repo's datasets/minari."""
+    """$MINARI_DATASETS_PATH (if set), then the repo's datasets/minari, then Minari's ~/.minari/datasets."""
     roots = [datasets_root()]
-    if DEFAULT_ROOT not in roots:
-        roots.append(DEFAULT_ROOT)
+    for root in (DEFAULT_ROOT, MINARI_HOME):
+        if root not in roots:
+            roots.append(root)
     return roots
 
 
@@ -396,32 +401,97 @@ def available_ids() -> list[str]:
     return ids
 
 
-def _missing_message(name: str) -> str:
+def _missing_message(name: str, reason: str | None = None) -> str:
     m = re.match(rf"^sorl/({'|'.join(ENVS)})/({'|'.join(QUALITIES)})(?:-n(\d+))?(?:-s(\d+))?-v0$", name)
     how = (make_command(m[1], m[2], int(m[3] or 1_000_000), int(m[4] or 0)) if m else
            "python -m sparse_offline_rl.data make env=ENV quality=QUALITY size=N seed=S")
-    return (f"unknown dataset '{name}' (searched {', '.join(map(str, search_roots()))}); available: "
-            f"{', '.join(available_ids())}; make a missing one with `{how}`")
+    what = f"Minari dataset '{name}' is not on this machine and could not be downloaded ({reason})" if reason else \
+        f"unknown dataset '{name}'"
+    return (f"{what} (searched {', '.join(map(str, search_roots()))}); available: {', '.join(available_ids())}; "
+            f"make a missing one with `{how}`, or set MINARI_DATASETS_PATH to a folder that holds it")
+
+
+def _remote_endpoint() -> str:
+    """The server behind Minari's default remote (its Hugging Face organisation); HF_ENDPOINT overrides it."""
+    try:
+        from huggingface_hub import constants
+    except ImportError as e:
+        raise DatasetError("downloading Minari datasets needs Minari's remote extra: pip install 'minari[hf]'") from e
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download_minari(dataset_id: str, root: Path | None = None) -> Path:
+    """Fetches a remote Minari dataset with Minari's own `download_dataset` into `root` (default: where
+    datasets are written, see `datasets_root`) and returns that root.
+
+    Checks first, with a 5 s limit, that Minari's server answers: without a network Minari's client
+    retries for about half a minute before giving up."""
+    import minari
+
+    root = Path(root) if root is not None else datasets_root()
+    endpoint = _remote_endpoint()
+    if not _reachable(endpoint, REMOTE_TIMEOUT_S):
+        raise DatasetError(_missing_message(dataset_id, f"{endpoint} did not answer within {REMOTE_TIMEOUT_S:.0f} s"))
+    print(f"dataset '{dataset_id}' not found locally: downloading it with minari.download_dataset into {root}", flush=True)
+    with _minari_root(root):
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as e:  # minari raises ValueError for unknown ids, network errors for the rest
+            raise DatasetError(_missing_message(dataset_id, f"{type(e).__name__}: {e}")) from e
+    if not (root / dataset_id / "data").is_dir():
+        raise DatasetError(f"Minari dataset '{dataset_id}': the download left no data under {root / dataset_id}")
+    return root
+
+
+def _ensure_local(name: str, target: str, generate: bool) -> None:
+    """Makes (project id) or downloads (Minari id) `target` if no local copy exists, once across processes."""
+    project = PROJECT_ID.match(name)
+    remote = MINARI_ID.match(target) and not target.startswith(NAMESPACE + "/")  # our own ids are made, never fetched
+    if find_minari(target) is not None or not (project or remote):
+        return
+    if not generate:
+        raise DatasetError(_missing_message(target))
+    root = datasets_root()
+    lock = root / ".locks" / (target.replace("/", "__") + ".lock")
+    with file_lock(lock, waiting_message=f"dataset '{target}' is being made by another process: waiting for it"):
+        if find_minari(target) is not None:  # made while we waited
+            return
+        if project:
+            print(f"dataset '{name}' not found locally: generating it once from the shipped policies "
+                  f"({make_command(project[1], project[2])})", flush=True)
+            make_dataset(project[1], project[2], out=root)
+        else:
+            download_minari(target, root)
 
 
 def load_dataset(name: str, env: str | None = None, generate: bool = True) -> OfflineDataset:
     """The trainer's single entry point.
 
     `name` is a project id (`hopper-medium`, `walker2d-medium-expert`; made from the shipped policies on
-    first use when `generate`, then cached), a local Minari id (`mujoco/hopper/medium-v0`), or a path
-    to a D4RL-layout `.hdf5`/`.h5` file. With `env`, dims are checked against that environment.
+    first use when `generate`, then cached), a Minari id (`mujoco/hopper/medium-v0`; downloaded with
+    Minari's API on first use when `generate` and not found locally), or a path to a D4RL-layout
+    `.hdf5`/`.h5` file. First use is safe when several processes ask at once: one makes or downloads
+    the dataset while the others wait for it. With `env`, dims are checked against that environment.
     """
     if name.endswith((".hdf5", ".h5")) or os.sep in name and Path(name).exists():
         ds = load_d4rl_hdf5(name, env)
     else:
         m = PROJECT_ID.match(name)
         target = minari_id(m[1], m[2]) if m else name
-        if m and find_minari(target) is None:
-            if not generate:
-                raise DatasetError(_missing_message(target))
-            print(f"dataset '{name}' not found locally: generating it once from the shipped policies "
-                  f"({make_command(m[1], m[2])})", flush=True)
-            make_dataset(m[1], m[2])
+        _ensure_local(name, target, generate)
         ds = load_minari(target)
     if env is not None:
         task = _task(env)

@@ -1,0 +1,51 @@
+"""Behaviour-policy SAC: training stops and resumes, from its work folder or from a committed snapshot."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparse_offline_rl.data.behavior import snapshot_keeps, train
+
+
+def _log(path: Path) -> dict:
+    return json.loads((path / "train_log.json").read_text())
+
+
+def test_behaviour_training_resumes_from_work_folder_then_from_snapshot(tmp_path: Path) -> None:
+    work, snap = tmp_path / "work", tmp_path / "snap"
+    kw = dict(every=100, snapshot_every=200, start_steps=100, batch_size=32, hidden=16, refill=50, progress=False,
+              work=work, snapshot=snap)
+    train("hopper", steps=300, **kw)
+    log = _log(work)
+    assert log["steps_done"] == 300 and [c["step"] for c in log["checkpoints"]] == [0, 100, 200, 300]
+    assert all((work / "actors" / f"{c['name']}.npz").exists() for c in log["checkpoints"])
+    state = torch.load(work / "state.pt", weights_only=True)
+    assert state["step"] == 300 and state["buffer_size"] == 300
+    rows_before = np.array(np.memmap(work / "buffer.f32", dtype=np.float32, mode="r").reshape(300, -1))
+
+    train("hopper", steps=500, **kw)  # the same command with a later cap continues where it stopped
+    log = _log(work)
+    assert [c["step"] for c in log["checkpoints"]] == [0, 100, 200, 300, 400, 500]
+    assert log["sessions"][1]["from_step"] == 300 and log["sessions"][1]["resumed_from"].startswith("work folder")
+    rows_after = np.memmap(work / "buffer.f32", dtype=np.float32, mode="r").reshape(500, -1)
+    np.testing.assert_array_equal(rows_after[:300], rows_before)  # the buffer only grows
+    assert torch.load(work / "state.pt", weights_only=True)["buffer_size"] == 500
+
+    with np.load(snap / "snapshot.npz") as z:  # compact: half precision, no buffer, no optimizer state
+        assert int(z["step"]) == 500 and z["actor/net.0.weight"].dtype == np.float16
+        assert not any(k.startswith(("opt", "buffer")) for k in z.files)
+    shutil.rmtree(work)  # a replaced machine: only the committed snapshot is left
+    train("hopper", steps=600, **kw)
+    log = _log(work)
+    assert log["sessions"][-1]["resumed_from"].startswith("committed snapshot at step 500")
+    assert [c["step"] for c in log["checkpoints"]][-2:] == [500, 600]
+    assert torch.load(work / "state.pt", weights_only=True)["buffer_size"] == 50 + 100  # refill, then new steps
+
+
+def test_snapshot_keeps_early_checkpoints_densely() -> None:
+    kept = [s for s in range(0, 1_000_001, 10_000) if snapshot_keeps(s)]
+    assert kept[:21] == list(range(0, 200_001, 10_000)) and kept[21:] == list(range(250_000, 1_000_001, 50_000))
