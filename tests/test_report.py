@@ -28,7 +28,9 @@ def fake_run(root: Path, algo: str, pruner: str, sparsity: float, seed: int, sco
     atomic_write_json(run / "summary.json", {
         "algo": algo, "env": "hopper", "dataset": "hopper-medium", "pruner": pruner if sparsity > 0 else "dense",
         "sparsity": sparsity, "density": {"actor": density, "critic": density}, "steps": 1000, "steps_per_sec": 100.0,
-        "eval": {"normalized_score_mean": score, "normalized_score_std": 1.0, "return_mean": 10 * score},
+        "eval": {"normalized_score_mean": score, "normalized_score_std": 1.0, "return_mean": 10 * score,
+                 "d4rl_score_mean": score / 4},
+        "score_scales": {"normalized_score": "sorl/hopper/medium-v0 reference returns (0 = 20.0, 100 = 815.0)"},
         "seed": seed, "pruning": {"networks": {"actor": {"layers": layers}, "critic": {"layers": layers}}},
         "config": config,
     })
@@ -114,3 +116,11 @@ def test_a_finished_job_is_skipped_and_a_stale_one_refused(tmp_path, fast_config
     with pytest.raises(StaleRunError):
         check_same_config({"algo": {"name": "iql", "beta": 3.0}}, {"algo": {"name": "iql", "beta": 1.0}}, run)
     check_same_config({"algo": {"name": "iql"}}, {"algo": {"name": "iql"}, "plugins": []}, run)  # new keys are fine
+
+
+def test_every_table_says_which_score_scale_it_shows(sweep_dir):
+    markdown = write_report(sweep_dir, reps=50)["paths"]["results_md"].read_text()
+    assert "D4RL-normalised" not in markdown  # the project's datasets are not on D4RL's scale
+    assert "each dataset's own reference returns" in markdown
+    assert "sorl/hopper/medium-v0 reference returns (0 = 20.0, 100 = 815.0)" in markdown
+    assert "| D4RL-scale mean |" in markdown and "| 15.4 |" in markdown  # dense: mean(50, 52, 54, 90) / 4

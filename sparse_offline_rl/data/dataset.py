@@ -75,6 +75,12 @@ class OfflineDataset:
             self.ref_max_score - self.ref_min_score
         )
 
+    def score_scale(self) -> str:
+        """What `normalized_score` is relative to, for labels in results, tables and figures."""
+        if self.ref_min_score is None or self.ref_max_score is None:
+            return f"{self.source}: no reference returns (scores are NaN)"
+        return f"{self.source} reference returns (0 = {self.ref_min_score:.1f}, 100 = {self.ref_max_score:.1f})"
+
     def select_episodes(self, episode_indices: np.ndarray) -> "OfflineDataset":
         """A new dataset holding only the given whole episodes (in the given order)."""
         bounds = self.episode_bounds()[np.asarray(episode_indices, dtype=np.int64)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
+import numpy as np
 
 from sparse_offline_rl.algorithms.base import UnknownNameError
 
@@ -40,3 +41,12 @@ def get_task(name: str) -> Task:
 
 def make_env(name: str, **kwargs) -> gym.Env:
     return gym.make(get_task(name).env_id, **kwargs)
+
+
+def d4rl_normalized_score(env: str, returns: np.ndarray | float) -> np.ndarray:
+    """Returns on D4RL's scale: 100 * (R - random) / (expert - random) with D4RL's reference returns for
+    the task, whatever the dataset. This is the scale of published D4RL tables (those used v2 dynamics
+    and D4RL's own data, so the numbers are comparable, not identical)."""
+    task = get_task(env)
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - task.d4rl_random_score) / (
+        task.d4rl_expert_score - task.d4rl_random_score)

@@ -37,7 +37,7 @@ def _value(row: Mapping[str, Any], use_scores: bool) -> tuple[float, float]:
 def plot_run(result: Mapping[str, Any], metrics_path: Path, out_path: Path) -> None:
     rows = result["cells"]
     use_scores = result["summary"].get("metric") == "normalized_score"
-    ylabel = "normalized score" if use_scores else "return"
+    ylabel = "score (dataset's reference returns)" if use_scores else "return"
     groups = [g for g in ALL_GROUPS if any(r["group"] == g for r in rows)]
     diagnostics = read_diagnostics(Path(metrics_path))
     n_panels = 1 + len(groups) + (len(DIAGNOSTIC_PANELS) if diagnostics else 0)

@@ -78,7 +78,7 @@ def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
                                 color=colors[pruner], alpha=0.2, lw=0)
             ax.set_title(f"{algo} / {short(dataset)}", fontsize=10)
             ax.set_xlabel("sparsity" if i == len(algos) - 1 else "")
-            ax.set_ylabel("normalised score (IQM, 95% CI)" if j == 0 else "")
+            ax.set_ylabel("score, dataset's reference returns\n(IQM, 95% CI)" if j == 0 else "")
             ax.grid(alpha=0.3)
             if here:
                 ax.legend(fontsize=7)
@@ -125,7 +125,7 @@ def learning_curves(runs: Sequence[Row], path: Path) -> Path:
             ax = axes[i][j]
             ax.set_title(f"{algo} / {short(dataset)}", fontsize=10)
             ax.set_xlabel("gradient step" if i == len(algos) - 1 else "")
-            ax.set_ylabel("normalised score (mean ± s.e.)" if j == 0 else "")
+            ax.set_ylabel("score, dataset's reference returns\n(mean ± s.e.)" if j == 0 else "")
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=6)

@@ -20,6 +20,9 @@ from sparse_offline_rl.evaluation.stats import iqm, stratified_bootstrap_ci
 from sparse_offline_rl.reports.collect import Job
 
 BASE_KEYS = ("algo", "env", "dataset", "pruner", "sparsity")
+SCALE_NOTE = ("Scores are normalised with each dataset's own reference returns: 100 * (R - random) / (expert - "
+              "random), 0 = the dataset's random policy, 100 = its expert policy (for the project's datasets these "
+              "are the project's behaviour policies, not D4RL's).")
 # Config entries already covered by BASE_KEYS, or that never define a configuration.
 NOT_SETTINGS = {"algo.name", "env", "dataset", "pruner.name", "sparsity", "seed", "plugins"}
 
@@ -41,6 +44,8 @@ def run_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
             "algo": s["algo"], "env": s["env"], "dataset": s["dataset"], "pruner": s["pruner"],
             "sparsity": sparsity_label(s["sparsity"]), "seed": s["seed"],
             "score": s["eval"]["normalized_score_mean"], "return": s["eval"]["return_mean"],
+            "d4rl_score": s["eval"].get("d4rl_score_mean", math.nan),
+            "score_scale": (s.get("score_scales") or {}).get("normalized_score", ""),
             "steps": s["steps"], "steps_per_sec": s.get("steps_per_sec"), "run_dir": str(job.path),
         }
         for net, density in sorted(s.get("density", {}).items()):
@@ -84,10 +89,13 @@ def aggregate(rows: Sequence[Mapping[str, Any]], reps: int = 2000, seed: int = 0
             "score_std": float(scores.std(ddof=1)) if len(scores) > 1 else math.nan,
             "score_iqm": point, "iqm_ci_low": low, "iqm_ci_high": high,
         })
-        numeric = sorted({c for m in members for c in m if c.startswith(("density_", "gen_", "return", "steps_per_sec"))})
+        numeric = sorted({c for m in members for c in m
+                          if c.startswith(("density_", "gen_", "return", "d4rl_score", "steps_per_sec"))})
         for column in numeric:
             values = [m[column] for m in members if isinstance(m.get(column), (int, float))]
-            agg[f"{column}_mean" if column in ("return",) else column] = float(np.mean(values)) if values else math.nan
+            agg[f"{column}_mean" if column in ("return", "d4rl_score") else column] = \
+                float(np.mean(values)) if values else math.nan
+        agg["score_scale"] = members[0].get("score_scale", "")
         agg["steps"] = max(m["steps"] for m in members)
         out.append(agg)
     return out
@@ -122,19 +130,29 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) -> str:
     extra = extra_columns(groups)
     gen = [c for c in ("gen_generalization_gap", "gen_retention") if any(c in g for g in groups)]
-    head = ["algo", "dataset", "pruner", "sparsity", *extra, "seeds", "score mean ± std", "IQM [95% CI]", "density", *gen]
+    d4rl = any(not math.isnan(g.get("d4rl_score_mean", math.nan)) for g in groups)
+    head = ["algo", "dataset", "pruner", "sparsity", *extra, "seeds", "score mean ± std", "IQM [95% CI]",
+            *(["D4RL-scale mean"] if d4rl else []), "density", *gen]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         densities = [v for k, v in g.items() if k.startswith("density_") and isinstance(v, float)]
         cells = [g["algo"], g["dataset"], g["pruner"], g["sparsity"], *(str(g[c]) for c in extra), str(g["n_seeds"]),
                  f"{g['score_mean']:.1f} ± {_num(g['score_std'])}",
                  f"{g['score_iqm']:.1f} [{g['iqm_ci_low']:.1f}, {g['iqm_ci_high']:.1f}]",
+                 *([_num(g.get("d4rl_score_mean", math.nan))] if d4rl else []),
                  f"{np.mean(densities):.3f}" if densities else "",
                  *(_num(g.get(c, math.nan), 2) for c in gen)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    text += "\nScores are D4RL-normalised (0 random, 100 expert); IQM: interquartile mean over seeds with a "
-    text += "percentile-bootstrap 95% CI; density: mean kept fraction over the agent's networks.\n"
+    text += f"\n{SCALE_NOTE}"
+    scales = sorted({g["score_scale"] for g in groups if g.get("score_scale")})
+    if scales:
+        text += " Reference returns per dataset: " + "; ".join(scales) + "."
+    if d4rl:
+        text += (" D4RL-scale mean: the same returns on D4RL's scale (D4RL's random and expert reference returns "
+                 "for the task), the scale of published D4RL tables.")
+    text += (" IQM: interquartile mean over seeds with a percentile-bootstrap 95% CI; density: mean kept fraction "
+             "over the agent's networks.\n")
     if problems:
         text += f"\n## Missing or failed runs ({len(problems)})\n\n" + "\n".join(
             f"- **{job.status}** `{job.label}`: {job.detail}" + (f" ({job.path})" if job.path else "") for job in problems
