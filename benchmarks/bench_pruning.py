@@ -91,9 +91,8 @@ def main() -> None:
     sample = sampler(1)
     mask_set, _ = prune_at_initialization(algo, sample, {"name": "random"}, args.sparsity, seed=0)
     batch = sample(BATCH)
-    for _ in range(3):  # create Adam state, warm up
+    for _ in range(3):  # create Adam state, warm up (the optimizer hooks apply the masks)
         algo.update(batch)
-        mask_set.apply()
     n = 200
     apply_s = statistics.median(timed(lambda: [mask_set.apply() for _ in range(n)], args.repeats)) / n
     optimizers = algo.optimizers()
@@ -103,7 +102,7 @@ def main() -> None:
     adam_s = statistics.median(timed(lambda: [o.step() for _ in range(n) for o in optimizers.values()], args.repeats)) / n
     m = 50
     update_s = statistics.median(timed(lambda: [algo.update(batch) for _ in range(m)], args.repeats)) / m
-    n_tensors = len(mask_set._tensors)
+    n_tensors = mask_set.num_tensors
     print()
     print(f"MaskSet.apply ({n_tensors} tensors: weights, target weights, Adam exp_avg/exp_avg_sq): {apply_s * 1e6:.0f} us")
     print(f"Adam step, 3 optimizers (all parameters):                                 {adam_s * 1e6:.0f} us "

@@ -351,7 +351,7 @@ def main() -> None:
         print(f"\n[2] training steps/s, batch {bt.BATCH}, alternating, median of {args.rounds} rounds "
               "(ratio: median of per-round native / contender)")
         print(fmt_table(("algo", "contender", "steps/s", "native / it"), rows))
-        print("mask enforcement at sparsity 0.95, in the loop (sparse step with vs. without MaskSet.apply; "
+        print("mask enforcement at sparsity 0.95, in the loop (sparse step with vs. without the mask hooks; "
               "in brackets: sparse vs. dense, and apply alone in warm caches / dense step):\n  "
               + ", ".join(f"{n} {100 * r['mask_overhead']:+.1f}% ({100 * r['mask_overhead_ab']:+.1f}%, "
                           f"{r['mask_apply_us']:.0f} us = {100 * r['mask_overhead_isolated']:.1f}%)"

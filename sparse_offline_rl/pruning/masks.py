@@ -1,22 +1,30 @@
 """The one mask mechanism shared by every algorithm.
 
-A `MaskSet` holds a 0/1 mask per prunable weight of each network. `bind(algo)` gathers, once, flat
-lists of every tensor that must stay zero where the mask is zero: the online weights, the target
-networks' weights (they share the online network's mask) and the optimizers' per-weight state
-(e.g. Adam's exp_avg / exp_avg_sq). `apply()` is then a single `torch._foreach_mul_` per step.
+A `MaskSet` holds a 0/1 mask per prunable weight of each network. A pruned weight must be exactly
+zero in *every* forward pass, including those an algorithm runs inside one `update()` after one of
+its optimizers stepped (IQL's V(s') after the value step, TD3+BC's Q1 after the critic step). So the
+masks are enforced where no algorithm can forget them: `bind(algo)` registers a step post-hook on
+each of `algo.optimizers()`, and right after every optimizer step one `torch._foreach_mul_` zeroes
+the pruned entries of the weights that optimizer owns, of their target-network copies (they share
+the online network's mask) and of its per-weight state (e.g. Adam's exp_avg / exp_avg_sq). Target
+networks only ever move towards masked online weights (Polyak, hard copies), so they stay zero too.
 
 Optimizer state appears lazily (Adam creates it on a parameter's first step, and TD3+BC's actor only
 steps every other update) and is replaced wholesale by `optimizer.load_state_dict` (resuming from a
-checkpoint). `apply()` therefore re-gathers until every masked parameter an optimizer owns has its
-state bound, and again whenever an optimizer's state dict object changes; both checks are a few
-pointer comparisons per step.
+checkpoint). A hook therefore re-gathers its tensors when its optimizer's state dict object or its
+number of entries changes: a few pointer comparisons per step.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+
+# The MaskSet enforcing its masks on each optimizer, and its hook handle: binding a new MaskSet to
+# an algorithm replaces the old one's hooks instead of stacking a second set of masks on top.
+_BOUND: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[MaskSet, Any]]" = weakref.WeakKeyDictionary()
 
 
 def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -28,32 +36,66 @@ def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
+class _OptimizerGroup:
+    """What one optimizer's step can un-zero: the masked weights it owns, their target copies and
+    its per-weight state, as flat lists for a single foreach multiply."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, weights: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]) -> None:
+        self.optimizer = optimizer
+        self.weights = weights  # (online weight, mask, [target copies])
+        self.tensors: list[torch.Tensor] = []
+        self.factors: list[torch.Tensor] = []
+        self._state_ref: Any = None
+        self._state_len = -1
+
+    def gather(self) -> None:
+        tensors: list[torch.Tensor] = []
+        factors: list[torch.Tensor] = []
+        for weight, mask, copies in self.weights:
+            for t in (weight, *copies):
+                tensors.append(t)
+                factors.append(mask)
+            for value in self.optimizer.state.get(weight, {}).values():
+                if torch.is_tensor(value) and value.shape == weight.shape:
+                    tensors.append(value)
+                    factors.append(mask.to(value.dtype))
+        self.tensors, self.factors = tensors, factors
+        self._state_ref, self._state_len = self.optimizer.state, len(self.optimizer.state)
+
+    def apply(self) -> None:
+        state = self.optimizer.state
+        if state is not self._state_ref or len(state) != self._state_len:
+            self.gather()
+        with torch.no_grad():
+            torch._foreach_mul_(self.tensors, self.factors)
+
+
 class MaskSet:
     def __init__(self, masks: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
         # network name -> parameter name -> float mask (1 keep, 0 pruned), same shape as the weight
         self.masks: dict[str, dict[str, torch.Tensor]] = {
             net: {p: m.detach().float() for p, m in params.items()} for net, params in (masks or {}).items()
         }
-        self._tensors: list[torch.Tensor] = []
-        self._factors: list[torch.Tensor] = []
-        self._optimizers: list[torch.optim.Optimizer] = []
-        self._weights: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._state_refs: list[Any] = []
-        self._state_bound = False
+        self._groups: list[_OptimizerGroup] = []
+        self._unowned: list[tuple[torch.Tensor, torch.Tensor]] = []  # frozen weights no optimizer moves
 
     def __bool__(self) -> bool:
         return any(self.masks.values())
 
     # -- binding to an algorithm -------------------------------------------------------------
     def bind(self, algo: Any) -> "MaskSet":
-        """Resolve every tensor to keep masked and zero them now. Call after pruning, before training
-        (and again if the algorithm's networks or optimizers are rebuilt as new objects)."""
+        """Zero every pruned entry now and after every step of each of `algo.optimizers()`. Call
+        after pruning, before training (and again if the algorithm's networks or optimizers are
+        rebuilt as new objects). Replaces any MaskSet bound earlier to the same optimizers."""
         nets = algo.networks()
         targets = algo.target_networks()
         unknown = set(self.masks) - set(nets)
         if unknown:
             raise KeyError(f"masks for unknown network(s) {sorted(unknown)}; the algorithm has {sorted(nets)}")
-        self._weights = []
+        optimizers = list({id(o): o for o in algo.optimizers().values()}.values())  # one hook per optimizer
+        owner = {id(p): opt for opt in optimizers for group in opt.param_groups for p in group["params"]}
+        per_opt: dict[int, list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]]] = {id(o): [] for o in optimizers}
+        unowned: list[tuple[torch.Tensor, torch.Tensor]] = []
         for net_name, param_masks in self.masks.items():
             online = prunable_parameters(nets[net_name])
             target = prunable_parameters(targets[net_name]) if net_name in targets else {}
@@ -68,45 +110,56 @@ class MaskSet:
                     )
                 mask = mask.to(device=weight.device, dtype=weight.dtype)
                 param_masks[pname] = mask
-                # The Parameter itself (not `.data`) so that a later `param.data = ...` is still seen.
-                self._weights.append((weight, mask))
-                if pname in target:
-                    self._weights.append((target[pname], mask))
-        self._optimizers = list(algo.optimizers().values())
-        self._state_bound = False
-        self._rebuild()
+                copies = [target[pname]] if pname in target else []
+                opt = owner.get(id(weight))
+                if opt is not None:
+                    # The Parameter itself (not `.data`) so that a later `param.data = ...` is still seen.
+                    per_opt[id(opt)].append((weight, mask, copies))
+                elif weight.requires_grad:
+                    raise ValueError(
+                        f"network '{net_name}': weight {pname} is trained (requires_grad) but owned by none of "
+                        "algo.optimizers(); masks are enforced after each step of those optimizers, so list the "
+                        "optimizer that trains it"
+                    )
+                else:
+                    unowned += [(t, mask) for t in (weight, *copies)]
+        self.unbind()
+        self._groups = [_OptimizerGroup(opt, per_opt[id(opt)]) for opt in optimizers if per_opt[id(opt)]]
+        self._unowned = unowned
+        for group in self._groups:
+            previous = _BOUND.get(group.optimizer)
+            if previous is not None:
+                previous[0]._release(group.optimizer)
+            handle = group.optimizer.register_step_post_hook(lambda opt, args, kwargs, g=group: g.apply())
+            _BOUND[group.optimizer] = (self, handle)
         self.apply()
         return self
 
-    def _rebuild(self) -> None:
-        tensors = [w for w, _ in self._weights]
-        factors = [m for _, m in self._weights]
-        masked = {id(w): m for w, m in self._weights}
-        all_bound = True
-        for opt in self._optimizers:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if id(p) not in masked:
-                        continue
-                    state = opt.state.get(p, {})
-                    per_weight = [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
-                    if not per_weight:
-                        all_bound = False
-                    for value in per_weight:
-                        tensors.append(value)
-                        factors.append(masked[id(p)].to(value.dtype))
-        self._state_refs = [opt.state for opt in self._optimizers]
-        self._state_bound = all_bound
-        self._tensors, self._factors = tensors, factors
+    def _release(self, optimizer: torch.optim.Optimizer) -> None:
+        entry = _BOUND.get(optimizer)
+        if entry is not None and entry[0] is self:
+            entry[1].remove()
+            del _BOUND[optimizer]
+        self._groups = [g for g in self._groups if g.optimizer is not optimizer]
+
+    def unbind(self) -> None:
+        """Stop enforcing these masks (remove the optimizer hooks); the weights keep their values."""
+        for group in list(self._groups):
+            self._release(group.optimizer)
 
     def apply(self) -> None:
-        """Zero every pruned entry of weights, target weights and optimizer state."""
-        if not self._weights:
-            return
-        if not self._state_bound or any(opt.state is not ref for opt, ref in zip(self._optimizers, self._state_refs)):
-            self._rebuild()
-        with torch.no_grad():
-            torch._foreach_mul_(self._tensors, self._factors)
+        """Zero every pruned entry of weights, target weights and optimizer state now (the hooks do
+        this after every optimizer step; calling it again changes nothing)."""
+        for group in self._groups:
+            group.apply()
+        if self._unowned:
+            with torch.no_grad():
+                torch._foreach_mul_([t for t, _ in self._unowned], [m for _, m in self._unowned])
+
+    @property
+    def num_tensors(self) -> int:
+        """Tensors re-zeroed per step, over all optimizers (weights, target copies, optimizer state)."""
+        return sum(len(g.tensors) for g in self._groups) + len(self._unowned)
 
     # -- measurements ------------------------------------------------------------------------
     def layer_density(self, algo: Any | None = None) -> dict[str, dict[str, float]]:

@@ -234,8 +234,8 @@ def train(
     tick = time.perf_counter()
     try:
         for step in range(start_step + 1, steps + 1):
+            # No masks.apply() here: the MaskSet re-zeroes pruned entries after every optimizer step.
             metrics = algo.update(buffer.sample(batch_size))
-            masks.apply()
             for callback in callbacks:
                 callback(StepInfo(step, algo, metrics, masks))
             if step % log_every == 0:

@@ -1,0 +1,159 @@
+"""Pruned weights are exactly zero in every forward pass, not only when `update()` returns.
+
+A probe hooks every `nn.Linear` of the online and target networks and records each forward that
+runs with a nonzero pruned weight. It sees the forwards *inside* an update (IQL's V(s') after the
+value step, TD3+BC's Q1 in the actor loss after the critic step) and those of evaluation.
+"""
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import sparse_offline_rl as sorl
+import sparse_offline_rl.training.trainer as trainer_module
+from conftest import REPO
+from sparse_offline_rl.pruning import MaskSet, prunable_parameters, prune_at_initialization
+from sparse_offline_rl.training.trainer import train
+
+PLUGIN_FILE = REPO / "examples" / "sorl_awac_plugin" / "sorl_awac_plugin.py"
+
+
+class ForwardProbe:
+    """Forward pre-hooks on every Linear of the online and target networks of the masked networks:
+    counts the forwards, and those whose weight * (1 - mask) is not all zero."""
+
+    def __init__(self, algo: Any, mask_set: MaskSet) -> None:
+        self.forwards = 0
+        self.violations: list[str] = []
+        self.handles = []
+        nets, targets = algo.networks(), algo.target_networks()
+        for net_name, param_masks in mask_set.masks.items():
+            copies = {net_name: nets[net_name]}
+            if net_name in targets:
+                copies[f"target {net_name}"] = targets[net_name]
+            for label, net in copies.items():
+                for mod_name, layer in net.named_modules():
+                    if isinstance(layer, nn.Linear):
+                        pruned = param_masks[f"{mod_name}.weight"] == 0
+                        hook = partial(self._check, f"{label}.{mod_name}", pruned)
+                        self.handles.append(layer.register_forward_pre_hook(hook))
+
+    def _check(self, where: str, pruned: torch.Tensor, layer: nn.Linear, args: Any) -> None:
+        self.forwards += 1
+        if bool((layer.weight.detach() * pruned).any()):
+            self.violations.append(where)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def probed_training(monkeypatch, cfg: dict, run_dir, dataset) -> ForwardProbe:
+    """`train(cfg)` with the probe installed right after pruning at initialization, before the first
+    update, so it sees every training and evaluation forward of the run."""
+    probes: list[ForwardProbe] = []
+
+    def prune_then_probe(algo, *args, **kwargs):
+        mask_set, report = prune_at_initialization(algo, *args, **kwargs)
+        probes.append(ForwardProbe(algo, mask_set))
+        return mask_set, report
+
+    monkeypatch.setattr(trainer_module, "prune_at_initialization", prune_then_probe)
+    train(cfg, run_dir, dataset=dataset)
+    assert len(probes) == 1
+    return probes[0]
+
+
+@pytest.fixture
+def awac_registered():
+    from sparse_offline_rl.algorithms import base
+
+    had = "awac" in base._REGISTRY
+    # import_plugin returns the cached module on a second import, so register its class explicitly.
+    sorl.register_algorithm("awac")(sorl.import_plugin(str(PLUGIN_FILE)).AWAC)
+    yield
+    if not had:
+        base._REGISTRY.pop("awac", None)
+
+
+@pytest.mark.parametrize("algo", ["iql", "td3bc", "cql", "awac"])
+def test_no_forward_ever_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, awac_registered, algo):
+    cfg = copy.deepcopy(fast_config)
+    cfg.update(
+        algo={"name": algo, "hidden": [32, 32]}, sparsity=0.95, steps=30, log_every=10,
+        # Which weights survive does not matter here; a disconnected toy network must not stop the run.
+        pruner={"name": "snip", "allow_layer_collapse": True},
+    )
+    cfg["eval"].update(every=15, episodes=1)
+    probe = probed_training(monkeypatch, cfg, tmp_path, hopper_data)
+    assert probe.forwards > 0
+    assert probe.violations == [], f"{len(probe.violations)} forwards with a nonzero pruned weight, first: {probe.violations[:5]}"
+
+
+class DirectStep:
+    """A plug-in-style algorithm whose single update runs a second forward after its optimizer step,
+    and which is used without the trainer (nobody calls `MaskSet.apply`)."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.config = None
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.target = copy.deepcopy(self.net).requires_grad_(False)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9)
+
+    def networks(self):
+        return {"net": self.net}
+
+    def target_networks(self):
+        return {"net": self.target}
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        self.opt.zero_grad()
+        self.net(x).pow(2).mean().backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.target.load_state_dict(self.net.state_dict())  # hard target copy
+            return self.net(x).mean() + self.target(x).mean()
+
+
+def test_masks_hold_without_the_trainer_and_cover_optimizer_state() -> None:
+    algo = DirectStep()
+    masks = {"net": {n: torch.rand(p.shape) < 0.3 for n, p in prunable_parameters(algo.net).items()}}
+    mask_set = MaskSet(masks).bind(algo)
+    probe = ForwardProbe(algo, mask_set)
+    for _ in range(5):
+        algo.update(torch.randn(8, 4))
+    assert probe.forwards == 5 * 3 * 2 and probe.violations == []
+    for name, p in prunable_parameters(algo.net).items():
+        momentum = algo.opt.state[p]["momentum_buffer"]
+        assert bool((momentum[~masks["net"][name]] == 0).all())
+
+
+def test_rebinding_replaces_the_earlier_masks() -> None:
+    algo = DirectStep()
+    params = prunable_parameters(algo.net)
+    first = MaskSet({"net": {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}}).bind(algo)
+    assert all(bool((p == 0).all()) for p in params.values())
+    with torch.no_grad():
+        for p in params.values():
+            p.normal_()
+    MaskSet({"net": {n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}}).bind(algo)
+    algo.update(torch.randn(8, 4))
+    # The first MaskSet (all pruned) no longer acts on this optimizer.
+    assert all(bool((p != 0).any()) for p in params.values()) and first is not None
+
+
+def test_a_masked_weight_no_listed_optimizer_trains_is_an_error() -> None:
+    algo = DirectStep()
+    algo.optimizers = lambda: {}
+    params = prunable_parameters(algo.net)
+    with pytest.raises(ValueError, match=r"'net'.*0\.weight.*optimizers\(\)"):
+        MaskSet({"net": {n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}}).bind(algo)
