@@ -295,9 +295,9 @@ def train(env: str, steps: int = 1_000_000, minutes: float | None = None, seed: 
         atomic_write_json(work / "train_log.json", log)
         if step % snapshot_every == 0 or step >= steps:
             write_snapshot()
-        eta = (steps - step) / max(rate, 1e-9) / 3600
+        speed = f" {rate:.0f} steps/s, ETA {(steps - step) / rate / 3600:.1f} h" if step > last_step and rate > 0 else ""
         print(f"[{task.name}] step {step} eval {np.mean(rets):.1f} ± {np.std(rets):.1f} alpha "
-              f"{sac.log_alpha.exp().item():.3f} {rate:.0f} steps/s ETA {eta:.1f} h", flush=True)
+              f"{sac.log_alpha.exp().item():.3f}{speed}", flush=True)
         last_t, last_step = time.time(), step
 
     def write_snapshot() -> None:
@@ -412,7 +412,40 @@ def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY
         "finalize_command": f"python -m sparse_offline_rl.data.behavior finalize env={task.name} episodes={episodes} top={top}",
     }
     (out / "policies.json").write_text(json.dumps(info, indent=1))
+    plot_training(log, out / "return_curve.png")
     return info
+
+
+def plot_training(log: dict[str, Any], path: Path) -> Path:
+    """The return curve of a behaviour run: training episodes (smoothed) and the checkpoint evaluations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparse_offline_rl.io import atomic_save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    episodes = np.array(log["train_episodes"], dtype=np.float64).reshape(-1, 3)
+    if len(episodes):
+        width = max(1, len(episodes) // 100)
+        smooth = np.convolve(episodes[:, 1], np.ones(width) / width, mode="valid")
+        ax.plot(episodes[width - 1:, 0], smooth, color="0.6", lw=1, label=f"training episodes (mean of {width})")
+    ckpts = log["checkpoints"]
+    steps = np.array([c["step"] for c in ckpts])
+    mean = np.array([c["eval_return"] for c in ckpts])
+    std = np.array([c.get("eval_return_std", 0.0) for c in ckpts])
+    ax.plot(steps, mean, "o-", ms=2.5, color="C0", label=f"checkpoint evaluation ({CHECKPOINT_EVAL_EPISODES} episodes, "
+                                                          "stochastic policy)")
+    ax.fill_between(steps, mean - std, mean + std, color="C0", alpha=0.2, lw=0)
+    task = get_task(log["env"])
+    ax.axhline(task.d4rl_expert_score, color="C3", ls="--", lw=1, label=f"D4RL expert reference ({task.d4rl_expert_score:g})")
+    ax.set_xlabel("env steps (= SAC updates)")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"SAC behaviour training, {task.env_id}, seed {log['seed']} ({log['wall_s'] / 3600:.1f} h)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return atomic_save_figure(fig, path)
 
 
 def parse_kv(args: list[str]) -> dict[str, str]:
@@ -427,8 +460,8 @@ def parse_kv(args: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "finalize"):
-        raise SystemExit("usage: python -m sparse_offline_rl.data.behavior {train|finalize} env=NAME [key=value ...]")
+    if not argv or argv[0] not in ("train", "finalize", "plot"):
+        raise SystemExit("usage: python -m sparse_offline_rl.data.behavior {train|finalize|plot} env=NAME [key=value ...]")
     kv = parse_kv(argv[1:])
     seed = int(kv.get("seed", 0))
     if argv[0] == "train":
@@ -437,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
               snapshot_every=int(kv.get("snapshot_every", 50_000)), start_steps=int(kv.get("start_steps", 10_000)),
               batch_size=int(kv.get("batch", 256)), hidden=int(kv.get("hidden", 256)), lr=float(kv.get("lr", 3e-4)),
               refill=int(kv.get("refill", 20_000)), work=kv.get("work"), snapshot=kv.get("snapshot"))
+    elif argv[0] == "plot":
+        source = Path(kv["work"]) if "work" in kv else work_dir(kv["env"], seed)
+        if not (source / "train_log.json").exists():
+            source = snapshot_dir(kv["env"], seed)
+        out = Path(kv.get("out", snapshot_dir(kv["env"], seed) / "return_curve.png"))
+        print(plot_training(json.loads((source / "train_log.json").read_text()), out))
     else:
         info = finalize(kv["env"], work=kv.get("work"), episodes=int(kv.get("episodes", 100)),
                         top=int(kv.get("top", 3)), seed=seed)
