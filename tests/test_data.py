@@ -401,3 +401,12 @@ def test_shipped_policies_load(env: str) -> None:
         act = policy.act(np.zeros((4, task.obs_dim), np.float32), np.random.default_rng(0))
         assert act.shape == (4, task.act_dim) and np.abs(act).max() <= 1.0
     assert info["ref_max_score"] > info["ref_min_score"]
+
+
+def test_stats_table_counts_episodes_and_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparse_offline_rl.data.__main__ import stats_table
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    write_tiny_minari("test/hopper/tiny-v0")  # episodes of 5 and 3 steps, reward 1 per step
+    d4rl = 100 * (4.0 + 20.272305) / (3234.3 + 20.272305)
+    assert f"| `test/hopper/tiny-v0` | 8 | 2 | 4 | 4.0 ± 1.0 | {d4rl:.1f} |" in stats_table(["test/hopper/tiny-v0"])

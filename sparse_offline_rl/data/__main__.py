@@ -1,4 +1,7 @@
-"""python -m sparse_offline_rl.data {list | make env=.. quality=.. [size=1000000] [seed=0] [out=DIR] [id=..]}"""
+"""python -m sparse_offline_rl.data {list | make env=.. quality=.. [size=1000000] [seed=0] [out=DIR] [id=..] | stats ID [ID ...]}
+
+`stats` prints a Markdown table of each dataset's transitions, episodes, mean episode length and return
+(mean ± std, and on D4RL's scale), making or downloading datasets that are missing as a run would."""
 from __future__ import annotations
 
 import sys
@@ -7,18 +10,26 @@ import time
 from sparse_offline_rl.data.behavior import parse_kv
 from sparse_offline_rl.data.dataset import DatasetError
 from sparse_offline_rl.data.generate import DEFAULT_SIZE, datasets_root, make_dataset, minari_id
-from sparse_offline_rl.data.loaders import available_ids, load_minari
+from sparse_offline_rl.data.envs import d4rl_normalized_score
+from sparse_offline_rl.data.loaders import available_ids, load_dataset, load_minari
 
 USAGE = __doc__
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("list", "make"):
+    if not argv or argv[0] not in ("list", "make", "stats"):
         print(USAGE, file=sys.stderr)
         return 2
     if argv[0] == "list":
         for dataset_id in available_ids():
             print(dataset_id)
+        return 0
+    if argv[0] == "stats":
+        try:
+            print(stats_table(argv[1:]))
+        except DatasetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         return 0
     kv = parse_kv(argv[1:])
     missing = [k for k in ("env", "quality") if k not in kv]
@@ -39,6 +50,18 @@ def main(argv: list[str]) -> int:
           f"min {rets.min():.1f} max {rets.max():.1f}, normalized {ds.normalized_score(rets.mean()):.1f}) "
           f"in {time.time() - t0:.0f}s")
     return 0
+
+
+def stats_table(ids: list[str]) -> str:
+    lines = ["| dataset | transitions | episodes | mean length | return mean ± std | D4RL-scale return |",
+             "|---|---|---|---|---|---|"]
+    for name in ids:
+        ds = load_dataset(name)
+        rets = ds.episode_returns()
+        d4rl = float(d4rl_normalized_score(ds.env_id, rets.mean())) if ds.env_id else float("nan")
+        lines.append(f"| `{name}` | {len(ds):,} | {ds.num_episodes:,} | {len(ds) / ds.num_episodes:.0f} | "
+                     f"{rets.mean():.1f} ± {rets.std():.1f} | {d4rl:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
