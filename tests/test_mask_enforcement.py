@@ -7,6 +7,7 @@ value step, TD3+BC's Q1 in the actor loss after the critic step) and those of ev
 from __future__ import annotations
 
 import copy
+import sys
 from functools import partial
 from typing import Any
 
@@ -73,12 +74,14 @@ def probed_training(monkeypatch, cfg: dict, run_dir, dataset) -> ForwardProbe:
 def awac_registered():
     from sparse_offline_rl.algorithms import base
 
-    had = "awac" in base._REGISTRY
+    had, imported = "awac" in base._REGISTRY, "sorl_awac_plugin" in sys.modules
     # import_plugin returns the cached module on a second import, so register its class explicitly.
     sorl.register_algorithm("awac")(sorl.import_plugin(str(PLUGIN_FILE)).AWAC)
     yield
     if not had:
         base._REGISTRY.pop("awac", None)
+    if not imported:  # other tests import the plug-in afresh and expect it to register itself
+        sys.modules.pop("sorl_awac_plugin", None)
 
 
 @pytest.mark.parametrize("algo", ["iql", "td3bc", "cql", "awac"])

@@ -30,9 +30,11 @@ from sparse_offline_rl.pruning.allocation import (
     allocate,
     check_layer_collapse,
     first_last_layers,
+    group_counts,
     keep_count,
     pin_pruned,
 )
+from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, connectivity, layer_graph
 from sparse_offline_rl.pruning.masks import MaskSet, network_density, prunable_parameters
 from sparse_offline_rl.pruning.scores import (
     LossClosure,
@@ -82,6 +84,20 @@ def _seed_for(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
+def _wiring(module: nn.Module) -> tuple[LayerGraph | None, str | None]:
+    """The traced layer graph, or None and the reason it cannot be known. Only SynFlow and the
+    keep_*_layer_dense options need it (and fail loudly without it); for the other pruners such a
+    network is one member, and its dead units are not reported."""
+    try:
+        return layer_graph(module), None
+    except WiringError as err:
+        return None, str(err)
+
+
+def _members(module: nn.Module, graph: LayerGraph | None) -> list[list[str]]:
+    return graph.members() if graph is not None else [list(prunable_parameters(module))]
+
+
 def _scorer(
     method: str,
     module: nn.Module,
@@ -89,6 +105,7 @@ def _scorer(
     input_shape: Sequence[int] | None,
     seed: int,
     what: str,
+    graph: LayerGraph | None = None,
 ) -> Callable[[Mapping[str, torch.Tensor] | None], Scores]:
     """score(masks) for one round; masks (bool) mark the weights still alive, None in round one."""
     params = prunable_parameters(module)
@@ -108,32 +125,47 @@ def _scorer(
 
         return data_scores
     if method == "synflow":
-        return lambda masks: synflow_scores(module, masks, input_shape)
+        wiring = graph if graph is not None else layer_graph(module)  # WiringError: scores would be guesses
+        return lambda masks: synflow_scores(module, masks, input_shape, wiring)
     raise ValueError(f"pruner '{method}' has no scores (available: {', '.join(p for p in PRUNERS if p != 'dense')})")
 
 
 def _iterate(
     score: Callable[[Mapping[str, torch.Tensor] | None], Scores],
     keep: int,
-    total: int,
     scope: str,
     dense: Sequence[str],
     rounds: int,
+    members: Sequence[Sequence[str]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], Scores]:
     """Prune to `keep` weights in `rounds` steps with keep ratio k^((e+1)/E) at round e, rescoring
-    the pruned network each round. Pruned weights are pinned to -inf and each layer's count is
-    capped at what it kept, so no weight is ever revived (for every scope)."""
+    the pruned network each round. Each member (groups of layer names, default: one for the whole
+    network) keeps its own fixed share of `keep` (`group_counts`) and is ranked on its own, so one
+    member's larger scores can never take another's weights. Pruned weights are pinned to -inf and
+    each layer's count is capped at what it kept, so no weight is ever revived (for every scope)."""
     masks: dict[str, torch.Tensor] | None = None
     scores: Scores = {}
-    ratio = keep / total if total else 1.0
+    groups: list[tuple[list[str], int, int]] = []  # (layer names, final keep, prunable weights)
     for e in range(rounds):
-        keep_e = keep if e == rounds - 1 else max(keep, keep_count(total, ratio ** ((e + 1) / rounds)))
         scores = score(masks)
+        if not groups:
+            sizes = {n: s.numel() for n, s in scores.items()}
+            names = [list(g) for g in members] if members is not None else [list(scores)]
+            keeps = group_counts(sizes, names, keep, dense)
+            groups = [(g, k, sum(sizes[n] for n in g)) for g, k in zip(names, keeps)]
         caps = None
         if masks is not None:
             scores = pin_pruned(scores, masks)
             caps = {n: int(m.sum()) for n, m in masks.items()}
-        masks = allocate(scores, keep_e, scope, dense, caps)
+        new: dict[str, torch.Tensor] = {}
+        for names_g, keep_g, total_g in groups:
+            ratio = keep_g / total_g if total_g else 1.0
+            keep_e = keep_g if e == rounds - 1 else max(keep_g, keep_count(total_g, ratio ** ((e + 1) / rounds)))
+            new.update(allocate(
+                {n: scores[n] for n in names_g}, keep_e, scope, [n for n in dense if n in names_g],
+                None if caps is None else {n: caps[n] for n in names_g},
+            ))
+        masks = new
     assert masks is not None
     return masks, scores
 
@@ -169,7 +201,9 @@ def saliency(
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for saliency(); accepted: {', '.join(sorted(known))}")
     num_batches = int(opts.get("num_batches", 1))
-    score = _scorer(method, module, _closures(loss_fn, module, num_batches), input_shape, int(opts.get("seed", 0)), type(module).__name__)
+    graph, _ = _wiring(module)
+    score = _scorer(method, module, _closures(loss_fn, module, num_batches), input_shape, int(opts.get("seed", 0)),
+                    type(module).__name__, graph)
     masks = opts.get("masks")
     if masks is not None:
         masks = {n: m.to(torch.bool) for n, m in masks.items()}
@@ -179,7 +213,7 @@ def saliency(
     sparsity = _check_sparsity(opts["sparsity"], type(module).__name__)
     total = sum(p.numel() for p in prunable_parameters(module).values())
     rounds = _rounds(method, opts.get("rounds"))
-    _, scores = _iterate(score, keep_count(total, 1 - sparsity), total, opts.get("scope", "global"), (), rounds)
+    _, scores = _iterate(score, keep_count(total, 1 - sparsity), opts.get("scope", "global"), (), rounds, _members(module, graph))
     return scores
 
 
@@ -267,16 +301,22 @@ def prune_module(
     allow_layer_collapse: bool = False,
     name: str = "network",
 ) -> dict[str, torch.Tensor]:
-    """Boolean masks for one network keeping exactly `keep` prunable weights (collapse-checked)."""
+    """Boolean masks for one network keeping exactly `keep` prunable weights (collapse-checked).
+
+    Ensemble members (the connected groups of the traced layer graph, e.g. the two Q-networks of a
+    twin critic) each keep the same fraction of their weights; a network whose wiring cannot be
+    traced is one member. Collapse: a layer left with no weight, or an output layer no kept path
+    from the input reaches (when the wiring is known)."""
     _check_method(method)
     params = prunable_parameters(module)
     total = sum(p.numel() for p in params.values())
     if method == "dense" or keep >= total:
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-    score = _scorer(method, module, losses, input_shape, seed, name)
-    masks, _ = _iterate(score, keep, total, scope, list(dense_layers), _rounds(method, rounds))
+    graph, _ = _wiring(module)
+    score = _scorer(method, module, losses, input_shape, seed, name, graph)
+    masks, _ = _iterate(score, keep, scope, list(dense_layers), _rounds(method, rounds), _members(module, graph))
     context = f"{method}, scope={scope}, density {keep / total:.4f}"
-    check_layer_collapse(masks, name, allow_layer_collapse, context)
+    check_layer_collapse(masks, name, allow_layer_collapse, context, graph)
     return masks
 
 
@@ -356,10 +396,12 @@ def prune_at_initialization(
         for name, net in nets.items():
             params = prunable_parameters(net)
             total = sum(p.numel() for p in params.values())
-            first, last = first_last_layers(net)
-            dense_layers = list(
-                dict.fromkeys((first if cfg["keep_first_layer_dense"] else []) + (last if cfg["keep_last_layer_dense"] else []))
-            )
+            dense_layers: list[str] = []
+            if method != "dense" and (cfg["keep_first_layer_dense"] or cfg["keep_last_layer_dense"]):
+                first, last = first_last_layers(net)  # WiringError when the wiring cannot be traced
+                dense_layers = list(
+                    dict.fromkeys((first if cfg["keep_first_layer_dense"] else []) + (last if cfg["keep_last_layer_dense"] else []))
+                )
             dense_n = sum(params[n].numel() for n in dense_layers)
             if budget_kind:
                 # A budget is about the whole network, so the dense layers are paid out of it.
@@ -420,6 +462,7 @@ def _network_report(
     budget: Any,
 ) -> dict[str, Any]:
     params = prunable_parameters(net)
+    graph, wiring_error = _wiring(net)
     layers: dict[str, Any] = {}
     kept_total = 0
     sparse_kept = sparse_total = 0
@@ -446,6 +489,17 @@ def _network_report(
         "collapsed_layers": [n for n, v in layers.items() if v["kept"] == 0],
         **stats,
     }
+    members = []
+    for names in _members(net, graph):
+        kept = sum(layers[n]["kept"] for n in names)
+        members.append({"layers": names, "kept_weights": kept, "prunable_weights": sum(layers[n]["total"] for n in names),
+                        "share": kept / kept_total if kept_total else 0.0})
+    out["members"] = members
+    # Dead units and effective weights need the wiring; None where it cannot be traced.
+    out["wiring"] = "traced" if graph is not None else wiring_error
+    conn = connectivity(graph, masks) if graph is not None else {}
+    for key in ("hidden_units", "dead_units", "dead_units_per_layer", "effective_weights", "disconnected_outputs"):
+        out[key] = conn.get(key)
     if budget_kind:
         out[budget_kind] = int(budget)
     return out
@@ -473,6 +527,18 @@ def format_density_table(report: Mapping[str, Any]) -> str:
             net, "all prunable", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] == "network" or not info.get("dense_layers") else "",
             f"{info['kept_weights']:,} / {info['prunable_weights']:,}", f"{info['density']:.4f}",
         ))
+        if len(info.get("members", ())) > 1:
+            rows.append((
+                net, "members", "kept per member", " / ".join(f"{m['kept_weights']:,}" for m in info["members"]),
+                "shares " + " / ".join(f"{m['share']:.3f}" for m in info["members"]),
+            ))
+        if info.get("effective_weights") is not None:
+            # effective: kept weights on an input-to-output path; dead: hidden units missing an in- or outgoing weight
+            rows.append((
+                net, "effective (on a path)", f"dead units {info['dead_units']:,} / {info['hidden_units']:,}",
+                f"{info['effective_weights']:,} / {info['kept_weights']:,}",
+                f"{info['effective_weights'] / info['kept_weights']:.4f}" if info["kept_weights"] else "-",
+            ))
         rows.append((
             net, "params / FLOPs", "", f"{info['params']:,} / {info['params_dense']:,}", f"{info['flops']:,} / {info['flops_dense']:,} FLOPs",
         ))

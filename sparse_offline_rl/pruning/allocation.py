@@ -11,14 +11,15 @@ parameter / FLOP budget to the whole network, see `prune_at_initialization`).
 from __future__ import annotations
 
 import math
-from typing import Collection, Mapping, Sequence
+from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.scores import linear_trunk
+from sparse_offline_rl.pruning.graph import LayerGraph, connectivity, layer_graph
 
 SCOPES = ("global", "layer", "erk")
+K = TypeVar("K", bound=Hashable)
 
 
 class LayerCollapseError(ValueError):
@@ -79,7 +80,7 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], keep: int, dense: Collect
     return {n: 1.0 if n in fixed else eps * sum(_fan(shapes[n])) / sizes[n] for n in shapes}
 
 
-def _distribute(raw: Mapping[str, float], total: int, caps: Mapping[str, int]) -> dict[str, int]:
+def _distribute(raw: Mapping[K, float], total: int, caps: Mapping[K, int]) -> dict[K, int]:
     """Integer counts summing to `total` (when the caps allow), closest to `raw`: largest remainder."""
     counts = {n: min(caps[n], math.floor(r + 1e-9)) for n, r in raw.items()}
     rest = total - sum(counts.values())
@@ -96,6 +97,27 @@ def _distribute(raw: Mapping[str, float], total: int, caps: Mapping[str, int]) -
         if not progressed:
             break
     return counts
+
+
+def _check_dense_fits(keep: int, dense_n: int) -> None:
+    if keep < dense_n:
+        raise ValueError(
+            f"the layers kept dense hold {dense_n} weights, more than the {keep} the target allows; "
+            "lower the sparsity or drop keep_first_layer_dense / keep_last_layer_dense"
+        )
+
+
+def group_counts(sizes: Mapping[str, int], groups: Sequence[Sequence[str]], keep: int, dense: Collection[str] = ()) -> list[int]:
+    """Kept weights per group of layers (the members of an ensemble), `keep` in all: each group keeps
+    its dense layers plus a share of the rest proportional to its pruned layers' size, so every member
+    is pruned to the same density and no scorer can hand one member another's budget."""
+    dense_g = [sum(sizes[n] for n in g if n in dense) for g in groups]
+    sparse_g = [sum(sizes[n] for n in g if n not in dense) for g in groups]
+    _check_dense_fits(keep, sum(dense_g))
+    budget, sparse_total = keep - sum(dense_g), sum(sparse_g)
+    raw = {i: budget * s / sparse_total if sparse_total else 0.0 for i, s in enumerate(sparse_g)}
+    counts = _distribute(raw, budget, dict(enumerate(sparse_g)))
+    return [d + counts[i] for i, d in enumerate(dense_g)]
 
 
 def layer_counts(
@@ -147,11 +169,7 @@ def allocate(
     if not 0 <= keep <= total:
         raise ValueError(f"cannot keep {keep} weights of a network with {total} prunable weights")
     dense_n = sum(sizes[n] for n in dense)
-    if keep < dense_n:
-        raise ValueError(
-            f"the layers kept dense hold {dense_n} weights, more than the {keep} the target allows; "
-            "lower the sparsity or drop keep_first_layer_dense / keep_last_layer_dense"
-        )
+    _check_dense_fits(keep, dense_n)
     masks = {n: torch.zeros(s.shape, dtype=torch.bool, device=s.device) for n, s in scores.items()}
     for n in dense:
         masks[n].fill_(True)
@@ -177,27 +195,38 @@ def pin_pruned(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Ten
     return {n: s.masked_fill(~masks[n], float("-inf")) if n in masks else s for n, s in scores.items()}
 
 
-def check_layer_collapse(masks: Mapping[str, torch.Tensor], network: str, allow: bool, context: str = "") -> list[str]:
-    """Names of layers that kept nothing; raises `LayerCollapseError` unless `allow`."""
+def check_layer_collapse(
+    masks: Mapping[str, torch.Tensor],
+    network: str,
+    allow: bool,
+    context: str = "",
+    graph: LayerGraph | None = None,
+) -> list[str]:
+    """Names of layers that kept nothing, and (with the network's `graph`) of output layers no input
+    reaches any more (a member or head that computes a constant); raises `LayerCollapseError`
+    unless `allow`."""
     collapsed = [n for n, m in masks.items() if not bool(m.any())]
-    if collapsed and not allow:
+    disconnected = connectivity(graph, masks)["disconnected_outputs"] if graph is not None else []
+    if (collapsed or disconnected) and not allow:
         detail = f" ({context})" if context else ""
+        what = []
+        if collapsed:
+            what.append(f"{', '.join(collapsed)} kept 0 weights")
+        if disconnected:
+            what.append(f"output layer(s) {', '.join(disconnected)} have no kept path from the input")
         raise LayerCollapseError(
-            f"layer collapse in network '{network}'{detail}: {', '.join(collapsed)} kept 0 weights, "
+            f"layer collapse in network '{network}'{detail}: {'; '.join(what)}, "
             "which disconnects the network; lower the sparsity, use scope=erk or scope=layer, "
             "or set allow_layer_collapse=True"
         )
-    return collapsed
+    return list(dict.fromkeys(collapsed + disconnected))
 
 
 def first_last_layers(module: nn.Module) -> tuple[list[str], list[str]]:
     """Weight names of the layers reading the network input and of those producing its output,
-    from the Linear data-flow graph (an ensemble critic has one of each per member)."""
-    graph = linear_trunk(module)
-    parents = {p for _, _, p in graph if p is not None}
-    first = [name for name, _, p in graph if p is None]
-    last = [name for i, (name, _, _) in enumerate(graph) if i not in parents]
-    return first, last
+    from the traced Linear data-flow graph (an ensemble critic has one of each per member)."""
+    graph = layer_graph(module)
+    return graph.first_layers(), graph.last_layers()
 
 
 __all__ = [
@@ -207,6 +236,7 @@ __all__ = [
     "check_layer_collapse",
     "erk_densities",
     "first_last_layers",
+    "group_counts",
     "keep_count",
     "layer_counts",
     "pin_pruned",

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from sparse_offline_rl.pruning.graph import LayerGraph, layer_graph
 from sparse_offline_rl.pruning.masks import prunable_parameters
 
 Scores = dict[str, torch.Tensor]
@@ -123,54 +124,40 @@ def grasp_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosur
 
 
 # -- SynFlow -----------------------------------------------------------------------------------
-def linear_trunk(module: nn.Module) -> list[tuple[str, nn.Linear, int | None]]:
-    """The Linear layers of `module` as a data-flow graph: (weight name, layer, index of parent).
-
-    Rule (no forward pass is traced, so tanh / distributions / ensembles never get in the way):
-    walking the layers in registration order, a layer's input is the output of the most recent
-    earlier layer whose out_features equals its in_features; a layer with no such predecessor reads
-    the network input. This recovers plain MLPs, an MLP trunk with several heads (each head hangs
-    off the trunk's last hidden layer) and ensembles (each member starts again from the input
-    because no earlier layer produces the input width). It assumes a hidden width never equals the
-    input width of a later ensemble member; a network violating that should be scored with
-    `magnitude` / `snip` or split into modules.
-    """
-    layers = [(f"{n}.weight" if n else "weight", m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
-    graph: list[tuple[str, nn.Linear, int | None]] = []
-    for i, (name, layer) in enumerate(layers):
-        parent = next((j for j in range(i - 1, -1, -1) if layers[j][1].out_features == layer.in_features), None)
-        graph.append((name, layer, parent))
-    return graph
-
-
-def synflow_scores(module: nn.Module, masks: Masks | None = None, input_shape: Sequence[int] | None = None) -> Scores:
+def synflow_scores(
+    module: nn.Module,
+    masks: Masks | None = None,
+    input_shape: Sequence[int] | None = None,
+    graph: LayerGraph | None = None,
+) -> Scores:
     """One SynFlow round: abs(dR/dW * W) with R = sum of the output of the linearised network.
 
-    The linearised network is the Linear trunk (see `linear_trunk`) evaluated in float64 on an
-    all-ones input with every weight *and bias* replaced by its absolute value (as the reference
-    implementation does: it abs()es the whole state dict), pruned weights zeroed. Activations are
-    dropped: ReLU is the identity on these positive signals; output nonlinearities (tanh, the
-    Gaussian head's exp / clamp) are deliberately ignored, so the last layer is scored like any
-    other Linear layer with its raw output summed into R. Heads are summed together (a
-    Gaussian actor's mean and log-std columns both count). Works on float64 *copies*: the module's
-    weights and signs are never modified, so there is nothing to restore.
+    The linearised network is the Linear layers wired as `forward` wires them (`layer_graph`, traced;
+    `WiringError` where that cannot be known), evaluated in float64 on an all-ones input with every
+    weight *and bias* replaced by its absolute value (as the reference implementation does: it
+    abs()es the whole state dict), pruned weights zeroed. Activations are dropped: ReLU is the
+    identity on these positive signals; output nonlinearities (tanh, the Gaussian head's exp /
+    clamp) are deliberately ignored, so the last layer is scored like any other Linear layer with
+    its raw output summed into R. Heads are summed together (a Gaussian actor's mean and log-std
+    columns both count), and so are the members of an ensemble, whose scores do not interact
+    (they share no layer). Works on float64 *copies*: the module's weights and signs are never
+    modified, so there is nothing to restore. Pass `graph` to skip tracing (iterative rounds).
     """
-    graph = linear_trunk(module)
-    if not graph:
+    graph = layer_graph(module) if graph is None else graph
+    if not graph.names:
         return {}
-    device = graph[0][1].weight.device
+    device = graph.layers[0].weight.device
     weights: list[torch.Tensor] = []
     biases: list[torch.Tensor | None] = []
-    for name, layer, _ in graph:
+    for name, layer in zip(graph.names, graph.layers):
         w = layer.weight.detach().to(torch.float64).abs()
         if masks is not None and name in masks:
             w = w * masks[name].to(device=w.device, dtype=torch.float64)
         weights.append(w.requires_grad_(True))
         biases.append(None if layer.bias is None else layer.bias.detach().to(torch.float64).abs())
     outputs: list[torch.Tensor] = []
-    has_child = [False] * len(graph)
     with torch.enable_grad():
-        for i, (name, layer, parent) in enumerate(graph):
+        for i, (name, layer, parent) in enumerate(zip(graph.names, graph.layers, graph.parents)):
             if parent is None:
                 shape = tuple(input_shape) if input_shape is not None else (1, layer.in_features)
                 if shape[-1] != layer.in_features:
@@ -180,15 +167,14 @@ def synflow_scores(module: nn.Module, masks: Masks | None = None, input_shape: S
                 x = torch.ones(shape, dtype=torch.float64, device=device)
             else:
                 x = outputs[parent]
-                has_child[parent] = True
             y = x @ weights[i].T
             if biases[i] is not None:
                 y = y + biases[i]
             outputs.append(y)
-        r = sum(out.sum() for out, child in zip(outputs, has_child) if not child)
+        r = sum(out.sum() for out, children in zip(outputs, graph.children) if not children)
         grads = torch.autograd.grad(r, weights, allow_unused=True)
     scores: Scores = {}
-    for (name, _, _), w, g in zip(graph, weights, grads):
+    for name, w, g in zip(graph.names, weights, grads):
         scores[name] = torch.zeros_like(w) if g is None else (g * w.detach()).abs()
     return scores
 
@@ -197,7 +183,6 @@ __all__ = [
     "LossClosure",
     "Scores",
     "grasp_scores",
-    "linear_trunk",
     "magnitude_scores",
     "masked_weights",
     "prunable_parameters",

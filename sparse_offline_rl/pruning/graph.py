@@ -1,0 +1,193 @@
+"""How a network's Linear layers are wired, read from the network's own `forward` with torch.fx.
+
+SynFlow's linearised network, the first / last layers (`keep_first_layer_dense`), the ensemble
+members (each gets its own share of the budget) and the dead-unit report all need to know which
+layer feeds which. Guessing that from shapes goes wrong as soon as a hidden width equals an input
+width (a twin critic with hidden 8 over obs 6 + act 2 looks like one deep chain), so the wiring is
+traced instead: `forward` is run symbolically, every `nn.Linear` call is a node, and a layer's
+source is the Linear call (or the network input) its input is computed from through any number of
+non-Linear operations (activations, concatenation of inputs, reshapes).
+
+Where the wiring cannot be known exactly, `layer_graph` raises `WiringError` naming the reason:
+`forward` is not traceable (data-dependent control flow), a Linear is not called by `forward` or
+called twice (shared weights), or a layer reads more than one source (skip connections, mixing an
+earlier layer's output with the input), or reads a slice of its source (widths disagree).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Mapping
+
+import torch
+import torch.fx
+from torch import nn
+
+from sparse_offline_rl.pruning.masks import prunable_parameters
+
+
+class WiringError(ValueError):
+    """The data flow between a network's Linear layers cannot be read from its forward."""
+
+
+class _LinearLeafTracer(torch.fx.Tracer):
+    # Every Linear (also user subclasses outside torch.nn) is one call node, never traced into.
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.Linear) or super().is_leaf_module(m, module_qualified_name)
+
+
+@dataclass(frozen=True)
+class LayerGraph:
+    """The Linear layers of a network in the order `forward` calls them (a topological order), each
+    with the index of the layer whose output it reads, or None for the network input."""
+
+    names: tuple[str, ...]  # weight names, as in `prunable_parameters`
+    layers: tuple[nn.Linear, ...]
+    parents: tuple[int | None, ...]
+
+    @cached_property
+    def children(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(j for j, p in enumerate(self.parents) if p == i) for i in range(len(self.names)))
+
+    def first_layers(self) -> list[str]:
+        """Layers reading the network input."""
+        return [n for n, p in zip(self.names, self.parents) if p is None]
+
+    def last_layers(self) -> list[str]:
+        """Layers whose output no other layer reads: the network's outputs (one per head / member)."""
+        return [n for n, c in zip(self.names, self.children) if not c]
+
+    def members(self) -> list[list[str]]:
+        """Weight names of each connected group of layers: the members of an ensemble (a twin
+        critic has two, an actor with several heads on one trunk has one)."""
+        group = list(range(len(self.names)))
+
+        def root(i: int) -> int:
+            while group[i] != i:
+                group[i] = group[group[i]]
+                i = group[i]
+            return i
+
+        for i, p in enumerate(self.parents):
+            if p is not None:
+                group[root(i)] = root(p)
+        out: dict[int, list[str]] = {}
+        for i, name in enumerate(self.names):
+            out.setdefault(root(i), []).append(name)
+        return list(out.values())
+
+
+def layer_graph(module: nn.Module) -> LayerGraph:
+    """The wiring of `module`'s Linear layers, traced from its `forward`; `WiringError` if unknown."""
+    what = type(module).__name__
+    try:
+        graph = _LinearLeafTracer().trace(module)
+    except Exception as err:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        raise WiringError(
+            f"cannot read how the Linear layers of {what} are wired: torch.fx cannot trace its forward "
+            f"({type(err).__name__}: {err})"
+        ) from None
+    weight_names = {id(layer): name for name, layer in
+                    ((n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear))}
+    prunable = prunable_parameters(module)
+    index: dict[torch.fx.Node, int] = {}
+    names: list[str] = []
+    layers: list[nn.Linear] = []
+    parents: list[int | None] = []
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        layer = module.get_submodule(node.target)
+        if not isinstance(layer, nn.Linear):
+            continue
+        name = f"{weight_names[id(layer)]}.weight" if weight_names[id(layer)] else "weight"
+        if name in names:
+            raise WiringError(f"{what}: layer {name} is called more than once by forward (shared weights)")
+        sources = _sources(node, index)
+        if len(sources) != 1:
+            described = ", ".join("the network input" if s is None else names[s] for s in sorted(sources, key=lambda s: -1 if s is None else s))
+            raise WiringError(
+                f"{what}: layer {name} reads " + (f"several sources ({described})" if sources else "no input")
+                + "; each Linear must read exactly one earlier Linear layer or the network input"
+            )
+        (parent,) = sources
+        if parent is not None and layers[parent].out_features != layer.in_features:
+            raise WiringError(
+                f"{what}: layer {name} reads {layer.in_features} features from {names[parent]}, which has "
+                f"{layers[parent].out_features} outputs (a slice or reshape of it)"
+            )
+        index[node] = len(names)
+        names.append(name)
+        layers.append(layer)
+        parents.append(parent)
+    unused = sorted(set(prunable) - set(names))
+    if unused:
+        raise WiringError(f"{what}: layer(s) {', '.join(unused)} are not called by forward, so their wiring is unknown")
+    return LayerGraph(tuple(names), tuple(layers), tuple(parents))
+
+
+def _sources(node: torch.fx.Node, linear_index: Mapping[torch.fx.Node, int]) -> set[int | None]:
+    """The Linear calls (indices) and / or the network input (None) that `node`'s input is computed from."""
+    found: set[int | None] = set()
+    stack = list(node.all_input_nodes)
+    seen: set[torch.fx.Node] = set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n in linear_index:
+            found.add(linear_index[n])
+        elif n.op == "placeholder":
+            found.add(None)
+        else:  # parameters and constants (get_attr) have no inputs and add nothing
+            stack.extend(n.all_input_nodes)
+    return found
+
+
+def connectivity(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Which kept weights can still matter, from the masks (bool / 0-1; a layer without one is dense).
+
+    - `hidden_units`: outputs of the layers that feed another layer; `dead_units`: those with no
+      kept incoming weight or no kept outgoing weight (per layer in `dead_units_per_layer`);
+    - `effective_weights`: kept weights on some path from the network input to an output, i.e.
+      from an input-reachable unit to a unit that reaches an output; the others cannot affect the
+      output through the input (at most through biases);
+    - `disconnected_outputs`: output layers none of whose units any input reaches, i.e. that
+      member or head computes a constant: a collapse.
+    """
+    kept = [
+        (masks[name] != 0) if masks is not None and name in masks
+        else torch.ones(layer.weight.shape, dtype=torch.bool, device=layer.weight.device)
+        for name, layer in zip(graph.names, graph.layers)
+    ]
+    sources: list[torch.Tensor] = []  # per layer: which of its input units the network input reaches
+    reached: list[torch.Tensor] = []  # per layer: which of its output units the network input reaches
+    for m, parent in zip(kept, graph.parents):
+        src = torch.ones(m.shape[1], dtype=torch.bool, device=m.device) if parent is None else reached[parent]
+        sources.append(src)
+        reached.append((m & src).any(1))
+    useful: list[torch.Tensor] = [torch.empty(0)] * len(kept)  # per layer: output units that reach an output
+    for i in reversed(range(len(kept))):
+        children = graph.children[i]
+        if not children:
+            useful[i] = torch.ones(kept[i].shape[0], dtype=torch.bool, device=kept[i].device)
+        else:
+            useful[i] = torch.stack([(kept[c] & useful[c][:, None]).any(0) for c in children]).any(0)
+    effective = sum(int((m & useful[i][:, None] & sources[i]).sum()) for i, m in enumerate(kept))
+    dead: dict[str, int] = {}
+    for i, (name, children) in enumerate(zip(graph.names, graph.children)):
+        if children:
+            incoming = kept[i].any(1)
+            outgoing = torch.stack([kept[c].any(0) for c in children]).any(0)
+            dead[name] = int((~(incoming & outgoing)).sum())
+    return {
+        "hidden_units": sum(graph.layers[graph.names.index(n)].out_features for n in dead),
+        "dead_units": sum(dead.values()),
+        "dead_units_per_layer": dead,
+        "effective_weights": effective,
+        "disconnected_outputs": [n for n, r, c in zip(graph.names, reached, graph.children) if not c and not bool(r.any())],
+    }
+
+
+__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph"]
