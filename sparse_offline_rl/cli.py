@@ -22,9 +22,10 @@ from typing import Any, Mapping
 from hydra.types import RunMode
 
 from sparse_offline_rl.algorithms.base import UnknownNameError
+from sparse_offline_rl.checks import ConfigError
 from sparse_offline_rl.data.dataset import DatasetError
-from sparse_offline_rl.io import atomic_write_json
-from sparse_offline_rl.training.trainer import ConfigError, to_dict, train
+from sparse_offline_rl.io import atomic_write_json, load_checkpoint
+from sparse_offline_rl.training.trainer import to_dict, train
 
 USER_ERRORS = (ConfigError, DatasetError, UnknownNameError, ValueError, FileNotFoundError)
 # Settings that cannot change a run's result: they may differ between a launch and its re-launch.
@@ -84,9 +85,7 @@ def interrupted(run_dir: str | Path, config: Mapping[str, Any]) -> bool:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return False
-    import torch
-
-    check_same_config(torch.load(path, map_location="cpu", weights_only=False).get("config", {}), config, path)
+    check_same_config(load_checkpoint(path).get("config", {}), config, path)
     return True
 
 

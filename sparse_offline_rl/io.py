@@ -4,6 +4,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pickle
+import re
 import sys
 import tempfile
 from collections.abc import Iterator

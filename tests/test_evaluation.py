@@ -1,6 +1,7 @@
 """Generalization suite: perturbations really change the simulator, seeds, noise, rollouts, reports."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -14,8 +15,12 @@ from sparse_offline_rl.evaluation.perturbations import (
     DYNAMICS_GROUPS, ActionNoise, ObservationNoise, PerturbationError, StickyActions, episode_transforms,
     make_perturbed_env, noise_rng,
 )
-from sparse_offline_rl.evaluation.rollout import run_episodes
-from sparse_offline_rl.evaluation.suite import HELDOUT_SEED_BASE, SuiteError, get_suite, run_suite, seed_sets
+from sparse_offline_rl.data.behavior import REFERENCE_SEED, TRAIN_SEED_OFFSET
+from sparse_offline_rl.data.rollout import SEED_STRIDE, reset_seed
+from sparse_offline_rl.evaluation.rollout import EVAL_SEED_BLOCK, eval_seeds, run_episodes
+from sparse_offline_rl.evaluation.suite import (
+    HELDOUT_SEED_BASE, SuiteError, get_suite, heldout_seeds, run_suite, seed_sets,
+)
 
 PERTURBED = {"mass": 2.0, "friction": 0.25, "damping": 2.0, "gear": 0.8}
 
@@ -133,6 +138,30 @@ def test_seed_sets_are_disjoint_and_come_from_the_right_episodes(hopper_data, fa
     assert set(seed_sets(no_seeds, 3)) == {"heldout"}  # unknown collection seeds: no train row, no gap
 
 
+def test_evaluation_seeds_follow_the_run_seed_and_avoid_dataset_and_suite_seeds():
+    runs = {seed: eval_seeds(seed, 10) for seed in (0, 1, 2, 999, 2**32 - 1)}
+    assert eval_seeds(3, 2) == [1_000_003_000_000_000, 1_000_003_000_000_001]
+    for a, b in itertools.combinations(runs, 2):
+        assert not set(runs[a]) & set(runs[b]), (a, b)
+    used = [s for seeds in runs.values() for s in seeds]
+    assert all(len(set(seeds)) == 10 for seeds in runs.values()) and max(used) < 2**63  # int64-safe
+    # Dataset episode k of shard i, made with seed s, resets with reset_seed(s, i * SHARD_STRIDE + k): for any
+    # s below EVAL_SEED_BLOCK that lies below every evaluation seed. So do the behaviour-policy training
+    # and reference-return blocks (500+, 900) and the suite's held-out seeds.
+    assert min(used) > reset_seed(EVAL_SEED_BLOCK - 1, SEED_STRIDE - 1)
+    assert TRAIN_SEED_OFFSET + 1000 < EVAL_SEED_BLOCK and REFERENCE_SEED < EVAL_SEED_BLOCK
+    assert not set(used) & set(heldout_seeds(1000))
+
+
+def test_normalized_score_by_hand(hopper_data):
+    data = hopper_data.select_episodes(np.arange(2))
+    data.ref_min_score, data.ref_max_score = -20.0, 180.0
+    assert data.normalized_score(80.0) == pytest.approx(50.0)
+    assert np.allclose(data.normalized_score(np.array([-20.0, 180.0, 380.0, -120.0])), [0.0, 100.0, 200.0, -50.0])
+    data.ref_max_score = None
+    assert np.isnan(data.normalized_score(80.0))
+
+
 def test_validation_split_holds_out_whole_episodes(hopper_data, fast_config):
     data = with_seeds(hopper_data.select_episodes(np.arange(hopper_data.num_episodes)), np.arange(hopper_data.num_episodes))
     prepared = prepare_data({**fast_config, "val_fraction": 0.25}, data)
@@ -180,7 +209,8 @@ def test_suite_runs_the_same_episodes_twice_and_reports_every_cell(hopper_data, 
     cells = {c["key"]: c for c in first["cells"]}
     for cell in cells.values():
         assert cell["episodes"] == 2 and {"return_mean", "return_std", "score_mean", "score_std"} <= set(cell)
-        assert cell["score_mean"] == pytest.approx(np.mean(data.normalized_score(np.array(cell["returns"]))))
+        # by hand: 100 * (R - random) / (expert - random) with D4RL's hopper references (conftest's data)
+        assert cell["score_mean"] == pytest.approx(100 * (np.mean(cell["returns"]) + 20.272305) / 3254.572305)
     assert cells["mass/2.0"]["seeds"] == cells["seeds/heldout"]["seeds"]
     assert cells["mass/2.0"]["returns"] != cells["seeds/heldout"]["returns"]
     # Q = 0 everywhere, so over-estimation is minus the (reward-scaled) discounted return

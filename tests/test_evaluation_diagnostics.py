@@ -104,7 +104,8 @@ def test_suite_at_end_of_training_writes_report(trained_run):
 def test_loaded_agent_reproduces_the_trainers_evaluation(trained_run):
     run_dir, data, summary, _ = trained_run
     agent = load_agent(run_dir, dataset=data)
-    stats = run_episodes(AgentPolicy(agent.algo, agent.normalizer), lambda: make_env("hopper"), [100000, 100001])
+    # from the recorded start states: they are the ones the trainer evaluated on
+    stats = run_episodes(AgentPolicy(agent.algo, agent.normalizer), lambda: make_env("hopper"), summary["eval"]["seeds"])
     assert float(stats.returns.mean()) == summary["eval"]["return_mean"]
     assert agent.val_data is not None and agent.val_data.num_episodes == 4
 

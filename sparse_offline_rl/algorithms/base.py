@@ -6,12 +6,14 @@ Pruning, mask enforcement, checkpointing and evaluation only talk to an algorith
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from sparse_offline_rl.checks import ConfigError, check_field
 from sparse_offline_rl.data.buffer import Batch
 
 
@@ -107,16 +109,23 @@ def get_algorithm(name: str) -> AlgorithmEntry:
     return _REGISTRY[name]
 
 
-def build_config(config_cls: type, values: Mapping[str, Any] | None) -> Any:
-    """Dataclass from a mapping, rejecting keys the config does not have (typos fail loudly)."""
+def build_config(config_cls: type, values: Mapping[str, Any] | None, prefix: str = "algo") -> Any:
+    """Dataclass from a mapping. Unknown keys fail loudly (typos), and so does every given value that
+    does not fit its field's type hint or declared range (`checks.within`), naming `prefix.key`."""
     values = dict(values or {})
     values.pop("name", None)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - known)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; accepted: {', '.join(sorted(known))}"
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for {config_cls.__name__}; accepted: {', '.join(sorted(fields))}"
         )
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except (NameError, TypeError):  # a plug-in's annotation that cannot be resolved: its values go unchecked
+        hints = {}
+    for key, value in values.items():
+        check_field(f"{prefix}.{key}", value, hints.get(key, Any), fields[key].metadata.get("within"))
     return config_cls(**values)
 
 

@@ -12,20 +12,21 @@ import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import GaussianActor, TwinQ, ValueNet, adam, frozen_copy, polyak_update
+from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
 
 @dataclass
 class IQLConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    value_lr: float = 3e-4
-    discount: float = 0.99
-    tau: float = 0.005  # Polyak rate of the target critic
-    expectile: float = 0.7
-    beta: float = 3.0  # inverse temperature of the advantage weights
-    max_exp_adv: float = 100.0
+    hidden: list[int] = within("[1, inf)", default_factory=lambda: [256, 256])
+    actor_lr: float = within("(0, inf)", default=3e-4)
+    critic_lr: float = within("(0, inf)", default=3e-4)
+    value_lr: float = within("(0, inf)", default=3e-4)
+    discount: float = within("(0, 1]", default=0.99)
+    tau: float = within("(0, 1]", default=0.005)  # Polyak rate of the target critic
+    expectile: float = within("(0, 1)", default=0.7)
+    beta: float = within("[0, inf)", default=3.0)  # inverse temperature of the advantage weights
+    max_exp_adv: float = within("(0, inf)", default=100.0)
     actor_cosine_schedule: bool = True  # actor lr cosine-annealed over the whole run
     normalize_obs: bool = True
     normalize_reward: bool = True  # r * 1000 / (max episode return - min episode return)

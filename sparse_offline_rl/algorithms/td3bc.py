@@ -7,7 +7,7 @@ actor update and the Polyak update of all three target networks (as in TD3 / COR
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,20 +22,21 @@ from sparse_offline_rl.algorithms.networks import (
     frozen_params,
     polyak_update,
 )
+from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
 
 @dataclass
 class TD3BCConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # actor and each critic
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    discount: float = 0.99
-    tau: float = 0.005  # Polyak rate of the target actor and critic
-    alpha: float = 2.5  # weight of the Q term relative to BC (after dividing by mean |Q|)
-    policy_noise: float = 0.2  # std of the target-policy smoothing noise, times max_action
-    noise_clip: float = 0.5  # clip of that noise, times max_action
-    policy_freq: int = 2  # actor and target updates once every this many critic updates
+    hidden: list[int] = within("[1, inf)", default_factory=lambda: [256, 256])  # actor and each critic
+    actor_lr: float = within("(0, inf)", default=3e-4)
+    critic_lr: float = within("(0, inf)", default=3e-4)
+    discount: float = within("(0, 1]", default=0.99)
+    tau: float = within("(0, 1]", default=0.005)  # Polyak rate of the target actor and critic
+    alpha: float = within("[0, inf)", default=2.5)  # weight of the Q term relative to BC (after dividing by mean |Q|)
+    policy_noise: float = within("[0, inf)", default=0.2)  # std of the target-policy smoothing noise, times max_action
+    noise_clip: float = within("[0, inf)", default=0.5)  # clip of that noise, times max_action
+    policy_freq: int = within("[1, inf)", default=2)  # actor and target updates once every this many critic updates
     normalize_obs: bool = True  # dataset mean/std state normalisation is part of TD3+BC
     normalize_reward: bool = False
 

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
 from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.io import load_checkpoint
 
 
 @dataclass
@@ -51,7 +50,7 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint.pt there (train the run first, or check the path)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = load_checkpoint(path, map_location=device)
     cfg = ckpt["config"]
     if dataset is None:
         from sparse_offline_rl.data import load_dataset

@@ -18,6 +18,15 @@ import torch
 
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.pool import run_pool
+from sparse_offline_rl.data.rollout import SEED_STRIDE, reset_seed
+
+# Training-time evaluation: run seed r resets its episode k with reset_seed(EVAL_SEED_BLOCK + r, k). Each run
+# seed owns a block of SEED_STRIDE reset seeds, so two run seeds never share a start state, and the blocks lie
+# above every block used elsewhere: datasets made with seed s use block s (s < EVAL_SEED_BLOCK), behaviour
+# policy training blocks 500+, reference returns block 900, the suite's held-out seeds block 1.
+EVAL_SEED_BLOCK = 1_000_000
+SEED_RANGE = "[0, 4294967295]"  # numpy's seed range; the largest evaluation reset seed stays below 2**63
+MAX_EVAL_EPISODES = SEED_STRIDE
 
 Policy = Callable[[np.ndarray], np.ndarray]
 EnvFactory = Callable[[], gym.Env]
@@ -41,6 +50,13 @@ class AgentPolicy:
     def __call__(self, observations: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         return self.algo.act(self.normalizer(obs)).cpu().numpy()
+
+
+def eval_seeds(run_seed: int, episodes: int) -> list[int]:
+    """The reset seeds of a run's evaluation episodes (the same at every evaluation of the run)."""
+    if not 0 <= episodes <= MAX_EVAL_EPISODES:
+        raise ValueError(f"episodes={episodes} is invalid: an integer in [0, {MAX_EVAL_EPISODES}] is required")
+    return [reset_seed(EVAL_SEED_BLOCK + int(run_seed), k) for k in range(episodes)]
 
 
 def run_episodes(

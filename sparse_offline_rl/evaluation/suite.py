@@ -24,8 +24,9 @@ from sparse_offline_rl.evaluation.perturbations import ALL_GROUPS, NOMINAL_LEVEL
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
 from sparse_offline_rl.data.envs import make_env
 
-# Held-out reset seeds start here and skip any seed the dataset used: far from the project's data
-# seeds (seed * 1e6 + k) and from the training-time eval seeds (eval.seed_offset = 100000...).
+# Held-out reset seeds start here and skip any seed the dataset used: shard 900 of reset-seed block 1,
+# beyond the shards of the project's datasets (data.rollout.reset_seed) and below the training-time
+# evaluation blocks (evaluation.rollout.EVAL_SEED_BLOCK).
 HELDOUT_SEED_BASE = 1_900_000_000
 
 
@@ -229,6 +230,7 @@ def run_suite(
         "levels": {g: list(v) for g, v in suite.levels.items()},
         "nominal_levels": {g: NOMINAL_LEVEL[g] for g in suite.levels},
         "cells": rows,
+        "score_scale": agent.train_data.score_scale(),
         "summary": summarize(rows),
         "seconds": seconds,
         "env_steps": int(stats.lengths.sum()),

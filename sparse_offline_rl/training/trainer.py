@@ -8,6 +8,7 @@ reproduces the uninterrupted run exactly (all RNG states are checkpointed).
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.checks import ConfigError, check_value
 from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import get_task, make_env
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
-from sparse_offline_rl.evaluation.rollout import AgentPolicy, EpisodeStats, run_episodes
-from sparse_offline_rl.io import atomic_torch_save, atomic_write_json
+from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
+from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
 from sparse_offline_rl.training.logger import MetricsLogger
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names it and what is accepted."""
 
 
 @dataclass
@@ -53,21 +51,33 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Fail before any data is loaded on values that can never work."""
-    get_algorithm(cfg["algo"]["name"])  # lists known algorithms on a miss
+    """Fail before any data is loaded on values that can never work: one line naming the key, the
+    value and what is accepted."""
+    entry = get_algorithm(cfg["algo"]["name"])  # lists known algorithms on a miss
+    build_config(entry.config_cls, cfg["algo"])  # every algo.<key>: known, right type, in range
     get_task(cfg["env"])  # lists known envs
     from sparse_offline_rl.pruning import PRUNERS
 
     if cfg["pruner"]["name"] not in PRUNERS:
         raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(PRUNERS))}")
     sparsity = cfg["sparsity"]
-    values = sparsity.items() if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
+    values = [(f"sparsity.{k}", v) for k, v in sparsity.items()] if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
     for key, value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-            raise ConfigError(f"{key}={value!r} is invalid: sparsity must be a number in [0, 1) (e.g. 0.95)")
-    if not isinstance(cfg["steps"], int) or cfg["steps"] < 1:
-        raise ConfigError(f"steps={cfg['steps']!r} is invalid: a positive integer is required")
-    if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not str(cfg["device"]).startswith("cuda:"):
+        check_value(key, value, float, "[0, 1)")
+    check_value("dataset", cfg["dataset"], str)
+    check_value("seed", cfg["seed"], int, SEED_RANGE)
+    check_value("steps", cfg["steps"], int, "[1, inf)")
+    check_value("batch_size", cfg["batch_size"], int, "[1, inf)")
+    check_value("val_fraction", cfg.get("val_fraction", 0.0), float, "[0, 1)")
+    check_value("threads", cfg.get("threads"), int, "[1, inf)", optional=True)
+    for key in ("checkpoint_every", "log_every"):
+        check_value(key, cfg[key], int, "[1, inf)")
+    check_value("eval.every", cfg["eval"]["every"], int, "[1, inf)")
+    check_value("eval.episodes", cfg["eval"]["episodes"], int, f"[1, {MAX_EVAL_EPISODES}]")
+    check_value("eval.suite", cfg["eval"].get("suite"), str, optional=True)
+    for key in ("resume", "tensorboard", "progress", "verbose"):
+        check_value(key, cfg.get(key, False), bool)
+    if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", str(cfg["device"])):
         raise ConfigError(f"device={cfg['device']!r} is invalid; accepted: cpu, cuda, cuda:N, auto")
 
 
@@ -180,7 +190,7 @@ def train(
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.get("tensorboard", True)))
     start_step, train_seconds, last_eval = 0, 0.0, None
     if cfg.get("resume") and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
         algo.load_state_dict(ckpt["algo"])
         masks = MaskSet.from_state_dict(ckpt["masks"]).bind(algo)
         buffer.load_state_dict(ckpt["buffer"])
@@ -212,16 +222,18 @@ def train(
 
     eval_cfg = cfg["eval"]
     discount = float(cfg["algo"].get("discount", 0.99))
+    # Start states follow the run seed, so the spread over seeds includes the spread over start states.
+    seeds_for_eval = eval_seeds(seed, int(eval_cfg["episodes"]))
+    if start_step == 0:
+        logger.log(0, "eval_seeds", {"seeds": seeds_for_eval})
     # Overfitting diagnostics: fixed probe sets and their own generator, so training is unaffected.
     diagnostics = TrainingDiagnostics(
-        algo, buffer, val_data, normalizer, reward_scale, cfg["env"], discount,
-        start_state_seeds=range(int(eval_cfg["seed_offset"]), int(eval_cfg["seed_offset"]) + int(eval_cfg["episodes"])),
+        algo, buffer, val_data, normalizer, reward_scale, cfg["env"], discount, start_state_seeds=seeds_for_eval,
         device=device, run_dir=run_dir, start_step=start_step, seed=seed,
     )
 
     def run_eval(step: int) -> dict[str, float]:
-        result, episodes = evaluate(algo, normalizer, dataset, cfg["env"], int(eval_cfg["episodes"]),
-                                    int(eval_cfg["seed_offset"]), device, discount)
+        result, episodes = evaluate(algo, normalizer, dataset, cfg["env"], seeds_for_eval, device, discount)
         logger.log(step, "eval", result)
         logger.log(step, "diagnostics", diagnostics(step, episodes))
         return result
@@ -269,7 +281,7 @@ def train(
         "steps": steps,
         "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
         "train_seconds": train_seconds,
-        "eval": final_eval,
+        "eval": {**final_eval, "seeds": seeds_for_eval},
         "seed": seed,
         "pruning": pruning_report,
         "config": cfg,

@@ -1,0 +1,112 @@
+"""One rule for every configuration value: a bad value stops the run before any work, with one line
+that names the key, the value and what is accepted (`seed='abc' is invalid: a non-negative integer is
+required`).
+
+`check_value(key, value, kind, interval)` checks one value; algorithm configs declare their ranges on
+the dataclass field (`within("(0, 1)", default=0.7)`) and `algorithms.base.build_config` checks every
+option given against the field's type and range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from typing import Any
+
+KINDS = (bool, int, float, str)
+INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names it and what is accepted."""
+
+
+def within(interval: str, *, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose number (or each number of a list) must lie in `interval`, written like
+    "(0, 1]" or "[1, inf)"."""
+    _parse(interval)  # a malformed interval is the config author's bug: fail at import
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"within": interval})
+
+
+def _parse(interval: str) -> tuple[float, float, bool, bool]:
+    m = INTERVAL.match(interval)
+    if m is None:
+        raise ValueError(f"interval {interval!r} is malformed; write e.g. '(0, 1]' or '[1, inf)'")
+    return float(m.group(2)), float(m.group(3)), m.group(1) == "[", m.group(4) == "]"
+
+
+def _inside(x: float, interval: str) -> bool:
+    low, high, low_closed, high_closed = _parse(interval)
+    return (x > low or (low_closed and x == low)) and (x < high or (high_closed and x == high))
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if math.isfinite(x) and x == int(x) else str(x)
+
+
+def describe(kind: type, interval: str | None = None) -> str:
+    """What `check_value` accepts, in words: 'a number in (0, 1)', 'a positive integer', ..."""
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a non-empty string"
+    noun = "integer" if kind is int else "number"
+    if interval is None:
+        return f"an {noun}" if kind is int else f"a {noun}"
+    low, high, low_closed, high_closed = _parse(interval)
+    if kind is int and math.isinf(high):
+        if (low == 1 and low_closed) or (low == 0 and not low_closed):
+            return "a positive integer"
+        if low == 0 and low_closed:
+            return "a non-negative integer"
+    if math.isinf(high):
+        return f"a{'n' if kind is int else ''} {noun} {'>=' if low_closed else '>'} {_fmt(low)}"
+    return f"a{'n' if kind is int else ''} {noun} in {interval}"
+
+
+def check_value(key: str, value: Any, kind: type, interval: str | None = None, *, optional: bool = False) -> None:
+    """Raise ConfigError unless `value` is a `kind` (bool, int, float, str) inside `interval`; ints pass as
+    floats, bools never pass as numbers. `optional` also accepts None."""
+    if value is None and optional:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is str:
+        ok = isinstance(value, str) and value != ""
+    elif kind in (int, float):
+        types_ok = (int,) if kind is int else (int, float)
+        ok = isinstance(value, types_ok) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (interval is None or _inside(float(value), interval))
+    else:
+        raise TypeError(f"check_value cannot check kind {kind!r}")
+    if not ok:
+        accepted = describe(kind, interval) + (" or null" if optional else "")
+        raise ConfigError(f"{key}={value!r} is invalid: {accepted} is required")
+
+
+def check_field(key: str, value: Any, hint: Any, interval: str | None = None) -> None:
+    """`check_value` driven by a dataclass field's type hint: bool, int, float, str, list[...] of those,
+    and `X | None`. Hints it cannot read (Any, custom classes) are not checked."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else Any
+    if typing.get_origin(hint) in (list, tuple):
+        item = (typing.get_args(hint) or (Any,))[0]
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        if ok and item in KINDS:
+            try:
+                for v in value:
+                    check_value(key, v, item, interval)
+            except ConfigError:
+                ok = False
+        if not ok:
+            each = f", each item {describe(item, interval)}," if item in KINDS else ""
+            raise ConfigError(f"{key}={value!r} is invalid: a non-empty list{each} is required")
+        return
+    if hint in KINDS:
+        check_value(key, value, hint, interval)
