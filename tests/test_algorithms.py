@@ -223,6 +223,63 @@ def test_cql_lagrange_multiplier_tracks_threshold(threshold, direction):
     assert (algo.log_alpha_prime().item() - start) * direction > 0
 
 
+# -- fidelity to CORL -----------------------------------------------------------------------------
+def test_iql_critic_target_uses_the_value_network_before_its_update():
+    """CORL computes V(s') before the value step; the critic's step must equal one taken towards
+    r + gamma * (1 - d) * V_before(s')."""
+    algo = build("iql")
+    b = Stream(random_transitions(256), 64)()
+    reference = copy.deepcopy(algo)
+    with torch.no_grad():
+        target = b.rewards + 0.99 * (1.0 - b.dones) * reference.value(b.next_observations)
+    qs = reference.critic(b.observations, b.actions)
+    loss = torch.nn.functional.mse_loss(qs, target.expand_as(qs))
+    reference.critic_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    reference.critic_opt.step()
+
+    algo.update(b)
+    assert any(not torch.equal(p, q) for p, q in zip(algo.value.parameters(), reference.value.parameters()))
+    for p, q in zip(algo.critic.parameters(), reference.critic.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_cql_actor_log_std_and_learning_rates_follow_corl():
+    algo = build("cql", obs_dim=4, act_dim=2)
+    actor = algo.actor
+    # log std = multiplier * head + offset, both learned by the actor's optimizer, starting at 1 and -1
+    assert actor.log_std_multiplier().item() == 1.0 and actor.log_std_offset().item() == -1.0
+    trained = {id(p) for group in algo.actor_opt.param_groups for p in group["params"]}
+    assert id(actor.log_std_multiplier.value) in trained and id(actor.log_std_offset.value) in trained
+    obs = torch.randn(8, 4)
+    head = actor.trunk(obs)[:, 2:]
+    assert torch.equal(actor._mean_log_std(obs)[1], (head - 1.0).clamp(-20.0, 2.0))
+    # the temperature learns at the actor's lr (CORL ties it to policy_lr); the Lagrange multiplier at the critic's
+    assert algo.alpha_opt.param_groups[0]["lr"] == algo.config.actor_lr == 1e-4
+    assert algo.alpha_prime_opt.param_groups[0]["lr"] == algo.config.critic_lr == 3e-4
+    assert build("cql", alpha_lr=3e-4).alpha_opt.param_groups[0]["lr"] == 3e-4
+    plain = build("cql", obs_dim=4, act_dim=2, log_std_multiplier=None, log_std_offset=None).actor
+    assert torch.equal(plain._mean_log_std(obs)[1], plain.trunk(obs)[:, 2:].clamp(-20.0, 2.0))
+
+
+def test_cql_reference_init_is_corls():
+    algo = build("cql", obs_dim=4, act_dim=2, reference_init=True)  # hidden 128 x 128
+    for q in algo.critic.qs:
+        first, hidden, out = (m for m in q if isinstance(m, torch.nn.Linear))
+        # orthogonal with gain sqrt(2): first (128 x 6) has orthogonal columns, hidden (128 x 128) is square
+        assert torch.allclose(first.weight.T @ first.weight, 2 * torch.eye(6), atol=1e-5)
+        assert torch.allclose(hidden.weight @ hidden.weight.T, 2 * torch.eye(128), atol=1e-4)
+        assert out.weight.norm().item() == pytest.approx(1e-2, rel=1e-5)  # one orthogonal row, gain 1e-2
+        for layer in (first, hidden, out):
+            assert not layer.bias.any()
+    trunk = [m for m in algo.actor.trunk if isinstance(m, torch.nn.Linear)]
+    bound = 1e-2 * (6 / (128 + 4)) ** 0.5  # Xavier-uniform, gain 1e-2, fan 128 -> 2 * act_dim
+    assert trunk[-1].weight.abs().max().item() <= bound and trunk[-1].weight.abs().max().item() > bound / 2
+    assert not trunk[-1].bias.any() and trunk[0].bias.any()  # hidden layers keep PyTorch's default
+    default = build("cql", obs_dim=4, act_dim=2)
+    assert default.critic.qs[0][0].bias.any() and default.critic.qs[0][-1].weight.norm().item() > 0.1
+
+
 # -- registry and configuration --------------------------------------------------------------------
 def test_unknown_algorithm_lists_known_ones():
     assert set(ALGOS) <= set(available_algorithms())

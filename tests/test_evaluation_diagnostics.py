@@ -50,7 +50,7 @@ def test_diagnostics_use_no_shared_randomness_and_log_every_column(algo_name, ho
 def test_td_error_is_iqls_critic_loss(hopper_data):
     algo, buffer, _ = make_diagnostics("iql", hopper_data)
     batch = buffer.sample(64)
-    assert td_errors(algo, batch, 0.99) == pytest.approx(algo.critic_loss(batch).item(), rel=1e-6)
+    assert td_errors(algo, batch, 0.99) == pytest.approx(algo.critic_loss(batch, algo.td_target(batch)).item(), rel=1e-6)
 
 
 def test_bc_mse_is_zero_when_the_dataset_actions_are_the_policy(hopper_data):

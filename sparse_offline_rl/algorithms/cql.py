@@ -13,7 +13,7 @@ alpha, actor and critic steps, then the Polyak update of the target critic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -24,33 +24,45 @@ from sparse_offline_rl.algorithms.networks import (
     TanhGaussianActor,
     TwinQ,
     adam,
+    cql_reference_init,
     frozen_copy,
     frozen_params,
     polyak_update,
 )
+from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
 
 @dataclass
 class CQLConfig:
-    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])  # actor and each critic
+    hidden: list[int] = within("[1, inf)", default_factory=lambda: [256, 256, 256])  # actor and each critic
     # d3rlpy's default and the CQL paper's Gym setting; CORL uses 3e-5 (set actor_lr=3e-5 to match it).
     # Chosen for short CPU runs; its effect on sparse actors has not been measured here.
-    actor_lr: float = 1e-4
-    critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4  # SAC temperature (and Lagrange multiplier, when enabled)
-    discount: float = 0.99
-    tau: float = 0.005  # Polyak rate of the target critic
+    actor_lr: float = within("(0, inf)", default=1e-4)
+    critic_lr: float = within("(0, inf)", default=3e-4)
+    # SAC temperature; None: the actor's lr, as CORL does (its temperature optimizer uses policy_lr).
+    alpha_lr: float | None = within("(0, inf)", default=None)
+    discount: float = within("(0, 1]", default=0.99)
+    tau: float = within("(0, 1]", default=0.005)  # Polyak rate of the target critic
     init_log_alpha: float = 0.0  # SAC temperature starts at 1
     target_entropy: float | None = None  # None: -|A|
     # CORL's value for MuJoCo (its scores are the reference table); d3rlpy uses 5.0.
-    cql_alpha: float = 10.0
-    cql_n_actions: int = 10  # actions per proposal (uniform, pi(s), pi(s')) in the logsumexp
-    cql_temperature: float = 1.0
+    cql_alpha: float = within("[0, inf)", default=10.0)
+    cql_n_actions: int = within("[1, inf)", default=10)  # actions per proposal (uniform, pi(s), pi(s')) in the logsumexp
+    cql_temperature: float = within("(0, inf)", default=1.0)
     # Lagrange variant: when set, cql_alpha is scaled by a learned multiplier that drives the
-    # penalty (logsumexp - Q(s, a_data)) towards this threshold; null keeps the fixed weight.
+    # penalty (logsumexp - Q(s, a_data)) towards this threshold; null keeps the fixed weight. The
+    # multiplier learns at the critic's lr (CORL).
     lagrange_threshold: float | None = None
     backup_entropy: bool = False  # subtract alpha * log pi(a'|s') in the TD target (off in CORL)
+    # CORL's initialisation: output layers of actor and critics at gain 1e-2, critics orthogonal
+    # (networks.cql_reference_init). Off by default: output layers 100x smaller than the rest lose every
+    # weight to pruners that rank weights across layers (magnitude and GraSP at 95%, global scope:
+    # layer collapse). Fine for dense runs and scope=layer / erk.
+    reference_init: bool = False
+    # Actor log-std = multiplier * head + offset, both learned, starting here (CORL: 1 and -1); null: none.
+    log_std_multiplier: float | None = 1.0
+    log_std_offset: float | None = -1.0
     normalize_obs: bool = True
     normalize_reward: bool = False
 
@@ -64,17 +76,22 @@ class CQL:
         self.act_dim = spec.act_dim
         self.max_action = spec.max_action
         dev = torch.device(spec.device)
-        self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
+        self.actor = TanhGaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action,
+                                       config.log_std_multiplier, config.log_std_offset).to(dev)
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
+        if config.reference_init:
+            cql_reference_init(self.actor.trunk, orthogonal=False)
+            for q in self.critic.qs:
+                cql_reference_init(q, orthogonal=True)
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = Scalar(config.init_log_alpha).to(dev)
         self.actor_opt = adam(self.actor, config.actor_lr)
         self.critic_opt = adam(self.critic, config.critic_lr)
-        self.alpha_opt = adam(self.log_alpha, config.alpha_lr)
+        self.alpha_opt = adam(self.log_alpha, config.actor_lr if config.alpha_lr is None else config.alpha_lr)
         self.target_entropy = -float(spec.act_dim) if config.target_entropy is None else config.target_entropy
         # CORL initialises the Lagrange multiplier's log at 1.0.
         self.log_alpha_prime = Scalar(1.0).to(dev)
-        self.alpha_prime_opt = adam(self.log_alpha_prime, config.alpha_lr)
+        self.alpha_prime_opt = adam(self.log_alpha_prime, config.critic_lr)
         self.noise = NoiseSource(dev)  # policy samples and uniform proposals, checkpointed
 
     # -- protocol -----------------------------------------------------------------------------

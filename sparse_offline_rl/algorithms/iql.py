@@ -1,11 +1,12 @@
 """Implicit Q-Learning (Kostrikov et al., 2022), reference settings of CORL for D4RL MuJoCo.
 
-Update order per step: value (expectile regression on min target-Q), twin Q (to r + gamma * V(s')),
-Polyak target update, then advantage-weighted actor.
+Update order per step: value (expectile regression on min target-Q), twin Q (to r + gamma * V(s'),
+with V as it was before this step's value update, as in CORL), Polyak target update, then
+advantage-weighted actor.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +73,11 @@ class IQL:
         adv = target_q - self.value(b.observations)
         return expectile_loss(adv, self.config.expectile), adv.detach()
 
-    def critic_loss(self, b: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            target = b.rewards + self.config.discount * (1.0 - b.dones) * self.value(b.next_observations)
+    @torch.no_grad()
+    def td_target(self, b: Batch) -> torch.Tensor:
+        return b.rewards + self.config.discount * (1.0 - b.dones) * self.value(b.next_observations)
+
+    def critic_loss(self, b: Batch, target: torch.Tensor) -> torch.Tensor:
         qs = self.critic(b.observations, b.actions)
         return F.mse_loss(qs, target.expand_as(qs))  # mean over critics of each critic's MSE
 
@@ -86,7 +89,7 @@ class IQL:
         if network == "value":
             return self.value_loss(batch)[0]
         if network == "critic":
-            return self.critic_loss(batch)
+            return self.critic_loss(batch, self.td_target(batch))
         if network == "actor":
             with torch.no_grad():
                 _, adv = self.value_loss(batch)
@@ -95,12 +98,13 @@ class IQL:
 
     # -- one gradient step ---------------------------------------------------------------------
     def update(self, b: Batch) -> dict[str, torch.Tensor]:
+        q_target = self.td_target(b)  # before the value step (CORL)
         v_loss, adv = self.value_loss(b)
         self.value_opt.zero_grad(set_to_none=True)
         v_loss.backward()
         self.value_opt.step()
 
-        q_loss = self.critic_loss(b)
+        q_loss = self.critic_loss(b, q_target)
         self.critic_opt.zero_grad(set_to_none=True)
         q_loss.backward()
         self.critic_opt.step()

@@ -21,6 +21,23 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Mo
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def cql_reference_init(net: nn.Sequential, orthogonal: bool) -> nn.Sequential:
+    """The CQL initialisation of CORL (from the original CQL code): the output layer scaled down to gain
+    1e-2 (orthogonal, else Xavier-uniform) with a zero bias; with `orthogonal`, hidden layers orthogonal
+    with gain sqrt(2) and zero biases, else PyTorch's default for them."""
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    if orthogonal:
+        for layer in linears[:-1]:
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+        nn.init.orthogonal_(linears[-1].weight, gain=1e-2)
+    else:
+        nn.init.xavier_uniform_(linears[-1].weight, gain=1e-2)
+    nn.init.zeros_(linears[-1].bias)
+    return net
+
+
 class TwinQ(nn.Module):
     """Independent Q-networks over (obs, action); `forward` returns (n_critics, B)."""
 
@@ -82,16 +99,26 @@ class GaussianActor(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """SAC/CQL actor: state-dependent Normal squashed by tanh, with the change-of-variables log-prob."""
+    """SAC/CQL actor: state-dependent Normal squashed by tanh, with the change-of-variables log-prob.
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
+    The log-std is `multiplier * head + offset` before clamping, both learned scalars (CORL's CQL
+    actor, which starts them at 1 and -1: a smaller initial std); None keeps the plain head."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float,
+                 log_std_multiplier: float | None = None, log_std_offset: float | None = None) -> None:
         super().__init__()
         self.trunk = mlp(obs_dim, 2 * act_dim, hidden)
         self.act_dim = act_dim
         self.max_action = max_action
+        self.log_std_multiplier = None if log_std_multiplier is None else Scalar(log_std_multiplier)
+        self.log_std_offset = None if log_std_offset is None else Scalar(log_std_offset)
 
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
+        if self.log_std_multiplier is not None:
+            log_std = self.log_std_multiplier() * log_std
+        if self.log_std_offset is not None:
+            log_std = log_std + self.log_std_offset()
         return mean, log_std.clamp(-20.0, 2.0)
 
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -100,9 +101,16 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def reward_scale_for(dataset: OfflineDataset) -> float:
-    """IQL's reward normalisation for locomotion: 1000 / (max episode return - min episode return)."""
+def reward_scale_for(dataset: OfflineDataset, max_episode_steps: float) -> float:
+    """IQL's reward normalisation for locomotion: 1000 / (max episode return - min episode return).
+
+    A dataset of a fixed number of transitions usually ends inside an episode. That cut episode's
+    return is not an episode return and would stretch the range (CORL's return_reward_range leaves it
+    out too), so the last episode counts only if it terminated or ran to the time limit."""
     returns = dataset.episode_returns()
+    last_length = len(dataset) - int(dataset.episode_starts[-1])
+    if not dataset.terminals[-1] and last_length < max_episode_steps:
+        returns = returns[:-1]
     spread = float(returns.max() - returns.min()) if len(returns) > 1 else 0.0
     return 1000.0 / spread if spread > 0 else 1.0
 
@@ -125,15 +133,16 @@ def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = 
     train, val = dataset.split_episodes(val_fraction, int(cfg["seed"])) if val_fraction > 0 else (dataset, None)
     normalizer = (ObsNormalizer.from_dataset(train, device=device) if getattr(algo_config, "normalize_obs", False)
                   else ObsNormalizer.identity(dataset.obs_dim, device))
-    reward_scale = reward_scale_for(train) if getattr(algo_config, "normalize_reward", False) else 1.0
+    time_limit = gym.spec(get_task(cfg["env"]).env_id).max_episode_steps or math.inf
+    reward_scale = reward_scale_for(train, time_limit) if getattr(algo_config, "normalize_reward", False) else 1.0
     return PreparedData(algo_config, train, val, normalizer, reward_scale)
 
 
 def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
-             episodes: int, seed_offset: int, device: str, discount: float) -> tuple[dict[str, float], EpisodeStats]:
-    """Deterministic episodes from reset seeds seed_offset.. : the summary row and the raw episodes."""
-    stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env),
-                         seeds=range(seed_offset, seed_offset + episodes), discount=discount)
+             seeds: Sequence[int], device: str, discount: float) -> tuple[dict[str, float], EpisodeStats]:
+    """One deterministic episode per reset seed: the summary row and the raw episodes."""
+    episodes = len(seeds)
+    stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env), seeds=seeds, discount=discount)
     scores = np.asarray(dataset.normalized_score(stats.returns))
     return {
         "return_mean": float(stats.returns.mean()),
