@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sparse_offline_rl.algorithms import UnknownNameError
+from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.io import CheckpointError, load_checkpoint
 from sparse_offline_rl.pruning import prunable_parameters
-from sparse_offline_rl.training.trainer import ConfigError, StepInfo, train
+from sparse_offline_rl.training.trainer import ConfigError, StepInfo, prepare_data, train
 
 
 class Interrupt(Exception):
@@ -37,6 +41,51 @@ def test_summary_has_documented_fields(tmp_path, fast_config, hopper_data):
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "eval.csv").exists()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [150, 300]
+    # Normalised score by hand: 100 * (R - random) / (expert - random), D4RL's hopper references.
+    final = on_disk["eval"]
+    assert final["normalized_score_mean"] == pytest.approx(100 * (final["return_mean"] + 20.272305) / 3254.572305)
+    assert final["normalized_score_std"] == pytest.approx(100 * final["return_std"] / 3254.572305)
+
+
+def test_evaluation_start_states_follow_the_run_seed_and_are_recorded(tmp_path, fast_config, hopper_data):
+    """(test_evaluation_diagnostics replays a saved agent from the recorded seeds: they are the evaluated ones.)"""
+    from sparse_offline_rl.evaluation.rollout import eval_seeds
+
+    quick = {**fast_config, "steps": 10, "eval": {**fast_config["eval"], "every": 1000, "episodes": 3}}
+    runs = {seed: train({**quick, "seed": seed}, tmp_path / str(seed), dataset=hopper_data) for seed in (0, 1)}
+    for seed, summary in runs.items():
+        assert summary["eval"]["seeds"] == eval_seeds(seed, 3) == [(1_000_000 + seed) * 10**9 + k for k in range(3)]
+        first = json.loads((tmp_path / str(seed) / "metrics.jsonl").read_text().splitlines()[0])
+        assert first == {"step": 0, "kind": "eval_seeds", "seeds": eval_seeds(seed, 3)}
+    assert not set(runs[0]["eval"]["seeds"]) & set(runs[1]["eval"]["seeds"])
+
+
+def episodes_dataset(lengths: list[int], rewards: list[float], terminated: list[bool]) -> OfflineDataset:
+    """Hopper-shaped data made of whole episodes with constant per-step rewards; an episode that does
+    not terminate ends with a timeout flag, as the loaders mark a cut last episode."""
+    n = sum(lengths)
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    ends = np.cumsum(lengths) - 1
+    terminals[ends] = terminated
+    timeouts[ends] = ~np.asarray(terminated)
+    obs = np.random.default_rng(0).normal(size=(n, 11)).astype(np.float32)
+    return OfflineDataset(
+        observations=obs, actions=np.zeros((n, 3), np.float32),
+        rewards=np.repeat(np.asarray(rewards, np.float32), lengths), next_observations=obs, terminals=terminals,
+        timeouts=timeouts, episode_starts=np.concatenate([[0], ends[:-1] + 1]), env_id="Hopper-v5", source="episodes",
+    )
+
+
+def test_reward_range_leaves_out_the_trailing_cut_episode(fast_config):
+    """Returns 1000 (1000 steps of 1.0, Hopper's time limit), 20 (terminated after 20 steps of 1.0) and a
+    last episode cut after 7 steps of 0.5 (3.5): the range is 1000 - 20, not 1000 - 3.5."""
+    cut = episodes_dataset([1000, 20, 7], [1.0, 1.0, 0.5], [False, True, False])
+    assert prepare_data(fast_config, cut).reward_scale == pytest.approx(1000 / 980)
+    # A last episode that ended for real counts: terminated, or stopped by the time limit.
+    terminated = episodes_dataset([1000, 20, 7], [1.0, 1.0, 0.5], [False, True, True])
+    assert prepare_data(fast_config, terminated).reward_scale == pytest.approx(1000 / 996.5)
+    timed_out = episodes_dataset([20, 1000], [1.0, 0.5], [True, False])
+    assert prepare_data(fast_config, timed_out).reward_scale == pytest.approx(1000 / 480)
 
 
 # GraSP's signed scores under one global threshold empty one of CQL's twin critics at 95% here (layer
@@ -77,21 +126,68 @@ def test_pruned_weights_stay_exactly_zero_in_online_and_target_nets(tmp_path, fa
         assert abs(density * total - 0.05 * total) <= 1, (name, density * total, 0.05 * total)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, fast_config, hopper_data):
-    full = train(fast_config, tmp_path / "full", dataset=hopper_data)
+def assert_same_state(a, b, where: str = "") -> None:
+    """Nested state dicts equal bit for bit (tensors) or by value (everything else)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{where} differs after resume"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+# Checkpoints every 25 steps and an interrupt at 80: the run resumes from step 75, an odd step, where
+# TD3+BC's delayed actor update is mid-cycle.
+@pytest.mark.parametrize("algo", ["iql", "cql", "td3bc"])
+@pytest.mark.parametrize("pruner", ["snip", "grasp"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, fast_config, hopper_data, algo, pruner):
+    cfg = {**fast_config, "algo": {"name": algo, "hidden": [16, 16]}, "pruner": {"name": pruner, "scope": "layer"},
+           "sparsity": 0.8, "steps": 120, "batch_size": 32, "checkpoint_every": 25, "log_every": 10,
+           "eval": {**fast_config["eval"], "every": 60, "episodes": 1}}
+    full = train(cfg, tmp_path / "full", dataset=hopper_data)
     with pytest.raises(Interrupt):
-        train(fast_config, tmp_path / "cut", dataset=hopper_data, callbacks=[interrupt_at(250)])
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 200
-    resumed = train({**fast_config, "resume": True}, tmp_path / "cut", dataset=hopper_data)
+        train(cfg, tmp_path / "cut", dataset=hopper_data, callbacks=[interrupt_at(80)])
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 75
+    resumed = train({**cfg, "resume": True}, tmp_path / "cut", dataset=hopper_data)
 
     assert resumed["eval"] == full["eval"]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["algo"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["algo"]
-    for name in ("actor", "critic", "value", "critic_target"):
-        for key, tensor in a[name].items():
-            assert torch.equal(tensor, b[name][key]), f"{name}.{key} differs after resume"
-    metrics = lambda run: [l for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("full", "cut"))
+    for key in ("step", "algo", "masks", "buffer", "torch_rng", "last_eval"):
+        assert_same_state(a[key], b[key], key)
+    metrics = lambda run: (tmp_path / run / "metrics.jsonl").read_text().splitlines()  # noqa: E731
     assert metrics("full") == metrics("cut")
+
+
+class RunsCode:
+    """Unpickling this calls Path.touch: a stand-in for the arbitrary call a hostile pickle can make."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, fast_config, hopper_data):
+    from sparse_offline_rl.cli import interrupted
+    from sparse_offline_rl.evaluation.agent import load_agent
+
+    marker, run = tmp_path / "code-ran", tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 100, "config": fast_config, "algo": RunsCode(marker)}, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="refused to load.*only tensors and plain values"):
+        train({**fast_config, "resume": True}, run, dataset=hopper_data)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_agent(run, dataset=hopper_data)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        interrupted(run, fast_config)  # a sweep job deciding whether to resume
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
