@@ -36,6 +36,7 @@ from sparse_offline_rl.pruning.allocation import (
 )
 from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, connectivity, layer_graph
 from sparse_offline_rl.pruning.masks import MaskSet, network_density, prunable_parameters
+from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.pruning.scores import (
     LossClosure,
     Scores,
@@ -355,9 +356,12 @@ def prune_at_initialization(
     batches of `batch_size` transitions drawn once (all networks see the same batches). Target
     networks share their online network's mask. `sparsity` is a float for all networks or a mapping
     {network: sparsity} (key 'default' as fallback); `budget_params` / `budget_flops` in `pruner`
-    replace it by the sparsity that meets that per-network budget. The global RNG is forked and
-    seeded with `seed` while scoring, so a stochastic saliency loss (e.g. CQL's sampled actions) is
-    reproducible and training's random stream is unaffected.
+    replace it by the sparsity that meets that per-network budget.
+
+    Pruning consumes none of training's randomness: every RNG (torch, numpy and Python globals, and
+    every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
+    back after scoring, so training after any pruner draws exactly what it draws after `dense`.
+    While scoring, the torch RNG is seeded with `seed` so a stochastic saliency loss is reproducible.
     """
     cfg = dict(pruner)
     method = cfg.pop("name", "dense")
@@ -386,13 +390,13 @@ def prune_at_initialization(
 
     start = time.perf_counter()
     devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
-    batches: list[Any] = []
-    if method in DATA_DRIVEN:
-        batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
     masks: dict[str, dict[str, torch.Tensor]] = {}
     networks_report: dict[str, Any] = {}
-    with torch.random.fork_rng(devices=devices):
+    with untouched_rngs(algo, sample_batch, devices=devices):
         torch.manual_seed(seed)
+        batches: list[Any] = []
+        if method in DATA_DRIVEN:
+            batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
         for name, net in nets.items():
             params = prunable_parameters(net)
             total = sum(p.numel() for p in params.values())

@@ -73,15 +73,18 @@ def _grads(loss: torch.Tensor, weights: Sequence[nn.Parameter], create_graph: bo
     return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
 
 
-def _mean_gradient(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str) -> list[torch.Tensor]:
+def _batch_gradients(
+    params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str, create_graph: bool = False
+) -> list[list[torch.Tensor]]:
+    """Per batch, the gradient of its loss, each loss evaluated exactly once."""
     if not losses:
         raise ValueError(f"{what}: data-driven scoring needs at least one batch (num_batches >= 1)")
     weights = list(params.values())
-    total = [torch.zeros_like(w) for w in weights]
-    for loss_fn in losses:
-        for acc, g in zip(total, _grads(_scalar(loss_fn(), what), weights)):
-            acc.add_(g.detach())
-    return [t / len(losses) for t in total]
+    return [_grads(_scalar(loss_fn(), what), weights, create_graph) for loss_fn in losses]
+
+
+def _mean(per_batch: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    return [sum(g[i].detach() for g in per_batch) / len(per_batch) for i in range(len(per_batch[0]))]
 
 
 # -- scorers -----------------------------------------------------------------------------------
@@ -100,7 +103,7 @@ def snip_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure
 
     Not normalised by the sum: the ranking is identical and raw values are easier to check."""
     with _requires_grad(list(params.values())):
-        grads = _mean_gradient(params, losses, what)
+        grads = _mean(_batch_gradients(params, losses, what))
     return {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads)}
 
 
@@ -108,19 +111,19 @@ def grasp_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosur
     """GraSP: W * (H g), keep the largest (signed; never rank by abs).
 
     g is the mean gradient over all batches; H g is the gradient of sum_b (g_b . stopgrad(g)) / B,
-    i.e. the Hessian of the mean loss times g, by double backward (no explicit Hessian)."""
+    i.e. the Hessian of the mean loss times g, by double backward (no explicit Hessian). Each loss
+    is evaluated once, and g and H g both come from that one graph: a loss that draws noise (CQL's
+    sampled actions) would otherwise give g and H g of two different losses."""
     weights = list(params.values())
     with _requires_grad(weights):
-        g_fixed = _mean_gradient(params, losses, what)
-        hg = [torch.zeros_like(w) for w in weights]
-        for loss_fn in losses:
-            g_b = _grads(_scalar(loss_fn(), what), weights, create_graph=True)
-            z = sum((a * b).sum() for a, b in zip(g_b, g_fixed) if a.requires_grad)
-            if not torch.is_tensor(z) or not z.requires_grad:
-                continue  # the loss is linear in these weights: H g = 0
-            for acc, h in zip(hg, _grads(z, weights)):
-                acc.add_(h.detach())
-    return {n: p.detach() * (h / len(losses)) for (n, p), h in zip(params.items(), hg)}
+        per_batch = _batch_gradients(params, losses, what, create_graph=True)
+        g_fixed = _mean(per_batch)
+        z = sum((a * b).sum() for g_b in per_batch for a, b in zip(g_b, g_fixed) if a.requires_grad)
+        if torch.is_tensor(z) and z.requires_grad:
+            hg = [h.detach() / len(losses) for h in _grads(z, weights)]
+        else:  # the loss is linear in these weights: H g = 0
+            hg = [torch.zeros_like(w) for w in weights]
+    return {n: p.detach() * h for (n, p), h in zip(params.items(), hg)}
 
 
 # -- SynFlow -----------------------------------------------------------------------------------
