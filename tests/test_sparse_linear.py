@@ -182,6 +182,18 @@ def test_no_graph_without_gradients():
         gx.sum().backward()
 
 
+def test_first_call_under_inference_mode_then_training():
+    mask = random_mask(8, 8, 0.4)
+    dense = masked_linear(8, 8, mask)
+    sparse = separate(dense, mask)
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        assert close(sparse(x), dense(x))
+    xs = x.clone().requires_grad_(True)
+    sparse(xs).sum().backward()
+    assert close(xs.grad, torch.ones(3, 8) @ dense.weight.detach())
+
+
 def test_dense_round_trip_and_mask():
     mask = random_mask(20, 9, 0.3)
     dense = masked_linear(9, 20, mask)
@@ -350,3 +362,62 @@ def test_measure_layer_is_cached_and_positive():
         a = measure_layer(32, 16, 50, 8, rounds=1, seconds=0.0)
         b = measure_layer(32, 16, 50, 8, rounds=1, seconds=0.0)
     assert a is b and a.dense_us > 0 and a.sparse_us > 0
+
+
+def test_product_ignores_what_the_output_held():
+    """Outputs are allocated uninitialised; the beta-0 product must not read them (NaN * 0 = NaN)."""
+    from sparse_offline_rl.pruning.sparse_linear import _product
+
+    weight = torch.randn(16, 8) * random_mask(16, 8, 0.3)
+    dense = torch.randn(8, 5)
+    out = torch.full((16, 5), float("nan"))
+    _product(weight.to_sparse_csr(), dense, out)
+    assert close(out, weight @ dense)
+
+
+@pytest.mark.parametrize("algo_name", ["iql", "td3bc", "cql"])
+def test_converted_algorithm_trains_like_dense_masked(algo_name):
+    """Through the OfflineAlgorithm protocol only: online nets, targets and optimizers converted
+    (hidden layers sparse, heads dense and still masked by a MaskSet); after 10 updates every
+    parameter of online and target networks equals the dense-masked run's within ATOL/RTOL."""
+    from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+    from sparse_offline_rl.data.buffer import Batch
+    from sparse_offline_rl.pruning.masks import MaskSet
+    from sparse_offline_rl.pruning.sparse_linear import sparsify_algorithm
+
+    def build():
+        torch.manual_seed(0)
+        algo = make_algorithm(algo_name, ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [32, 32]})
+        masks = {net: {p: random_mask(*w.shape, 0.3, seed=i) for i, (p, w) in enumerate(prunable_parameters(module).items())}
+                 for net, module in algo.networks().items()}
+        return algo, masks
+
+    dense_algo, masks = build()
+    MaskSet(masks).bind(dense_algo)
+    sparse_algo, _ = build()
+    # Two hidden layers: each MLP's head is its Sequential's item 4.
+    choice = {net: {p: ("dense" if p.endswith("4.weight") else "sparse") for p in m} for net, m in masks.items()}
+    MaskSet(masks).bind(sparse_algo).unbind()  # zero the pruned entries the dense layers keep
+    sparsify_algorithm(sparse_algo, masks, choice)
+    MaskSet({net: {p: m for p, m in pm.items() if choice[net][p] == "dense"} for net, pm in masks.items()}).bind(sparse_algo)
+    for net, module in sparse_algo.networks().items():
+        assert set(sparse_layers(module)) == {p for p, c in choice[net].items() if c == "sparse"}
+    for net, module in sparse_algo.target_networks().items():
+        assert set(sparse_layers(module)) == set(sparse_layers(sparse_algo.networks()[net]))
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        batch = Batch(torch.randn(64, 11, generator=g), torch.rand(64, 3, generator=g) * 2 - 1,
+                      torch.randn(64, generator=g), torch.randn(64, 11, generator=g), torch.zeros(64))
+        dense_algo.update(batch)
+        sparse_algo.update(batch)
+    for which in ("networks", "target_networks"):
+        for net, d_module in getattr(dense_algo, which)().items():
+            s_module = getattr(sparse_algo, which)()[net]
+            s_params = dict(s_module.named_parameters())
+            for name, p in d_module.named_parameters():
+                layer = name.rpartition(".")[0]
+                if name.endswith(".weight") and f"{layer}.values" in s_params:
+                    assert close(s_params[f"{layer}.values"], p.detach()[masks[net][name]]), (which, name)
+                else:
+                    assert close(s_params[name], p), (which, name)

@@ -58,12 +58,15 @@ class _Kernels:
     def __init__(self, layer: "SparseLinear", values: torch.Tensor) -> None:
         shape = (layer.out_features, layer.in_features)
         self.key = (values.data_ptr(), values.dtype)
-        self.w = _csr(layer.crow_indices, layer.col_indices, values.detach(), shape)
-        # sampled_addmm's own values are multiplied by beta = 0, but NaN * 0 is NaN: give it zeros.
-        self.pattern = _csr(layer.crow_indices, layer.col_indices, torch.zeros_like(values.detach()), shape)
-        # W^T's values: refilled by a gather from `values` before each input-gradient product.
-        self.wt_values = torch.empty_like(values.detach())
-        self.wt = _csr(layer.t_crow_indices, layer.t_col_indices, self.wt_values, shape[::-1])
+        # Built as normal tensors even when the first call comes under inference_mode: the W^T
+        # buffer is written in place during training, which inference tensors forbid.
+        with torch.inference_mode(False):
+            self.w = _csr(layer.crow_indices, layer.col_indices, values.detach(), shape)
+            # sampled_addmm multiplies its input's values by beta = 0, but NaN * 0 is NaN: zeros.
+            self.pattern = _csr(layer.crow_indices, layer.col_indices, torch.zeros_like(values.detach()), shape)
+            # W^T's values: refilled by a gather from `values` before each input-gradient product.
+            self.wt_values = torch.empty_like(values.detach())
+            self.wt = _csr(layer.t_crow_indices, layer.t_col_indices, self.wt_values, shape[::-1])
 
 
 def _kernels(layer: "SparseLinear", values: torch.Tensor) -> _Kernels:
@@ -83,11 +86,18 @@ def _forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, l
     # A (B, out) tensor stored as (out, B): the product writes it in its natural layout, and the
     # result is not a view, so in-place activations after this layer are allowed.
     y = torch.empty_strided((batch, layer.out_features), (1, batch), dtype=x.dtype, device=x.device)
-    if bias is None:
-        torch.mm(w, xt, out=y.t())
-    else:
-        torch.addmm(bias.unsqueeze(1), w, xt, out=y.t())
+    _product(w, xt, y.t(), bias)
     return y, xt
+
+
+def _product(w: torch.Tensor, dense: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """out = w @ dense (+ bias per row), written in place. torch.mm(out=) would first copy a zero
+    tensor into `out` and then accumulate; addmm with `out` as its own input and beta 0 only zeroes
+    it (one pass fewer over the output, about 8% of a 256x256 product)."""
+    if bias is None:
+        torch.addmm(out, w, dense, beta=0.0, out=out)
+    else:
+        torch.addmm(bias.unsqueeze(1), w, dense, out=out)
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -114,7 +124,7 @@ class _SparseLinearFunction(torch.autograd.Function):
             batch = grad_y.shape[0]
             torch.index_select(values, 0, layer.t_perm, out=k.wt_values)
             grad_x = torch.empty_strided((batch, layer.in_features), (1, batch), dtype=grad_y.dtype, device=grad_y.device)
-            torch.mm(k.wt, gt, out=grad_x.t())
+            _product(k.wt, gt, grad_x.t())
         if need_values:
             grad_values = torch.sparse.sampled_addmm(k.pattern, gt, xt.t(), beta=0.0).values()
         if need_bias and ctx.has_bias:
@@ -330,3 +340,20 @@ def sparse_layers(module: nn.Module) -> dict[str, SparseLinear]:
     """SparseLinear submodules by the name their weight had as an nn.Linear ("<layer>.weight")."""
     return {f"{n}.weight" if n else "weight": m for n, m in module.named_modules() if isinstance(m, SparseLinear)}
 
+
+
+def sparsify_algorithm(algo, masks: Mapping[str, Mapping[str, torch.Tensor]],
+                       choice: Mapping[str, Mapping[str, str]] | None = None) -> list[ParamSwap]:
+    """`sparsify_` every network of an `OfflineAlgorithm` that has masks, its target copy alike
+    (Polyak updates pair `parameters()` of the two in order, so they must match), and swap the
+    replaced weights in all of `algo.optimizers()`. Only the protocol is used: any algorithm whose
+    networks are built from nn.Linear layers is converted without code of its own."""
+    nets, targets = algo.networks(), algo.target_networks()
+    swaps: list[ParamSwap] = []
+    for name, net_masks in masks.items():
+        net_choice = None if choice is None else choice.get(name, {})
+        swaps += sparsify_(nets[name], net_masks, net_choice)
+        if name in targets:
+            sparsify_(targets[name], net_masks, net_choice)
+    swap_optimizer_params(algo.optimizers().values(), swaps)
+    return swaps
