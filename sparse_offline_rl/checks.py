@@ -1,5 +1,5 @@
 """One rule for every configuration value: a bad value stops the run before any work, with one line
-that names the key, the value and what is accepted (`seed='abc' is invalid: a non-negative integer is
+that names the key, the value and what is accepted (`eval.every=0 is invalid: a positive integer is
 required`).
 
 `check_value(key, value, kind, interval)` checks one value; algorithm configs declare their ranges on
@@ -52,9 +52,9 @@ def describe(kind: type, interval: str | None = None) -> str:
         return "true or false"
     if kind is str:
         return "a non-empty string"
-    noun = "integer" if kind is int else "number"
+    noun = "an integer" if kind is int else "a number"
     if interval is None:
-        return f"an {noun}" if kind is int else f"a {noun}"
+        return noun
     low, high, low_closed, high_closed = _parse(interval)
     if kind is int and math.isinf(high):
         if (low == 1 and low_closed) or (low == 0 and not low_closed):
@@ -62,8 +62,8 @@ def describe(kind: type, interval: str | None = None) -> str:
         if low == 0 and low_closed:
             return "a non-negative integer"
     if math.isinf(high):
-        return f"a{'n' if kind is int else ''} {noun} {'>=' if low_closed else '>'} {_fmt(low)}"
-    return f"a{'n' if kind is int else ''} {noun} in {interval}"
+        return f"{noun} {'>=' if low_closed else '>'} {_fmt(low)}"
+    return f"{noun} in {interval}"
 
 
 def check_value(key: str, value: Any, kind: type, interval: str | None = None, *, optional: bool = False) -> None:
