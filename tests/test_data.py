@@ -299,6 +299,8 @@ def test_concurrent_first_use_makes_the_dataset_once(tmp_path: Path, policy_dir:
     from sparse_offline_rl.data import loaders
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")  # not the repo's datasets/minari
+    monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
     made = tmp_path / "made.log"
 
     def small_make(env: str, quality: str, out=None, **_) -> Path:
