@@ -47,6 +47,20 @@ def test_summary_has_documented_fields(tmp_path, fast_config, hopper_data):
     assert final["normalized_score_std"] == pytest.approx(100 * final["return_std"] / 3254.572305)
 
 
+def test_summary_gives_both_score_scales_and_names_them(tmp_path, fast_config, hopper_data):
+    """A project dataset has its own reference returns; D4RL's scale is reported beside it, labelled."""
+    import dataclasses
+
+    own = dataclasses.replace(hopper_data, ref_min_score=20.0, ref_max_score=820.0, source="own-hopper")
+    on_disk = train({**fast_config, "steps": 100, "eval": {**fast_config["eval"], "every": 100}}, tmp_path, dataset=own)
+    final = on_disk["eval"]
+    assert final["normalized_score_mean"] == pytest.approx(100 * (final["return_mean"] - 20.0) / 800.0)
+    assert final["d4rl_score_mean"] == pytest.approx(100 * (final["return_mean"] + 20.272305) / 3254.572305)
+    assert final["d4rl_score_std"] == pytest.approx(100 * final["return_std"] / 3254.572305)
+    assert on_disk["score_scales"]["normalized_score"] == "own-hopper reference returns (0 = 20.0, 100 = 820.0)"
+    assert "D4RL's reference returns for hopper (0 = -20.2723, 100 = 3234.3)" in on_disk["score_scales"]["d4rl_score"]
+
+
 def test_evaluation_start_states_follow_the_run_seed_and_are_recorded(tmp_path, fast_config, hopper_data):
     """(test_evaluation_diagnostics replays a saved agent from the recorded seeds: they are the evaluated ones.)"""
     from sparse_offline_rl.evaluation.rollout import eval_seeds

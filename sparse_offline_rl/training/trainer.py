@@ -24,7 +24,7 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_co
 from sparse_offline_rl.checks import ConfigError, check_value
 from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
-from sparse_offline_rl.data.envs import get_task, make_env
+from sparse_offline_rl.data.envs import d4rl_normalized_score, get_task, make_env
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
@@ -144,14 +144,25 @@ def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: Offline
     episodes = len(seeds)
     stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env), seeds=seeds, discount=discount)
     scores = np.asarray(dataset.normalized_score(stats.returns))
+    d4rl_scores = d4rl_normalized_score(env, stats.returns)
     return {
         "return_mean": float(stats.returns.mean()),
         "return_std": float(stats.returns.std()),
         "normalized_score_mean": float(scores.mean()),
         "normalized_score_std": float(scores.std()),
+        "d4rl_score_mean": float(d4rl_scores.mean()),
+        "d4rl_score_std": float(d4rl_scores.std()),
         "episode_length_mean": float(stats.lengths.mean()),
         "episodes": episodes,
     }, stats
+
+
+def score_scales(dataset: OfflineDataset, env: str) -> dict[str, str]:
+    """What each score in summary.json is relative to: results are only comparable on the same scale."""
+    task = get_task(env)
+    return {"normalized_score": dataset.score_scale(),
+            "d4rl_score": f"D4RL's reference returns for {task.name} (0 = {task.d4rl_random_score:g}, "
+                          f"100 = {task.d4rl_expert_score:g}), the scale of published D4RL tables"}
 
 
 def train(
@@ -291,6 +302,7 @@ def train(
         "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
         "train_seconds": train_seconds,
         "eval": {**final_eval, "seeds": seeds_for_eval},
+        "score_scales": score_scales(train_data, cfg["env"]),
         "seed": seed,
         "pruning": pruning_report,
         "config": cfg,
