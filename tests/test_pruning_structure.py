@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import random_dataset
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.algorithms.networks import TwinQ
 from sparse_offline_rl.data.buffer import TransitionBuffer
@@ -132,6 +133,50 @@ def test_unknown_wiring_fails_loudly_where_it_is_needed(net, words) -> None:
     assert sum(int(m.sum()) for m in masks.values()) == keep_count(total, 0.5)
 
 
+class AssertingTwinQ(TwinQ):
+    """TwinQ whose forward checks its input type, as d3rlpy's encoders do: torch.fx cannot trace it."""
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        assert isinstance(obs, torch.Tensor)
+        return super().forward(obs, action)
+
+
+class OneCritic:
+    """The smallest algorithm: one (untraceable) twin critic and its optimizer."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.config = None
+        self.critic = AssertingTwinQ(11, 3, [14, 14])  # hopper's obs + act = hidden width
+        self.opt = torch.optim.Adam(self.critic.parameters())
+
+    def networks(self):
+        return {"critic": self.critic}
+
+    def target_networks(self):
+        return {}
+
+    def optimizers(self):
+        return {"critic": self.opt}
+
+
+def test_wiring_of_code_fx_cannot_trace_is_read_by_running_it_on_a_batch() -> None:
+    algo = OneCritic()
+    with pytest.raises(WiringError, match="torch.fx cannot trace"):
+        layer_graph(algo.critic)
+    assert layer_graph(algo.critic, (torch.randn(4, 11), torch.randn(4, 3))).parents == (None, 0, 1, None, 3, 4)
+    batch = TransitionBuffer(random_dataset("hopper")).sample
+    mask_set, report = prune_at_initialization(algo, batch, {"name": "synflow", "rounds": 1}, 0.8, seed=0)
+    assert report["networks"]["critic"]["wiring"] == "traced" and len(report["networks"]["critic"]["members"]) == 2
+    # one round: each member keeps its top 20% of the brute-force SynFlow scores
+    scores = brute_force_synflow(algo.critic, 11, 3)
+    for member in twin_members(scores):
+        flat = torch.cat([scores[n].flatten() for n in member])
+        expected = torch.zeros_like(flat, dtype=torch.bool)
+        expected[torch.argsort(flat, descending=True)[:keep_count(flat.numel(), 0.2)]] = True
+        assert torch.equal(torch.cat([mask_set.masks["critic"][n].bool().flatten() for n in member]), expected)
+
+
 # -- every member gets its share, whatever the scorer -----------------------------------------------
 def member_paths(masks: dict[str, torch.Tensor], member: list[str]) -> float:
     """Number of input-output paths through a chain of layers (product of the 0/1 masks)."""
@@ -149,8 +194,6 @@ def twin_members(params: dict[str, torch.Tensor]) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def sampler():
-    from conftest import random_dataset
-
     buffer = TransitionBuffer(random_dataset("hopper"))
     buffer.seed(0)
     return buffer.sample

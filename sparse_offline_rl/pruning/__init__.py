@@ -29,7 +29,6 @@ from sparse_offline_rl.pruning.allocation import (
     LayerCollapseError,
     allocate,
     check_layer_collapse,
-    first_last_layers,
     group_counts,
     keep_count,
     pin_pruned,
@@ -85,14 +84,22 @@ def _seed_for(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
-def _wiring(module: nn.Module) -> tuple[LayerGraph | None, str | None]:
-    """The traced layer graph, or None and the reason it cannot be known. Only SynFlow and the
-    keep_*_layer_dense options need it (and fail loudly without it); for the other pruners such a
-    network is one member, and its dead units are not reported."""
+def _wiring(module: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[LayerGraph | None, str | None]:
+    """The layer graph read from `forward`, or None and the reason it cannot be known. Only SynFlow
+    and the keep_*_layer_dense options need it (and fail loudly without it); for the other pruners
+    such a network is one member, and its dead units are not reported."""
     try:
-        return layer_graph(module), None
+        return layer_graph(module, example_inputs), None
     except WiringError as err:
         return None, str(err)
+
+
+def _example_inputs(net: nn.Module, batch: Any) -> tuple[torch.Tensor, ...] | None:
+    """A batch as the protocol feeds a network: `critic(obs, act)`, `value(obs)`, `actor(obs)`,
+    told apart by how many inputs its forward requires."""
+    required = [p for p in inspect.signature(net.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return {1: (batch.observations,), 2: (batch.observations, batch.actions)}.get(len(required))
 
 
 def _members(module: nn.Module, graph: LayerGraph | None) -> list[list[str]]:
@@ -301,19 +308,21 @@ def prune_module(
     seed: int = 0,
     allow_layer_collapse: bool = False,
     name: str = "network",
+    graph: LayerGraph | None = None,
 ) -> dict[str, torch.Tensor]:
     """Boolean masks for one network keeping exactly `keep` prunable weights (collapse-checked).
 
     Ensemble members (the connected groups of the traced layer graph, e.g. the two Q-networks of a
     twin critic) each keep the same fraction of their weights; a network whose wiring cannot be
     traced is one member. Collapse: a layer left with no weight, or an output layer no kept path
-    from the input reaches (when the wiring is known)."""
+    from the input reaches (when the wiring is known). `graph`: the wiring, if already read."""
     _check_method(method)
     params = prunable_parameters(module)
     total = sum(p.numel() for p in params.values())
     if method == "dense" or keep >= total:
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-    graph, _ = _wiring(module)
+    if graph is None:
+        graph, _ = _wiring(module)
     score = _scorer(method, module, losses, input_shape, seed, name, graph)
     masks, _ = _iterate(score, keep, scope, list(dense_layers), _rounds(method, rounds), _members(module, graph))
     context = f"{method}, scope={scope}, density {keep / total:.4f}"
@@ -397,15 +406,25 @@ def prune_at_initialization(
         batches: list[Any] = []
         if method in DATA_DRIVEN:
             batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
+        example_batch = batches[0] if batches else None
         for name, net in nets.items():
             params = prunable_parameters(net)
             total = sum(p.numel() for p in params.values())
+            graph, wiring_error = _wiring(net)
+            if graph is None and sample_batch is not None:
+                # Code fx cannot trace (d3rlpy's encoders assert isinstance(x, Tensor)) is run on a batch.
+                example_batch = example_batch if example_batch is not None else _draw_batch(sample_batch, 2)
+                example = _example_inputs(net, example_batch)
+                if example is not None:
+                    graph, wiring_error = _wiring(net, example)
+            needs_wiring = [k for k in ("keep_first_layer_dense", "keep_last_layer_dense") if cfg[k] and method != "dense"]
+            needs_wiring += ["pruner=synflow"] if method == "synflow" else []
+            if graph is None and needs_wiring:
+                raise WiringError(f"{' and '.join(needs_wiring)} need(s) the wiring of network '{name}': {wiring_error}")
             dense_layers: list[str] = []
-            if method != "dense" and (cfg["keep_first_layer_dense"] or cfg["keep_last_layer_dense"]):
-                first, last = first_last_layers(net)  # WiringError when the wiring cannot be traced
-                dense_layers = list(
-                    dict.fromkeys((first if cfg["keep_first_layer_dense"] else []) + (last if cfg["keep_last_layer_dense"] else []))
-                )
+            if graph is not None and method != "dense":
+                first = graph.first_layers() if cfg["keep_first_layer_dense"] else []
+                dense_layers = list(dict.fromkeys(first + (graph.last_layers() if cfg["keep_last_layer_dense"] else [])))
             dense_n = sum(params[n].numel() for n in dense_layers)
             if budget_kind:
                 # A budget is about the whole network, so the dense layers are paid out of it.
@@ -422,10 +441,11 @@ def prune_at_initialization(
                 losses = [partial(algo.saliency_loss, name, b) for b in batches]
                 net_masks = prune_module(
                     net, method, keep, scope=scope, dense_layers=dense_layers, losses=losses, rounds=rounds,
-                    seed=_seed_for(seed, name), allow_layer_collapse=cfg["allow_layer_collapse"], name=name,
+                    seed=_seed_for(seed, name), allow_layer_collapse=cfg["allow_layer_collapse"], name=name, graph=graph,
                 )
                 masks[name] = net_masks
-            networks_report[name] = _network_report(net, net_masks, target, keep, total, dense_layers, budget_kind, budgets.get(name))
+            networks_report[name] = _network_report(net, net_masks, target, keep, total, dense_layers, budget_kind,
+                                                    budgets.get(name), graph, wiring_error)
             if method == "dense" and targets[name] > 0:
                 networks_report[name]["ignored_sparsity"] = targets[name]
     # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
@@ -464,9 +484,10 @@ def _network_report(
     dense_layers: Sequence[str],
     budget_kind: str | None,
     budget: Any,
+    graph: LayerGraph | None,
+    wiring_error: str | None,
 ) -> dict[str, Any]:
     params = prunable_parameters(net)
-    graph, wiring_error = _wiring(net)
     layers: dict[str, Any] = {}
     kept_total = 0
     sparse_kept = sparse_total = 0

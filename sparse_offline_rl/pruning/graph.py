@@ -1,23 +1,24 @@
-"""How a network's Linear layers are wired, read from the network's own `forward` with torch.fx.
+"""How a network's Linear layers are wired, read from the network's own `forward`.
 
 SynFlow's linearised network, the first / last layers (`keep_first_layer_dense`), the ensemble
 members (each gets its own share of the budget) and the dead-unit report all need to know which
 layer feeds which. Guessing that from shapes goes wrong as soon as a hidden width equals an input
 width (a twin critic with hidden 8 over obs 6 + act 2 looks like one deep chain), so the wiring is
-traced instead: `forward` is run symbolically, every `nn.Linear` call is a node, and a layer's
-source is the Linear call (or the network input) its input is computed from through any number of
-non-Linear operations (activations, concatenation of inputs, reshapes).
+read from `forward`: traced symbolically with torch.fx (no inputs needed) or, where fx cannot trace
+the code, by running it on example inputs and following the autograd graph. Every `nn.Linear` call
+is a node, and a layer's source is the Linear call (or the network input) its input is computed
+from through any number of non-Linear operations (activations, concatenation of inputs, reshapes).
 
 Where the wiring cannot be known exactly, `layer_graph` raises `WiringError` naming the reason:
-`forward` is not traceable (data-dependent control flow), a Linear is not called by `forward` or
-called twice (shared weights), or a layer reads more than one source (skip connections, mixing an
-earlier layer's output with the input), or reads a slice of its source (widths disagree).
+`forward` cannot be traced or run, a Linear is not called by `forward` or called twice (shared
+weights), or a layer reads more than one source (skip connections, mixing an earlier layer's output
+with the input), or reads a slice of its source (widths disagree).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -77,9 +78,29 @@ class LayerGraph:
         return list(out.values())
 
 
-def layer_graph(module: nn.Module) -> LayerGraph:
-    """The wiring of `module`'s Linear layers, traced from its `forward`; `WiringError` if unknown."""
+Calls = list[tuple[nn.Linear, set[int | None]]]  # each Linear call in order, with its sources
+
+
+def layer_graph(module: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> LayerGraph:
+    """The wiring of `module`'s Linear layers, read from its `forward`; `WiringError` if unknown.
+
+    The forward is traced symbolically (torch.fx), which needs no inputs. Code that fx cannot trace
+    (e.g. `assert isinstance(x, torch.Tensor)`, as d3rlpy's encoders have) is run for real on
+    `example_inputs` when given, following the autograd graph back from each Linear's input."""
     what = type(module).__name__
+    try:
+        calls = _calls_by_fx(module, what)
+    except WiringError as fx_error:
+        if example_inputs is None:
+            raise
+        try:
+            calls = _calls_by_running(module, example_inputs, what)
+        except WiringError as run_error:
+            raise WiringError(f"{fx_error}; {run_error}") from None
+    return _graph_from_calls(module, calls, what)
+
+
+def _calls_by_fx(module: nn.Module, what: str) -> Calls:
     try:
         graph = _LinearLeafTracer().trace(module)
     except Exception as err:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
@@ -87,46 +108,16 @@ def layer_graph(module: nn.Module) -> LayerGraph:
             f"cannot read how the Linear layers of {what} are wired: torch.fx cannot trace its forward "
             f"({type(err).__name__}: {err})"
         ) from None
-    weight_names = {id(layer): name for name, layer in
-                    ((n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear))}
-    prunable = prunable_parameters(module)
     index: dict[torch.fx.Node, int] = {}
-    names: list[str] = []
-    layers: list[nn.Linear] = []
-    parents: list[int | None] = []
+    calls: Calls = []
     for node in graph.nodes:
-        if node.op != "call_module":
-            continue
-        layer = module.get_submodule(node.target)
-        if not isinstance(layer, nn.Linear):
-            continue
-        name = f"{weight_names[id(layer)]}.weight" if weight_names[id(layer)] else "weight"
-        if name in names:
-            raise WiringError(f"{what}: layer {name} is called more than once by forward (shared weights)")
-        sources = _sources(node, index)
-        if len(sources) != 1:
-            described = ", ".join("the network input" if s is None else names[s] for s in sorted(sources, key=lambda s: -1 if s is None else s))
-            raise WiringError(
-                f"{what}: layer {name} reads " + (f"several sources ({described})" if sources else "no input")
-                + "; each Linear must read exactly one earlier Linear layer or the network input"
-            )
-        (parent,) = sources
-        if parent is not None and layers[parent].out_features != layer.in_features:
-            raise WiringError(
-                f"{what}: layer {name} reads {layer.in_features} features from {names[parent]}, which has "
-                f"{layers[parent].out_features} outputs (a slice or reshape of it)"
-            )
-        index[node] = len(names)
-        names.append(name)
-        layers.append(layer)
-        parents.append(parent)
-    unused = sorted(set(prunable) - set(names))
-    if unused:
-        raise WiringError(f"{what}: layer(s) {', '.join(unused)} are not called by forward, so their wiring is unknown")
-    return LayerGraph(tuple(names), tuple(layers), tuple(parents))
+        if node.op == "call_module" and isinstance(layer := module.get_submodule(node.target), nn.Linear):
+            calls.append((layer, _fx_sources(node, index)))
+            index[node] = len(calls) - 1
+    return calls
 
 
-def _sources(node: torch.fx.Node, linear_index: Mapping[torch.fx.Node, int]) -> set[int | None]:
+def _fx_sources(node: torch.fx.Node, linear_index: Mapping[torch.fx.Node, int]) -> set[int | None]:
     """The Linear calls (indices) and / or the network input (None) that `node`'s input is computed from."""
     found: set[int | None] = set()
     stack = list(node.all_input_nodes)
@@ -143,6 +134,89 @@ def _sources(node: torch.fx.Node, linear_index: Mapping[torch.fx.Node, int]) -> 
         else:  # parameters and constants (get_attr) have no inputs and add nothing
             stack.extend(n.all_input_nodes)
     return found
+
+
+def _calls_by_running(module: nn.Module, example_inputs: Sequence[torch.Tensor], what: str) -> Calls:
+    inputs = [x.detach().clone().requires_grad_(True) for x in example_inputs]
+    outputs: dict[Any, int] = {}  # autograd node of each Linear call's output -> call index
+    calls: Calls = []
+
+    def before(layer: nn.Module, args: tuple) -> None:
+        calls.append((layer, _autograd_sources(args[0], outputs, inputs)))
+
+    def after(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if out.grad_fn is not None:
+            outputs[out.grad_fn] = len(calls) - 1
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()  # reading the wiring must not move batch-norm statistics
+    try:
+        with torch.enable_grad():
+            module(*inputs)
+    except Exception as err:
+        raise WiringError(f"running its forward on example inputs failed too ({type(err).__name__}: {err})") from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.train(training)
+    return calls
+
+
+def _autograd_sources(x: torch.Tensor, outputs: Mapping[Any, int], inputs: Sequence[torch.Tensor]) -> set[int | None]:
+    """The Linear calls and / or network inputs (None) tensor `x` was computed from, read from its
+    autograd graph (parameters and constants add nothing)."""
+    if x.grad_fn is None:
+        return {None} if any(x is i for i in inputs) else set()
+    found: set[int | None] = set()
+    stack, seen = [x.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in outputs:
+            found.add(outputs[node])
+        elif hasattr(node, "variable"):  # a leaf: a network input or a parameter
+            if any(node.variable is i for i in inputs):
+                found.add(None)
+        else:
+            stack.extend(f for f, _ in node.next_functions)
+    return found
+
+
+def _graph_from_calls(module: nn.Module, calls: Calls, what: str) -> LayerGraph:
+    weight_names = {id(m): f"{n}.weight" if n else "weight" for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    names: list[str] = []
+    layers: list[nn.Linear] = []
+    parents: list[int | None] = []
+    for layer, sources in calls:
+        name = weight_names[id(layer)]
+        if name in names:
+            raise WiringError(f"{what}: layer {name} is called more than once by forward (shared weights)")
+        if len(sources) != 1:
+            described = ", ".join("the network input" if s is None else names[s] for s in sorted(sources, key=lambda s: -1 if s is None else s))
+            raise WiringError(
+                f"{what}: layer {name} reads " + (f"several sources ({described})" if sources else "no input")
+                + "; each Linear must read exactly one earlier Linear layer or the network input"
+            )
+        (parent,) = sources
+        if parent is not None and layers[parent].out_features != layer.in_features:
+            raise WiringError(
+                f"{what}: layer {name} reads {layer.in_features} features from {names[parent]}, which has "
+                f"{layers[parent].out_features} outputs (a slice or reshape of it)"
+            )
+        names.append(name)
+        layers.append(layer)
+        parents.append(parent)
+    unused = sorted(set(prunable_parameters(module)) - set(names))
+    if unused:
+        raise WiringError(f"{what}: layer(s) {', '.join(unused)} are not called by forward, so their wiring is unknown")
+    return LayerGraph(tuple(names), tuple(layers), tuple(parents))
 
 
 def connectivity(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
