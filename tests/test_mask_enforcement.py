@@ -7,7 +7,9 @@ value step, TD3+BC's Q1 in the actor loss after the critic step) and those of ev
 from __future__ import annotations
 
 import copy
+import gc
 import sys
+import weakref
 from functools import partial
 from typing import Any
 
@@ -150,8 +152,20 @@ def test_rebinding_replaces_the_earlier_masks() -> None:
             p.normal_()
     MaskSet({"net": {n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()}}).bind(algo)
     algo.update(torch.randn(8, 4))
-    # The first MaskSet (all pruned) no longer acts on this optimizer.
-    assert all(bool((p != 0).any()) for p in params.values()) and first is not None
+    first.apply()
+    # The first MaskSet (all pruned) no longer acts on this optimizer, by hook or by hand.
+    assert all(bool((p != 0).any()) for p in params.values())
+
+
+def test_a_dropped_algorithm_is_freed_with_its_masks() -> None:
+    algo = DirectStep()
+    params = prunable_parameters(algo.net)
+    mask_set = MaskSet({"net": {n: torch.rand(p.shape) < 0.5 for n, p in params.items()}}).bind(algo)
+    algo.update(torch.randn(8, 4))
+    gone = weakref.ref(algo.opt)
+    del algo, params, mask_set
+    gc.collect()
+    assert gone() is None
 
 
 def test_a_masked_weight_no_listed_optimizer_trains_is_an_error() -> None:

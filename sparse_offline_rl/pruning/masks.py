@@ -22,9 +22,10 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-# The MaskSet enforcing its masks on each optimizer, and its hook handle: binding a new MaskSet to
-# an algorithm replaces the old one's hooks instead of stacking a second set of masks on top.
-_BOUND: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple[MaskSet, Any]]" = weakref.WeakKeyDictionary()
+# The group whose hook enforces masks on each optimizer: binding a new MaskSet to an algorithm
+# replaces the old one's hooks instead of stacking a second set of masks on top. Weak both ways, so
+# an algorithm that is dropped is freed with its optimizers.
+_BOUND: "weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[_OptimizerGroup]]" = weakref.WeakKeyDictionary()
 
 
 def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
@@ -47,6 +48,19 @@ class _OptimizerGroup:
         self.factors: list[torch.Tensor] = []
         self._state_ref: Any = None
         self._state_len = -1
+        self.handle: Any = None  # the step post-hook, while it is registered
+
+    def hook(self) -> None:
+        previous = _BOUND.get(self.optimizer)
+        if previous is not None and previous() is not None:
+            previous().unhook()
+        self.handle = self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply())
+        _BOUND[self.optimizer] = weakref.ref(self)
+
+    def unhook(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
     def gather(self) -> None:
         tensors: list[torch.Tensor] = []
@@ -127,31 +141,22 @@ class MaskSet:
         self._groups = [_OptimizerGroup(opt, per_opt[id(opt)]) for opt in optimizers if per_opt[id(opt)]]
         self._unowned = unowned
         for group in self._groups:
-            previous = _BOUND.get(group.optimizer)
-            if previous is not None:
-                previous[0]._release(group.optimizer)
-            handle = group.optimizer.register_step_post_hook(lambda opt, args, kwargs, g=group: g.apply())
-            _BOUND[group.optimizer] = (self, handle)
+            group.hook()
         self.apply()
         return self
 
-    def _release(self, optimizer: torch.optim.Optimizer) -> None:
-        entry = _BOUND.get(optimizer)
-        if entry is not None and entry[0] is self:
-            entry[1].remove()
-            del _BOUND[optimizer]
-        self._groups = [g for g in self._groups if g.optimizer is not optimizer]
-
     def unbind(self) -> None:
         """Stop enforcing these masks (remove the optimizer hooks); the weights keep their values."""
-        for group in list(self._groups):
-            self._release(group.optimizer)
+        for group in self._groups:
+            group.unhook()
 
     def apply(self) -> None:
         """Zero every pruned entry of weights, target weights and optimizer state now (the hooks do
-        this after every optimizer step; calling it again changes nothing)."""
+        this after every optimizer step; calling it again changes nothing). Optimizers another
+        MaskSet has been bound to since are left to that one."""
         for group in self._groups:
-            group.apply()
+            if group.handle is not None:
+                group.apply()
         if self._unowned:
             with torch.no_grad():
                 torch._foreach_mul_([t for t, _ in self._unowned], [m for _, m in self._unowned])
