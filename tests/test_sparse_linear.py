@@ -421,3 +421,42 @@ def test_converted_algorithm_trains_like_dense_masked(algo_name):
                     assert close(s_params[f"{layer}.values"], p.detach()[masks[net][name]]), (which, name)
                 else:
                     assert close(s_params[name], p), (which, name)
+
+
+def test_pattern_is_validated_once():
+    bad_crow = torch.tensor([0, 2, 1], dtype=torch.int32)  # decreasing: not a CSR row pointer
+    with pytest.raises(RuntimeError):
+        SparseLinear(3, 2, bad_crow, torch.tensor([0], dtype=torch.int32), torch.ones(1))
+
+
+def test_apply_sparse_kernels_after_pruning():
+    """The trainer's step after pruning: the pruner's MaskSet stays whole (checkpoints, reports);
+    the returned one enforces only the layers left dense-masked, and training keeps them masked."""
+    from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+    from sparse_offline_rl.data.buffer import Batch
+    from sparse_offline_rl.pruning import prune_at_initialization
+    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
+
+    torch.manual_seed(0)
+    algo = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})
+    g = torch.Generator().manual_seed(0)
+
+    def batch() -> Batch:
+        return Batch(torch.randn(64, 11, generator=g), torch.rand(64, 3, generator=g) * 2 - 1,
+                     torch.randn(64, generator=g), torch.randn(64, 11, generator=g), torch.zeros(64))
+
+    pruned, _ = prune_at_initialization(algo, batch, {"name": "random", "scope": "layer"}, 0.9)
+    full = {net: dict(pm) for net, pm in pruned.masks.items()}
+    enforced, choice = apply_sparse_kernels(algo, pruned, batch_size=64, mode="auto")
+    assert {net: set(pm) for net, pm in pruned.masks.items()} == {net: set(pm) for net, pm in full.items()}
+    assert set(choice) == set(full) and all(set(choice[n]) == set(full[n]) for n in full)
+    for net, module in algo.networks().items():
+        sparse_names = {p for p, kind in choice[net].items() if kind == "sparse"}
+        assert set(sparse_layers(module)) == sparse_names
+        assert set(enforced.masks.get(net, {})) == set(full[net]) - sparse_names
+    for _ in range(3):
+        algo.update(batch())
+    for net, pm in enforced.masks.items():
+        weights = prunable_parameters(algo.networks()[net])
+        for p, m in pm.items():
+            assert torch.count_nonzero(weights[p].detach()[m == 0]) == 0

@@ -23,7 +23,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.sparse_linear import to_sparse
+from sparse_offline_rl.pruning.masks import MaskSet
+from sparse_offline_rl.pruning.sparse_linear import sparsify_algorithm, to_sparse
 
 MODES = ("auto", "sparse", "dense")
 #: In "auto", a layer goes sparse only if its measured call is at most this fraction of the dense one's.
@@ -144,3 +145,18 @@ def measured_costs() -> dict[tuple, LayerCost]:
     """This process's measurements so far, keyed (out, in, nnz, batch, threads, device, dtype)."""
     return dict(_MEASURED)
 
+
+
+def apply_sparse_kernels(algo, masks: MaskSet, batch_size: int, mode: str = "auto") -> tuple[MaskSet, dict[str, dict[str, str]]]:
+    """After pruning at initialization: convert each masked layer of `algo` where sparse pays
+    (`choose_layers` per network; online, target and optimizers alike, see `sparsify_algorithm`).
+
+    `masks` (bound by the pruner) is unbound and left whole, for checkpoints and reports; the
+    returned MaskSet holds only the layers kept dense-masked, bound to `algo`, since a SparseLinear
+    has no pruned entries to re-zero. Also returns the choice {network: {layer weight: kind}}."""
+    nets = algo.networks()
+    choice = {net: choose_layers(nets[net], net_masks, batch_size, mode) for net, net_masks in masks.masks.items()}
+    masks.unbind()
+    sparsify_algorithm(algo, masks.masks, choice)
+    dense = {net: {p: m for p, m in pm.items() if choice[net][p] == "dense"} for net, pm in masks.masks.items()}
+    return MaskSet({net: pm for net, pm in dense.items() if pm}).bind(algo), choice

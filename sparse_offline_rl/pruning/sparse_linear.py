@@ -43,7 +43,6 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    # The pattern was validated once, when the layer was built.
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
@@ -147,7 +146,9 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         crow_indices = crow_indices.to(device=values.device, dtype=INDEX_DTYPE)
         col_indices = col_indices.to(device=values.device, dtype=INDEX_DTYPE)
-        torch._validate_sparse_csr_tensor_args(crow_indices, col_indices, values.detach(), (self.out_features, self.in_features))
+        # Validated once here; the kernels skip the check on every call.
+        torch.sparse_csr_tensor(crow_indices, col_indices, values.detach(), (self.out_features, self.in_features),
+                                check_invariants=True)
         self.values = values if isinstance(values, nn.Parameter) else nn.Parameter(values.detach().clone())
         if bias is None or isinstance(bias, nn.Parameter):
             self.bias = bias
@@ -166,9 +167,7 @@ class SparseLinear(nn.Module):
         return state
 
     def _transposed_pattern(self) -> dict[str, torch.Tensor]:
-        rows = torch.repeat_interleave(torch.arange(self.out_features, device=self.values.device),
-                                       self.crow_indices.diff().long())
-        cols = self.col_indices.long()
+        rows, cols = self._rows(), self.col_indices.long()
         # Stable sort by column keeps rows ascending within a column: the CSR order of W^T.
         t_perm = torch.sort(cols, stable=True).indices
         t_crow = torch.zeros(self.in_features + 1, dtype=torch.int64, device=cols.device)
