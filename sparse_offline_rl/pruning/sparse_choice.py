@@ -2,16 +2,20 @@
 
 Whether the CSR kernels beat a dense product depends on the layer's shape, its density, the batch,
 the thread count and the device, and on this machine's BLAS; a layer with few weights is dominated
-by per-call overhead, where the dense layer wins (measured in benchmarks/bench_sparse_linear.py:
-a 256x1 head or any layer at batch 1 is 2-2.5x slower sparse). So the choice is measured, not
+by per-call overhead, where the dense layer wins (benchmarks/results/sparse_linear.txt: a 1x256
+head is 1.5-1.7x slower sparse at batch 256, any layer 1.1-2.2x slower at batch 1, while a 256x256
+layer at 5% density is 4x faster and a 256x17 input layer 1.2-1.9x). So the choice is measured, not
 guessed: once per process per (out, in, nnz, batch, threads, device, dtype) the two layers are
 timed on random data for one training-time call (forward and backward with input, weight and bias
 gradients), alternating, and the faster kept; a sparse layer must win by `SPARSE_MARGIN` so noise
 does not flip a tie. Optimizer and mask-enforcement work, which a sparse layer also saves (Adam
 over nnz instead of out*in entries, no mask multiply), is left out: the choice errs towards dense.
 
-Not CPU: dense-masked without measuring. CSR products on a GPU run in cuSPARSE, and at these
-sizes a training step there is bound by kernel launches, which the CSR path has more of.
+Not CPU: dense-masked without measuring. This is a policy, not a measurement (no GPU was at hand):
+at these sizes a GPU step is bound by kernel launches, and a CSR layer launches more of them.
+
+The choice is recorded by the caller (it decides the parameter layout, so a resumed run must reuse
+it rather than measure again under other load).
 """
 from __future__ import annotations
 

@@ -6,14 +6,15 @@ is the trainable parameter, the pattern is a fixed buffer. Forward, input gradie
 gradient then cost O(nnz * batch) instead of O(out * in * batch), optimizer state exists only for
 kept weights, and a pruned weight is zero by construction (no mask to re-apply).
 
-Layout. torch's CPU CSR product (MKL) is fast as `csr @ dense` with a row-major dense operand and
-3-8x slower as `dense @ csr` or with a column-major operand (measured in
-benchmarks/bench_sparse_linear.py). So every product here runs feature-major: y^T = W x^T with x^T
-contiguous (in, B); the output is a (B, out) tensor whose transpose is contiguous, which is exactly
-the operand the next sparse layer wants, and elementwise layers (ReLU, tanh) keep that layout. The
-input gradient is W^T g^T with a second CSR of W^T (its values a fixed permutation gather of
-`values`: a CSC view of W is 2x slower in the product), and the weight gradient
-`sampled_addmm(pattern, g^T, x)` computes only the kept entries of g^T x.
+Layout. torch's CPU CSR product (MKL) is fastest as `csr @ dense` with a row-major dense operand:
+about 7x slower as `dense @ csr`, 10-45% slower with a column-major dense operand (measured in
+benchmarks/bench_sparse_linear.py --variants). So every product here runs feature-major:
+y^T = W x^T with x^T contiguous (in, B); the output is a (B, out) tensor whose transpose is
+contiguous, which is exactly the operand the next sparse layer wants, and elementwise layers (ReLU,
+tanh) keep that layout. The input gradient is W^T g^T with a second CSR of W^T (its values a fixed
+permutation gather of `values`; a CSC view of W is 2-2.5x slower in the product), and the weight
+gradient `sampled_addmm(pattern, g^T, x)` computes only the kept entries of g^T x (its kernel
+reads x^T rows, so the saved x^T is passed as is: 10-50% faster than a row-major x).
 
 Only first-order gradients: pruning scores that need Hessian-vector products (GraSP) run on the
 dense network before conversion. Gradients with respect to the input with frozen weights (an actor
