@@ -434,7 +434,7 @@ def test_apply_sparse_kernels_after_pruning():
     the returned one enforces only the layers left dense-masked, and training keeps them masked."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
     from sparse_offline_rl.data.buffer import Batch
-    from sparse_offline_rl.pruning import prune_at_initialization
+    from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
     from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
 
     torch.manual_seed(0)
@@ -460,3 +460,19 @@ def test_apply_sparse_kernels_after_pruning():
         weights = prunable_parameters(algo.networks()[net])
         for p, m in pm.items():
             assert torch.count_nonzero(weights[p].detach()[m == 0]) == 0
+
+    # Resuming: a fresh algorithm converted with the saved choice (no measuring) loads the state
+    # and continues bit-exactly.
+    state = copy.deepcopy(algo.state_dict())
+    torch.manual_seed(1)
+    resumed = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})
+    apply_sparse_kernels(resumed, MaskSet.from_state_dict(pruned.state_dict()), 64, choice=choice)
+    resumed.load_state_dict(state)
+    b = batch()
+    for a in (algo, resumed):  # TD3+BC's actor and its target move every other step: take two
+        a.update(b)
+        a.update(b)
+    for which in ("networks", "target_networks"):
+        for net, module in getattr(algo, which)().items():
+            other = dict(getattr(resumed, which)()[net].named_parameters())
+            assert all(torch.equal(p, other[n]) for n, p in module.named_parameters())

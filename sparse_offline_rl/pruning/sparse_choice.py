@@ -151,15 +151,19 @@ def measured_costs() -> dict[tuple, LayerCost]:
 
 
 
-def apply_sparse_kernels(algo, masks: MaskSet, batch_size: int, mode: str = "auto") -> tuple[MaskSet, dict[str, dict[str, str]]]:
+def apply_sparse_kernels(algo, masks: MaskSet, batch_size: int, mode: str = "auto",
+                         choice: Mapping[str, Mapping[str, str]] | None = None) -> tuple[MaskSet, dict[str, dict[str, str]]]:
     """After pruning at initialization: convert each masked layer of `algo` where sparse pays
     (`choose_layers` per network; online, target and optimizers alike, see `sparsify_algorithm`).
+    A given `choice` (a resumed run's) is used as is, without measuring.
 
     `masks` (bound by the pruner) is unbound and left whole, for checkpoints and reports; the
     returned MaskSet holds only the layers kept dense-masked, bound to `algo`, since a SparseLinear
     has no pruned entries to re-zero. Also returns the choice {network: {layer weight: kind}}."""
     nets = algo.networks()
-    choice = {net: choose_layers(nets[net], net_masks, batch_size, mode) for net, net_masks in masks.masks.items()}
+    if choice is None:
+        choice = {net: choose_layers(nets[net], net_masks, batch_size, mode) for net, net_masks in masks.masks.items()}
+    choice = {net: dict(layers) for net, layers in choice.items()}
     masks.unbind()
     sparsify_algorithm(algo, masks.masks, choice)
     dense = {net: {p: m for p, m in pm.items() if choice[net][p] == "dense"} for net, pm in masks.masks.items()}
