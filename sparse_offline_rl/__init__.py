@@ -18,18 +18,21 @@ from sparse_offline_rl.algorithms import (
 from sparse_offline_rl.algorithms.base import collect_state, restore_state
 from sparse_offline_rl.algorithms.plugins import ENTRY_POINT_GROUP, import_plugin, plugin_errors
 from sparse_offline_rl.data.buffer import Batch, TransitionBuffer
-from sparse_offline_rl.data.dataset import DatasetError, OfflineDataset
+from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.errors import ConfigError, DatasetError, UnknownNameError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Batch",
+    "ConfigError",
     "DatasetError",
     "OfflineAlgorithm",
     "OfflineDataset",
     "ProblemSpec",
     "TransitionBuffer",
+    "UnknownNameError",
     "available_algorithms",
     "collect_state",
     "get_algorithm",

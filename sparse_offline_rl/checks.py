@@ -15,12 +15,10 @@ import types
 import typing
 from typing import Any
 
+from sparse_offline_rl.errors import ConfigError
+
 KINDS = (bool, int, float, str)
 INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names it and what is accepted."""
 
 
 def within(interval: str, *, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:

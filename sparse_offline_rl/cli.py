@@ -21,13 +21,10 @@ from typing import Any, Mapping
 
 from hydra.types import RunMode
 
-from sparse_offline_rl.algorithms.base import UnknownNameError
-from sparse_offline_rl.checks import ConfigError
-from sparse_offline_rl.data.dataset import DatasetError
+from sparse_offline_rl.errors import USER_ERRORS, ConfigError
 from sparse_offline_rl.io import atomic_write_json, load_checkpoint
 from sparse_offline_rl.training.trainer import to_dict, train
 
-USER_ERRORS = (ConfigError, DatasetError, UnknownNameError, ValueError, FileNotFoundError)
 # Settings that cannot change a run's result: they may differ between a launch and its re-launch.
 VOLATILE_KEYS = frozenset({"resume", "threads", "progress", "tensorboard", "verbose"})
 FAILED_FILE = "failed.json"

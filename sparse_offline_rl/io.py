@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from sparse_offline_rl.errors import CheckpointError
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
@@ -64,10 +65,6 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 
 def atomic_torch_save(path: Path | str, obj: Any) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is refused (it holds more than tensors and plain values) or cannot be read."""
 
 
 def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> Any:

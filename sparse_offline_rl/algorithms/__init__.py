@@ -4,13 +4,13 @@ from __future__ import annotations
 from sparse_offline_rl.algorithms.base import (
     OfflineAlgorithm,
     ProblemSpec,
-    UnknownNameError,
     available_algorithms,
     build_config,
     get_algorithm,
     make_algorithm,
     register_algorithm,
 )
+from sparse_offline_rl.errors import UnknownNameError
 
 _plugins_loaded = False
 

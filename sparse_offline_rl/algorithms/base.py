@@ -13,8 +13,9 @@ from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from sparse_offline_rl.checks import ConfigError, check_field
+from sparse_offline_rl.checks import check_field
 from sparse_offline_rl.data.buffer import Batch
+from sparse_offline_rl.errors import ConfigError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,6 @@ class OfflineAlgorithm(Protocol):
         """Everything needed to resume bit-exactly: networks, targets, optimizers, schedulers, step."""
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-class UnknownNameError(KeyError):
-    """A name that is not registered; the message lists the ones that are."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; ours is a sentence
-        return str(self.args[0])
 
 
 @dataclass

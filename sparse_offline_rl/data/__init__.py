@@ -1,14 +1,15 @@
 """Offline datasets: loaders (project ids, local Minari, D4RL HDF5) and dataset generation.
 
 The loaders are imported lazily: `sparse_offline_rl.algorithms` imports `data.buffer`, and loading
-minari/gymnasium there would both slow every import and create an import cycle through `data.envs`.
+minari/gymnasium there would slow every import of the package.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from sparse_offline_rl.data.dataset import DatasetError, OfflineDataset
+from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.errors import DatasetError
 
 _LAZY = {
     "QUALITIES": "generate",

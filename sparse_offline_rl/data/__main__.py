@@ -8,10 +8,10 @@ import sys
 import time
 
 from sparse_offline_rl.data.behavior import parse_kv
-from sparse_offline_rl.data.dataset import DatasetError
 from sparse_offline_rl.data.generate import DEFAULT_SIZE, datasets_root, make_dataset, minari_id
 from sparse_offline_rl.data.envs import d4rl_normalized_score
 from sparse_offline_rl.data.loaders import available_ids, load_dataset, load_minari
+from sparse_offline_rl.errors import DatasetError
 
 USAGE = __doc__
 

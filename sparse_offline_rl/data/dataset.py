@@ -10,10 +10,7 @@ from typing import Any
 
 import numpy as np
 
-
-class DatasetError(ValueError):
-    """A dataset that is missing, malformed or does not fit the environment."""
-
+from sparse_offline_rl.errors import DatasetError
 
 FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 

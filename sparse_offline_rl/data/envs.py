@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from sparse_offline_rl.algorithms.base import UnknownNameError
+from sparse_offline_rl.errors import UnknownNameError
 
 
 @dataclass(frozen=True)

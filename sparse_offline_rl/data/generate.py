@@ -25,10 +25,10 @@ import numpy as np
 from tqdm import tqdm
 from minari.dataset.minari_storage import MinariStorage
 
-from sparse_offline_rl.data.dataset import DatasetError
 from sparse_offline_rl.data.envs import get_task
 from sparse_offline_rl.data.policies import POLICY_DIR, REPO_ROOT, Policy, RandomPolicy, load_checkpoint, policy_info
 from sparse_offline_rl.data.rollout import SEED_STRIDE, SHARD_STRIDE, Episode, rollout
+from sparse_offline_rl.errors import DatasetError
 
 QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
 ENVS = ("halfcheetah", "hopper", "walker2d")

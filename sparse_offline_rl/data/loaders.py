@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparse_offline_rl.algorithms.base import UnknownNameError
-from sparse_offline_rl.data.dataset import DatasetError, OfflineDataset
+from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.errors import DatasetError, UnknownNameError
 from sparse_offline_rl.io import atomic_write_bytes_with, file_lock
 from sparse_offline_rl.data.envs import TASKS, Task, get_task
 from sparse_offline_rl.data.generate import (

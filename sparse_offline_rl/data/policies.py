@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparse_offline_rl.data.dataset import DatasetError
+from sparse_offline_rl.errors import DatasetError
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 REPO_ROOT = Path(__file__).resolve().parents[2]

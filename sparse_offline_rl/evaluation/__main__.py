@@ -98,7 +98,7 @@ def compare_command(args: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sparse_offline_rl.cli import USER_ERRORS
+    from sparse_offline_rl.errors import USER_ERRORS
 
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -21,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
-from sparse_offline_rl.checks import ConfigError, check_value
+from sparse_offline_rl.checks import check_value
 from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import d4rl_normalized_score, get_task, make_env
+from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
