@@ -10,7 +10,7 @@ import torch
 
 from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.evaluation.agent import EvalAgent
-from sparse_offline_rl.training.trainer import prepare_data
+from sparse_offline_rl.algorithms import prepare_data
 from sparse_offline_rl.evaluation.perturbations import (
     DYNAMICS_GROUPS, ActionNoise, ObservationNoise, PerturbationError, StickyActions, episode_transforms,
     make_perturbed_env, noise_rng,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_offline_rl.algorithms import UnknownNameError
+from sparse_offline_rl.algorithms import UnknownNameError, prepare_data
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import CheckpointError, load_checkpoint
 from sparse_offline_rl.pruning import prunable_parameters
-from sparse_offline_rl.training.trainer import ConfigError, StepInfo, prepare_data, train
+from sparse_offline_rl.training.trainer import ConfigError, StepInfo, train
 
 
 class Interrupt(Exception):

@@ -4,10 +4,12 @@ from __future__ import annotations
 from sparse_offline_rl.algorithms.base import (
     OfflineAlgorithm,
     ProblemSpec,
+    algorithm_config,
     available_algorithms,
     build_config,
     get_algorithm,
     make_algorithm,
+    prepare_data,
     register_algorithm,
 )
 from sparse_offline_rl.errors import UnknownNameError
@@ -34,10 +36,12 @@ __all__ = [
     "OfflineAlgorithm",
     "ProblemSpec",
     "UnknownNameError",
+    "algorithm_config",
     "available_algorithms",
     "build_config",
     "get_algorithm",
     "load_plugins",
     "make_algorithm",
+    "prepare_data",
     "register_algorithm",
 ]

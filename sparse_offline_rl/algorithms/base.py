@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -16,6 +16,10 @@ from torch import nn
 from sparse_offline_rl.checks import check_field
 from sparse_offline_rl.data.buffer import Batch
 from sparse_offline_rl.errors import ConfigError, UnknownNameError
+
+if TYPE_CHECKING:
+    from sparse_offline_rl.data.dataset import OfflineDataset
+    from sparse_offline_rl.data.prepare import PreparedData
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,25 @@ def build_config(config_cls: type, values: Mapping[str, Any] | None, prefix: str
     for key, value in values.items():
         check_field(f"{prefix}.{key}", value, hints.get(key, Any), fields[key].metadata.get("within"))
     return config_cls(**values)
+
+
+def algorithm_config(values: Mapping[str, Any]) -> Any:
+    """The config dataclass of the algorithm `values["name"]`, with the other entries as its options (checked)."""
+    return build_config(get_algorithm(values["name"]).config_cls, values)
+
+
+def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = "cpu") -> PreparedData:
+    """A run's preprocessing, shared by training and by reloading an agent: episode split by
+    (val_fraction, seed); normaliser and reward scale from the training split when the algorithm
+    opts in through its config fields `normalize_obs` / `normalize_reward` (plug-ins may omit them)."""
+    from sparse_offline_rl.data.prepare import PreparedData  # late: gymnasium is not needed to import the package
+
+    algo_config = algorithm_config(cfg["algo"])
+    return PreparedData.from_dataset(
+        dataset, cfg["env"], val_fraction=float(cfg.get("val_fraction", 0.0) or 0.0), seed=int(cfg["seed"]),
+        normalize_obs=getattr(algo_config, "normalize_obs", False),
+        normalize_reward=getattr(algo_config, "normalize_reward", False), device=device,
+    )
 
 
 def make_algorithm(name: str, spec: ProblemSpec, config: Mapping[str, Any] | Any | None = None) -> OfflineAlgorithm:

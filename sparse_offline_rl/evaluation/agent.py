@@ -2,8 +2,8 @@
 
 `load_agent(run_dir)` rebuilds a trained agent from a run directory's checkpoint; the trainer builds
 an `EvalAgent` from its live objects. Both derive data preprocessing (validation split, observation
-normaliser, reward scale) from the same config values and library calls, so the agent sees exactly
-the inputs it was trained on.
+normaliser, reward scale) from the same config values through `algorithms.prepare_data`, so the
+agent sees exactly the inputs it was trained on.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_algorithm
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_algorithm, prepare_data
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
@@ -56,8 +56,6 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
         from sparse_offline_rl.data import load_dataset
 
         dataset = load_dataset(cfg["dataset"], env=cfg["env"])
-    from sparse_offline_rl.training.trainer import prepare_data  # late: the trainer imports this package
-
     data = prepare_data(cfg, dataset, device)
     spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device)
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])

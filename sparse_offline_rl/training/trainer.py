@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, algorithm_config, make_algorithm, prepare_data
 from sparse_offline_rl.checks import check_value
-from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
+from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import d4rl_normalized_score, get_task, make_env
 from sparse_offline_rl.errors import ConfigError
@@ -55,8 +54,7 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Fail before any data is loaded on values that can never work: one line naming the key, the
     value and what is accepted."""
-    entry = get_algorithm(cfg["algo"]["name"])  # lists known algorithms on a miss
-    build_config(entry.config_cls, cfg["algo"])  # every algo.<key>: known, right type, in range
+    algorithm_config(cfg["algo"])  # a known algorithm (lists them on a miss); every algo.<key>: known, right type, in range
     get_task(cfg["env"])  # lists known envs
     from sparse_offline_rl.pruning import PRUNERS
 
@@ -100,43 +98,6 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} requested but CUDA is not available; use device=cpu")
     return name
-
-
-def reward_scale_for(dataset: OfflineDataset, max_episode_steps: float) -> float:
-    """IQL's reward normalisation for locomotion: 1000 / (max episode return - min episode return).
-
-    A dataset of a fixed number of transitions usually ends inside an episode. That cut episode's
-    return is not an episode return and would stretch the range (CORL's return_reward_range leaves it
-    out too), so the last episode counts only if it terminated or ran to the time limit."""
-    returns = dataset.episode_returns()
-    last_length = len(dataset) - int(dataset.episode_starts[-1])
-    if not dataset.terminals[-1] and last_length < max_episode_steps:
-        returns = returns[:-1]
-    spread = float(returns.max() - returns.min()) if len(returns) > 1 else 0.0
-    return 1000.0 / spread if spread > 0 else 1.0
-
-
-@dataclass
-class PreparedData:
-    algo_config: Any
-    train: OfflineDataset
-    val: OfflineDataset | None  # whole episodes held out for validation losses
-    normalizer: ObsNormalizer
-    reward_scale: float
-
-
-def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = "cpu") -> PreparedData:
-    """The run's preprocessing, shared by training and by reloading an agent: episode split by
-    (val_fraction, seed); normaliser and reward scale from the training split when the algorithm
-    opts in through its config fields `normalize_obs` / `normalize_reward` (plug-ins may omit them)."""
-    algo_config = build_config(get_algorithm(cfg["algo"]["name"]).config_cls, cfg["algo"])
-    val_fraction = float(cfg.get("val_fraction", 0.0) or 0.0)
-    train, val = dataset.split_episodes(val_fraction, int(cfg["seed"])) if val_fraction > 0 else (dataset, None)
-    normalizer = (ObsNormalizer.from_dataset(train, device=device) if getattr(algo_config, "normalize_obs", False)
-                  else ObsNormalizer.identity(dataset.obs_dim, device))
-    time_limit = gym.spec(get_task(cfg["env"]).env_id).max_episode_steps or math.inf
-    reward_scale = reward_scale_for(train, time_limit) if getattr(algo_config, "normalize_reward", False) else 1.0
-    return PreparedData(algo_config, train, val, normalizer, reward_scale)
 
 
 def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
@@ -197,10 +158,9 @@ def train(
     dataset.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
     data = prepare_data(cfg, dataset, device)
     train_data, val_data, normalizer, reward_scale = data.train, data.val, data.normalizer, data.reward_scale
-    algo_config = data.algo_config
+    algo_config = algorithm_config(cfg["algo"])
     steps = int(cfg["steps"])
-    buffer = TransitionBuffer(train_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
-    buffer.seed(seed)
+    buffer = data.buffer(seed)
 
     # -- algorithm, then pruning at initialization (or the masks of the run we resume) -----------
     # MuJoCo v5 locomotion actions all lie in [-1, 1].
@@ -223,8 +183,7 @@ def train(
     else:
         pruner_cfg = {"batch_size": cfg["batch_size"], **cfg["pruner"]}
         # Pruning batches come from their own generator so they never shift the training batch stream.
-        pruning_buffer = TransitionBuffer(train_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
-        pruning_buffer.seed(seed + 1)
+        pruning_buffer = data.buffer(seed + 1)
         masks, pruning_report = prune_at_initialization(
             algo, lambda: pruning_buffer.sample(int(pruner_cfg["batch_size"])), pruner_cfg, sparsity, seed=seed
         )
