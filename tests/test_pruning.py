@@ -25,7 +25,7 @@ from sparse_offline_rl.pruning import (
     prune_module,
     saliency,
 )
-from sparse_offline_rl.pruning import _iterate
+from sparse_offline_rl.pruning.prune import _iterate
 from sparse_offline_rl.pruning.allocation import allocate, erk_densities, first_last_layers, keep_count, top_mask
 
 OBS, ACT = 5, 2

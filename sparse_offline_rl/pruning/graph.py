@@ -264,4 +264,10 @@ def connectivity(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = N
     }
 
 
-__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph"]
+def network_members(module: nn.Module, graph: LayerGraph | None) -> list[list[str]]:
+    """The ensemble members of `module` (lists of prunable parameter names): the connected groups of
+    its wiring, or the whole network as one member where the wiring is unknown (`graph` None)."""
+    return graph.members() if graph is not None else [list(prunable_parameters(module))]
+
+
+__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph", "network_members"]

@@ -1,0 +1,432 @@
+"""Pruning at initialization, the orchestration: from a network (or an algorithm) to its masks.
+
+- `saliency(method, module, loss_fn, input_shape, **opts)`: scores for any `nn.Module`.
+- `prune_module(module, method, keep, ...)`: masks for one network: scoring rounds (iterative
+  schedules), per-member budgets, the layer-collapse check.
+- `prune_at_initialization(algo, sample_batch, pruner, sparsity, seed)`: what the trainer calls:
+  pruner options, per-network sparsities or parameter / FLOP budgets, the scoring batches, every
+  RNG left untouched, the bound `MaskSet` and the report (`density.network_report`).
+
+Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
+named as in `module.named_parameters()`.
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+import time
+import zlib
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparse_offline_rl.pruning.allocation import SCOPES, allocate, check_layer_collapse, group_counts, keep_count, pin_pruned
+from sparse_offline_rl.pruning.density import count_params_flops, network_report
+from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, layer_graph, network_members
+from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.pruning.rng import untouched_rngs
+from sparse_offline_rl.pruning.scores import (
+    LossClosure,
+    Scores,
+    grasp_scores,
+    magnitude_scores,
+    masked_weights,
+    random_scores,
+    snip_scores,
+    synflow_scores,
+)
+
+PRUNERS = ("dense", "grasp", "magnitude", "random", "snip", "synflow")
+DATA_DRIVEN = ("snip", "grasp")
+#: Rounds when the config leaves `rounds` unset. Random / magnitude scores do not depend on the mask,
+#: so iterating them would change nothing: they always run one round.
+DEFAULT_ROUNDS = {"synflow": 100, "snip": 1, "grasp": 1, "random": 1, "magnitude": 1, "dense": 0}
+PRUNER_DEFAULTS: dict[str, Any] = {
+    "scope": "global",
+    "num_batches": 1,
+    "batch_size": 256,
+    "rounds": None,
+    "keep_first_layer_dense": False,
+    "keep_last_layer_dense": False,
+    "allow_layer_collapse": False,
+    "budget_params": None,
+    "budget_flops": None,
+}
+
+
+def _check_method(method: str) -> None:
+    if method not in PRUNERS:
+        raise ValueError(f"unknown pruner '{method}'; available: {', '.join(PRUNERS)}")
+
+
+def _rounds(method: str, rounds: int | None) -> int:
+    if method in ("random", "magnitude", "dense"):
+        return DEFAULT_ROUNDS[method]
+    value = DEFAULT_ROUNDS[method] if rounds is None else rounds
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"rounds must be a positive integer, got {value!r}")
+    return value
+
+
+def _seed_for(seed: int, name: str) -> int:
+    # A stable per-network stream (Python's hash() is salted per process).
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def _wiring(module: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None) -> tuple[LayerGraph | None, str | None]:
+    """The layer graph read from `forward`, or None and the reason it cannot be known. Only SynFlow
+    and the keep_*_layer_dense options need it (and fail loudly without it); for the other pruners
+    such a network is one member, and its dead units are not reported."""
+    try:
+        return layer_graph(module, example_inputs), None
+    except WiringError as err:
+        return None, str(err)
+
+
+def _example_inputs(net: nn.Module, batch: Any) -> tuple[torch.Tensor, ...] | None:
+    """A batch as the protocol feeds a network: `critic(obs, act)`, `value(obs)`, `actor(obs)`,
+    told apart by how many inputs its forward requires."""
+    required = [p for p in inspect.signature(net.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return {1: (batch.observations,), 2: (batch.observations, batch.actions)}.get(len(required))
+
+
+def _scorer(
+    method: str,
+    module: nn.Module,
+    losses: Sequence[LossClosure],
+    input_shape: Sequence[int] | None,
+    seed: int,
+    what: str,
+    graph: LayerGraph | None = None,
+) -> Callable[[Mapping[str, torch.Tensor] | None], Scores]:
+    """score(masks) for one round; masks (bool) mark the weights still alive, None in round one."""
+    params = prunable_parameters(module)
+    if method in DATA_DRIVEN and not losses:
+        raise ValueError(f"pruner '{method}' is data-driven: pass loss_fn(module) -> scalar tensor")
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return lambda masks: random_scores(params, generator)
+    if method == "magnitude":
+        return lambda masks: magnitude_scores(params)
+    if method in DATA_DRIVEN:
+        fn = snip_scores if method == "snip" else grasp_scores
+
+        def data_scores(masks: Mapping[str, torch.Tensor] | None) -> Scores:
+            with masked_weights(params, masks):
+                return fn(params, losses, what)
+
+        return data_scores
+    if method == "synflow":
+        wiring = graph if graph is not None else layer_graph(module)  # WiringError: scores would be guesses
+        return lambda masks: synflow_scores(module, masks, input_shape, wiring)
+    raise ValueError(f"pruner '{method}' has no scores (available: {', '.join(p for p in PRUNERS if p != 'dense')})")
+
+
+def _iterate(
+    score: Callable[[Mapping[str, torch.Tensor] | None], Scores],
+    keep: int,
+    scope: str,
+    dense: Sequence[str],
+    rounds: int,
+    members: Sequence[Sequence[str]] | None = None,
+) -> tuple[dict[str, torch.Tensor], Scores]:
+    """Prune to `keep` weights in `rounds` steps with keep ratio k^((e+1)/E) at round e, rescoring
+    the pruned network each round. Each member (groups of layer names, default: one for the whole
+    network) keeps its own fixed share of `keep` (`group_counts`) and is ranked on its own, so one
+    member's larger scores can never take another's weights. Pruned weights are pinned to -inf and
+    each layer's count is capped at what it kept, so no weight is ever revived (for every scope)."""
+    masks: dict[str, torch.Tensor] | None = None
+    scores: Scores = {}
+    groups: list[tuple[list[str], int, int]] = []  # (layer names, final keep, prunable weights)
+    for e in range(rounds):
+        scores = score(masks)
+        if not groups:
+            sizes = {n: s.numel() for n, s in scores.items()}
+            names = [list(g) for g in members] if members is not None else [list(scores)]
+            keeps = group_counts(sizes, names, keep, dense)
+            groups = [(g, k, sum(sizes[n] for n in g)) for g, k in zip(names, keeps)]
+        caps = None
+        if masks is not None:
+            scores = pin_pruned(scores, masks)
+            caps = {n: int(m.sum()) for n, m in masks.items()}
+        new: dict[str, torch.Tensor] = {}
+        for names_g, keep_g, total_g in groups:
+            ratio = keep_g / total_g if total_g else 1.0
+            keep_e = keep_g if e == rounds - 1 else max(keep_g, keep_count(total_g, ratio ** ((e + 1) / rounds)))
+            new.update(allocate(
+                {n: scores[n] for n in names_g}, keep_e, scope, [n for n in dense if n in names_g],
+                None if caps is None else {n: caps[n] for n in names_g},
+            ))
+        masks = new
+    assert masks is not None
+    return masks, scores
+
+
+def _closures(loss_fn: Callable[[nn.Module], torch.Tensor] | None, module: nn.Module, num_batches: int) -> list[LossClosure]:
+    return [] if loss_fn is None else [partial(loss_fn, module) for _ in range(num_batches)]
+
+
+def saliency(
+    method: str,
+    module: nn.Module,
+    loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    input_shape: Sequence[int] | None = None,
+    **opts: Any,
+) -> dict[str, torch.Tensor]:
+    """Scores for every prunable weight of `module` (Linear weights), keyed by parameter name.
+
+    `loss_fn(module)` returns the scalar data-driven loss (snip, grasp); it is called `num_batches`
+    times (default 1) and the gradients averaged, so it may draw a fresh batch per call.
+    `input_shape` is the shape of SynFlow's all-ones input (default `(1, in_features)`).
+
+    Options: `num_batches`; `seed` (random); `masks` ({name: bool/0-1 tensor}: score the network
+    with those weights removed, pruned entries pinned to -inf); `sparsity` with `rounds` and `scope`
+    (global|layer|erk): run the iterative schedule (synflow: 100 rounds) and return the scores of
+    the final round, pruned entries pinned to -inf. Without `sparsity` one round is scored.
+    Higher is better for every method (GraSP scores are signed: rank them, never abs them).
+    """
+    _check_method(method)
+    if method == "dense":
+        raise ValueError("pruner 'dense' has no scores; it keeps every weight")
+    known = {"num_batches", "seed", "masks", "sparsity", "rounds", "scope"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for saliency(); accepted: {', '.join(sorted(known))}")
+    num_batches = int(opts.get("num_batches", 1))
+    graph, _ = _wiring(module)
+    score = _scorer(method, module, _closures(loss_fn, module, num_batches), input_shape, int(opts.get("seed", 0)),
+                    type(module).__name__, graph)
+    masks = opts.get("masks")
+    if masks is not None:
+        masks = {n: m.to(torch.bool) for n, m in masks.items()}
+        return pin_pruned(score(masks), masks)
+    if opts.get("sparsity") is None:
+        return score(None)
+    sparsity = _check_sparsity(opts["sparsity"], type(module).__name__)
+    total = sum(p.numel() for p in prunable_parameters(module).values())
+    rounds = _rounds(method, opts.get("rounds"))
+    _, scores = _iterate(score, keep_count(total, 1 - sparsity), opts.get("scope", "global"), (), rounds, network_members(module, graph))
+    return scores
+
+
+def _check_sparsity(value: Any, network: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 1:
+        raise ValueError(f"sparsity {value!r} for network '{network}' is outside the accepted range [0, 1)")
+    return float(value)
+
+
+def _budget_keep(module: nn.Module, kind: str, budget: int, network: str) -> int:
+    """Kept prunable weights meeting a parameter or FLOP budget (per forward pass, see count_params_flops)."""
+    params = prunable_parameters(module)
+    total = sum(p.numel() for p in params.values())
+    stats = count_params_flops(module, {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+    if kind == "budget_params":
+        fixed = stats["params_dense"] - total  # biases, norms, other non-prunable parameters
+        keep = budget - fixed
+    else:
+        fixed = stats["flops_dense"] - 2 * total  # bias additions
+        keep = (budget - fixed) // 2
+    if keep < 0:
+        raise ValueError(
+            f"{kind}={budget} for network '{network}' is below its {fixed} non-prunable {kind.split('_')[1]}"
+        )
+    return min(total, int(keep))
+
+
+def per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
+    """A single value for every network, or a mapping {network: value} (key 'default' as fallback)."""
+    if not isinstance(value, Mapping):
+        return {n: value for n in nets}
+    unknown = sorted(set(value) - set(nets) - {"default"})
+    if unknown:
+        raise ValueError(f"{what} given for unknown network(s) {', '.join(unknown)}; networks: {', '.join(nets)}")
+    missing = [n for n in nets if n not in value and "default" not in value]
+    if missing:
+        raise ValueError(
+            f"{what} mapping has no entry for network(s) {', '.join(missing)} and no 'default': name each or add "
+            f"{what}.default; networks: {', '.join(nets)}"
+        )
+    return {n: value.get(n, value.get("default")) for n in nets}
+
+
+def prune_module(
+    module: nn.Module,
+    method: str,
+    keep: int,
+    *,
+    scope: str = "global",
+    dense_layers: Sequence[str] = (),
+    losses: Sequence[LossClosure] = (),
+    input_shape: Sequence[int] | None = None,
+    rounds: int | None = None,
+    seed: int = 0,
+    allow_layer_collapse: bool = False,
+    name: str = "network",
+    graph: LayerGraph | None = None,
+) -> dict[str, torch.Tensor]:
+    """Boolean masks for one network keeping exactly `keep` prunable weights (collapse-checked).
+
+    Ensemble members (the connected groups of the traced layer graph, e.g. the two Q-networks of a
+    twin critic) each keep the same fraction of their weights; a network whose wiring cannot be
+    traced is one member. Collapse: a layer left with no weight, or an output layer no kept path
+    from the input reaches (when the wiring is known). `graph`: the wiring, if already read."""
+    _check_method(method)
+    params = prunable_parameters(module)
+    total = sum(p.numel() for p in params.values())
+    if method == "dense" or keep >= total:
+        return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    if graph is None:
+        graph, _ = _wiring(module)
+    score = _scorer(method, module, losses, input_shape, seed, name, graph)
+    masks, _ = _iterate(score, keep, scope, list(dense_layers), _rounds(method, rounds), network_members(module, graph))
+    context = f"{method}, scope={scope}, density {keep / total:.4f}"
+    check_layer_collapse(masks, name, allow_layer_collapse, context, graph)
+    return masks
+
+
+def _draw_batch(sample_batch: Callable[..., Any], batch_size: int) -> Any:
+    """One batch of `batch_size` rows: `sample_batch(batch_size)` if it takes a size (e.g.
+    `buffer.sample`), otherwise `sample_batch()` repeated and concatenated / cut to size."""
+    try:
+        takes_size = any(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+            for p in inspect.signature(sample_batch).parameters.values()
+        )
+    except (TypeError, ValueError):
+        takes_size = False
+    if takes_size:
+        return sample_batch(batch_size)
+    parts = [sample_batch()]
+    have = len(parts[0][0])
+    while have < batch_size:
+        parts.append(sample_batch())
+        have += len(parts[-1][0])
+    fields = [torch.cat(column)[:batch_size] if len(parts) > 1 else column[0][:batch_size] for column in zip(*parts)]
+    return type(parts[0])(*fields)
+
+
+def prune_at_initialization(
+    algo: Any,
+    sample_batch: Callable[..., Any],
+    pruner: Mapping[str, Any],
+    sparsity: float | Mapping[str, float],
+    seed: int = 0,
+) -> tuple[MaskSet, dict[str, Any]]:
+    """Prune every online network of `algo` once, before training; return the bound MaskSet and a
+    JSON-serialisable report.
+
+    Each network is scored on its own loss, `algo.saliency_loss(name, batch)`, over `num_batches`
+    batches of `batch_size` transitions drawn once (all networks see the same batches). Target
+    networks share their online network's mask. `sparsity` is a float for all networks or a mapping
+    {network: sparsity} (key 'default' as fallback); `budget_params` / `budget_flops` in `pruner`
+    replace it by the sparsity that meets that per-network budget.
+
+    Pruning consumes none of training's randomness: every RNG (torch, numpy and Python globals, and
+    every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
+    back after scoring, so training after any pruner draws exactly what it draws after `dense`.
+    While scoring, the torch RNG is seeded with `seed` so a stochastic saliency loss is reproducible.
+    """
+    cfg = dict(pruner)
+    method = cfg.pop("name", "dense")
+    _check_method(method)
+    unknown = sorted(set(cfg) - set(PRUNER_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
+        )
+    cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    scope = cfg["scope"]
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope '{scope}'; available: {', '.join(SCOPES)}")
+    for key in ("num_batches", "batch_size"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ValueError(f"pruner.{key} must be a positive integer, got {cfg[key]!r}")
+    if cfg["budget_params"] is not None and cfg["budget_flops"] is not None:
+        raise ValueError("give at most one of pruner.budget_params and pruner.budget_flops")
+    rounds = _rounds(method, cfg["rounds"])
+
+    nets: dict[str, nn.Module] = dict(algo.networks())
+    names = list(nets)
+    targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
+    budget_kind = "budget_params" if cfg["budget_params"] is not None else "budget_flops" if cfg["budget_flops"] is not None else None
+    budgets = per_network(cfg[budget_kind], names, budget_kind) if budget_kind else {}
+
+    start = time.perf_counter()
+    devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
+    masks: dict[str, dict[str, torch.Tensor]] = {}
+    networks_report: dict[str, Any] = {}
+    with untouched_rngs(algo, sample_batch, devices=devices):
+        torch.manual_seed(seed)
+        batches: list[Any] = []
+        if method in DATA_DRIVEN:
+            batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
+        example_batch = batches[0] if batches else None
+        for name, net in nets.items():
+            params = prunable_parameters(net)
+            total = sum(p.numel() for p in params.values())
+            graph, wiring_error = _wiring(net)
+            if graph is None and sample_batch is not None:
+                # Code fx cannot trace (d3rlpy's encoders assert isinstance(x, Tensor)) is run on a batch.
+                example_batch = example_batch if example_batch is not None else _draw_batch(sample_batch, 2)
+                example = _example_inputs(net, example_batch)
+                if example is not None:
+                    graph, wiring_error = _wiring(net, example)
+            needs_wiring = [k for k in ("keep_first_layer_dense", "keep_last_layer_dense") if cfg[k] and method != "dense"]
+            needs_wiring += ["pruner=synflow"] if method == "synflow" else []
+            if graph is None and needs_wiring:
+                raise WiringError(f"{' and '.join(needs_wiring)} need(s) the wiring of network '{name}': {wiring_error}")
+            dense_layers: list[str] = []
+            if graph is not None and method != "dense":
+                first = graph.first_layers() if cfg["keep_first_layer_dense"] else []
+                dense_layers = list(dict.fromkeys(first + (graph.last_layers() if cfg["keep_last_layer_dense"] else [])))
+            dense_n = sum(params[n].numel() for n in dense_layers)
+            if budget_kind:
+                # A budget is about the whole network, so the dense layers are paid out of it.
+                keep = _budget_keep(net, budget_kind, int(budgets[name]), name)
+                target = 1 - keep / total if total else 0.0
+            else:
+                # A sparsity applies to the layers being pruned: keeping a layer dense means "do not
+                # prune it", not "prune the others harder" (at 95% the 17x256 input layer alone would
+                # exceed the budget of a 17-256-256-1 value net).
+                target = targets[name] if method != "dense" else 0.0
+                keep = dense_n + keep_count(total - dense_n, 1 - target)
+            net_masks: dict[str, torch.Tensor] | None = None
+            if method != "dense" and keep < total:
+                losses = [partial(algo.saliency_loss, name, b) for b in batches]
+                net_masks = prune_module(
+                    net, method, keep, scope=scope, dense_layers=dense_layers, losses=losses, rounds=rounds,
+                    seed=_seed_for(seed, name), allow_layer_collapse=cfg["allow_layer_collapse"], name=name, graph=graph,
+                )
+                masks[name] = net_masks
+            networks_report[name] = network_report(net, net_masks, target, keep, total, dense_layers, budget_kind,
+                                                   budgets.get(name), graph, wiring_error)
+            if method == "dense" and targets[name] > 0:
+                networks_report[name]["ignored_sparsity"] = targets[name]
+    # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
+    # optimizer step must not see such gradients.
+    for net in nets.values():
+        net.zero_grad(set_to_none=True)
+    scoring_seconds = time.perf_counter() - start
+
+    mask_set = MaskSet(masks).bind(algo)
+    totals = {k: sum(r[k] for r in networks_report.values()) for k in ("params_dense", "params", "flops_dense", "flops")}
+    report: dict[str, Any] = {
+        "pruner": method,
+        "scope": scope,
+        "num_batches": cfg["num_batches"] if method in DATA_DRIVEN else 0,
+        "batch_size": cfg["batch_size"] if method in DATA_DRIVEN else 0,
+        "rounds": rounds,
+        "keep_first_layer_dense": bool(cfg["keep_first_layer_dense"]),
+        "keep_last_layer_dense": bool(cfg["keep_last_layer_dense"]),
+        "allow_layer_collapse": bool(cfg["allow_layer_collapse"]),
+        "budget_params": cfg["budget_params"] if not isinstance(cfg["budget_params"], Mapping) else dict(cfg["budget_params"]),
+        "budget_flops": cfg["budget_flops"] if not isinstance(cfg["budget_flops"], Mapping) else dict(cfg["budget_flops"]),
+        "seed": int(seed),
+        "scoring_seconds": scoring_seconds,
+        "networks": networks_report,
+        "total": totals,
+    }
+    return mask_set, report
