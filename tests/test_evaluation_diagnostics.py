@@ -9,7 +9,7 @@ import torch
 
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import ObsNormalizer, TransitionBuffer
-from sparse_offline_rl.evaluation.__main__ import main
+from sparse_offline_rl.evaluate import main
 from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.evaluation.compare import compare_results
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics, td_errors

@@ -12,8 +12,8 @@ import pytest
 from sparse_offline_rl.cli import StaleRunError, check_same_config, run_training
 from sparse_offline_rl.evaluation.stats import iqm
 from sparse_offline_rl.io import atomic_write_json
-from sparse_offline_rl.reports import collect, write_report
-from sparse_offline_rl.reports.__main__ import main as report_main
+from sparse_offline_rl.report import collect, write_report
+from sparse_offline_rl.report.__main__ import main as report_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

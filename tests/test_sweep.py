@@ -19,8 +19,8 @@ import pytest
 
 from conftest import REPO, random_dataset, write_d4rl_hdf5
 from sparse_offline_rl.cli import threads_per_job, usable_cores
-from sparse_offline_rl.reports import collect, write_report
-from sparse_offline_rl.reports.__main__ import main as report_main
+from sparse_offline_rl.report import collect, write_report
+from sparse_offline_rl.report.__main__ import main as report_main
 from sparse_offline_rl.training.trainer import StepInfo, train
 
 GRID = ["algo=iql,td3bc", "env=hopper,walker2d", "sparsity=0.5,0.9", "seed=0,1"]

@@ -1,9 +1,11 @@
 """Evaluation: batched rollouts, the generalization suite, training diagnostics and run statistics.
 
 Entry points (imported lazily from their modules so the trainer can import `rollout` cheaply):
-- `suite.run_suite(agent, suite)`, `suite.evaluate_run(run_dir, suite)`: the generalization suite.
+- `suite.run_suite(agent, suite)`, `suite.evaluate_run(run_dir, suite)`: the generalization suite;
+  `figures.plot_run`: its per-run figure.
 - `agent.load_agent(run_dir)`: a trained agent from its run directory.
 - `diagnostics.TrainingDiagnostics`: overfitting diagnostics at each training evaluation.
 - `stats`: IQM, stratified-bootstrap CIs, probability of improvement; `compare.compare_run_dirs`.
-CLI: `python -m sparse_offline_rl.evaluate run_dir=... suite=generalization` and `... compare DIR...`.
+Command (sparse_offline_rl/evaluate.py): `python -m sparse_offline_rl.evaluate run_dir=... suite=generalization`
+and `... compare DIR...`.
 """

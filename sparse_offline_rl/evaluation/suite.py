@@ -284,9 +284,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
 
 
 # -- run directories ---------------------------------------------------------------------------
-def write_report(run_dir: Path | str, result: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_result(run_dir: Path | str, result: Mapping[str, Any]) -> tuple[Path, Path]:
     """generalization.json and generalization.png (degradation curves, gap, training diagnostics)."""
-    from sparse_offline_rl.evaluation.report import plot_run
+    from sparse_offline_rl.evaluation.figures import plot_run
     from sparse_offline_rl.io import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -306,14 +306,14 @@ def evaluate_run(
     progress: bool = True,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Library entry point: load the run's agent, run the suite, write the report into the run dir."""
+    """Library entry point: load the run's agent, run the suite, write generalization.json and .png into the run dir."""
     from sparse_offline_rl.evaluation.agent import load_agent
 
     suite = get_suite(suite)  # fail on a bad suite before loading anything
     agent = load_agent(run_dir, dataset=dataset, device=device)
     result = run_suite(agent, suite, episodes=episodes, seed=seed, progress=progress)
     if write:
-        write_report(run_dir, result)
+        write_result(run_dir, result)
     return result
 
 

@@ -269,13 +269,13 @@ def train(
     }
     if suite_name:  # the generalization suite on the final agent: generalization.json + figure
         from sparse_offline_rl.evaluation.agent import EvalAgent, run_meta
-        from sparse_offline_rl.evaluation.suite import run_suite, write_report
+        from sparse_offline_rl.evaluation.suite import run_suite, write_result
 
         agent = EvalAgent(algo, normalizer, cfg["env"], train_data, val_data, discount, reward_scale, device,
                           meta={**run_meta(cfg), "step": steps, "run_dir": str(run_dir)})
         # Default noise seed: every run is scored on the same episodes, whatever its own seed.
         result = run_suite(agent, suite_name, progress=bool(cfg.get("progress", True)))
-        write_report(run_dir, result)
+        write_result(run_dir, result)
         summary["generalization"] = result["summary"]
     atomic_write_json(run_dir / "summary.json", summary)
     return summary

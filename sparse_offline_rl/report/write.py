@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Any
 
 from sparse_offline_rl.io import atomic_write_text
-from sparse_offline_rl.reports import figures
-from sparse_offline_rl.reports.collect import ReportError, collect
-from sparse_offline_rl.reports.table import aggregate, run_rows, to_csv, to_markdown
+from sparse_offline_rl.report import figures
+from sparse_offline_rl.report.collect import ReportError, collect
+from sparse_offline_rl.report.table import aggregate, run_rows, to_csv, to_markdown
 
 
 def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps: int = 2000) -> dict[str, Any]:

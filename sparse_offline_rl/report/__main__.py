@@ -1,4 +1,4 @@
-"""python -m sparse_offline_rl.reports SWEEP_DIR [--out DIR] [--reps N]
+"""python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N]
 
 Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
 DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sparse_offline_rl.reports.collect import ReportError
-from sparse_offline_rl.reports.report import write_report
+from sparse_offline_rl.report.collect import ReportError
+from sparse_offline_rl.report.write import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparse_offline_rl.reports", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m sparse_offline_rl.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("sweep_dir")
     parser.add_argument("--out", default=None, help="report directory (default: SWEEP_DIR/report)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM CIs")

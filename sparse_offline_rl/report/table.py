@@ -17,7 +17,7 @@ import numpy as np
 
 from sparse_offline_rl.cli import VOLATILE_KEYS, flatten
 from sparse_offline_rl.evaluation.stats import iqm, stratified_bootstrap_ci
-from sparse_offline_rl.reports.collect import Job
+from sparse_offline_rl.report.collect import Job
 
 BASE_KEYS = ("algo", "env", "dataset", "pruner", "sparsity")
 SCALE_NOTE = ("Scores are normalised with each dataset's own reference returns: 100 * (R - random) / (expert - "

@@ -1,4 +1,4 @@
-"""The per-run figure: initial-state gap, one degradation curve per perturbation, and the training
+"""The generalization suite's per-run figure (generalization.png): initial-state gap, one degradation curve per perturbation, and the training
 diagnostics from metrics.jsonl (when the run logged them)."""
 from __future__ import annotations
 
