@@ -4,7 +4,8 @@ required`).
 
 `check_value(key, value, kind, interval)` checks one value; algorithm configs declare their ranges on
 the dataclass field (`within("(0, 1)", default=0.7)`) and `algorithms.base.build_config` checks every
-option given against the field's type and range.
+option given against the field's type and range. `check_same_config` tells whether a run directory
+holds a run of the given config (the settings in `VOLATILE_KEYS` aside).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import math
 import re
 import types
 import typing
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from sparse_offline_rl.errors import ConfigError
 
@@ -108,3 +110,32 @@ def check_field(key: str, value: Any, hint: Any, interval: str | None = None) ->
         return
     if hint in KINDS:
         check_value(key, value, hint, interval)
+
+
+# -- one run, one config ---------------------------------------------------------------------------
+#: Settings that cannot change a run's result: they may differ between a launch and its re-launch.
+VOLATILE_KEYS = frozenset({"resume", "threads", "progress", "tensorboard", "verbose"})
+
+
+class StaleRunError(ConfigError):
+    """The job directory holds a run of another config (a reused sweep dir, a changed preset)."""
+
+
+def check_same_config(stored: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
+    """Keys present in both must agree (keys added to the config since the run was made are ignored)."""
+    old, new = flatten(stored), flatten(current)
+    diff = [k for k in sorted(old.keys() & new.keys()) if k.split(".")[0] not in VOLATILE_KEYS and old[k] != new[k]]
+    if diff:
+        shown = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")
+        raise StaleRunError(f"{path} belongs to a run with another config ({shown}); "
+                            f"use another hydra.sweep.dir / hydra.run.dir or delete that directory")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -21,21 +21,16 @@ from typing import Any, Mapping
 
 from hydra.types import RunMode
 
-from sparse_offline_rl.errors import USER_ERRORS, ConfigError
+from sparse_offline_rl.checks import check_same_config
+from sparse_offline_rl.errors import USER_ERRORS
 from sparse_offline_rl.io import atomic_write_json, load_checkpoint
 from sparse_offline_rl.training.trainer import to_dict, train
 
-# Settings that cannot change a run's result: they may differ between a launch and its re-launch.
-VOLATILE_KEYS = frozenset({"resume", "threads", "progress", "tensorboard", "verbose"})
 FAILED_FILE = "failed.json"
 
 
 class JobError(RuntimeError):
     """A sweep job that cannot run; Hydra records it as failed and the other jobs carry on."""
-
-
-class StaleRunError(ConfigError):
-    """The job directory holds a run of another config (a reused sweep dir, a changed preset)."""
 
 
 def run_training(cfg: Any, run_dir: str) -> float:
@@ -84,26 +79,6 @@ def interrupted(run_dir: str | Path, config: Mapping[str, Any]) -> bool:
         return False
     check_same_config(load_checkpoint(path).get("config", {}), config, path)
     return True
-
-
-def check_same_config(stored: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
-    """Keys present in both must agree (keys added to the config since the run was made are ignored)."""
-    old, new = flatten(stored), flatten(current)
-    diff = [k for k in sorted(old.keys() & new.keys()) if k.split(".")[0] not in VOLATILE_KEYS and old[k] != new[k]]
-    if diff:
-        shown = ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff[:4]) + (" ..." if len(diff) > 4 else "")
-        raise StaleRunError(f"{path} belongs to a run with another config ({shown}); "
-                            f"use another hydra.sweep.dir / hydra.run.dir or delete that directory")
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def threads_per_job(launcher: Mapping[str, Any]) -> int | None:

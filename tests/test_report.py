@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_offline_rl.cli import StaleRunError, check_same_config, run_training
+from sparse_offline_rl.checks import StaleRunError, check_same_config
+from sparse_offline_rl.cli import run_training
 from sparse_offline_rl.evaluation.stats import iqm
 from sparse_offline_rl.io import atomic_write_json
 from sparse_offline_rl.report import collect, write_report

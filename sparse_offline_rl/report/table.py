@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sparse_offline_rl.cli import VOLATILE_KEYS, flatten
+from sparse_offline_rl.checks import VOLATILE_KEYS, flatten
 from sparse_offline_rl.evaluation.stats import iqm, stratified_bootstrap_ci
 from sparse_offline_rl.report.collect import Job
 
