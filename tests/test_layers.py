@@ -1,0 +1,80 @@
+"""The package's rooms import only downwards (README, "Architecture").
+
+Every `import` / `from ... import` of the package is read with `ast`: module-level ones, those inside
+functions (lazy imports) and those under `if TYPE_CHECKING:` alike, so a late import cannot hide an
+arrow that runs back up. A new top-level module or package has to be placed in `ALLOWED` first.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "sparse_offline_rl"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+BOTTOM = {"errors", "checks", "io"}  # import nothing of the package but errors
+#: room -> the rooms it may import, bottom to top. A room may always import its own modules.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "checks": {"errors"},
+    "io": {"errors"},
+    "data": BOTTOM,
+    "pruning": BOTTOM | {"data"},  # talks to algorithms only through the protocol's methods
+    "algorithms": BOTTOM | {"data", "pruning"},
+    "evaluation": BOTTOM | {"data", "pruning", "algorithms"},
+    "training": BOTTOM | {"data", "pruning", "algorithms", "evaluation"},
+}
+LIBRARY = set(ALLOWED)
+# The commands sit on top of the library and never import each other:
+# run.py -> cli, `python -m sparse_offline_rl.evaluate`, `python -m sparse_offline_rl.report`.
+ALLOWED.update({command: LIBRARY for command in ("cli", "evaluate", "report")})
+
+
+def room_of(module: str) -> str:
+    """`sparse_offline_rl.data.buffer` -> `data`; the package root itself -> `__init__`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every import of the package in the file, wherever it stands."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: relative import; write the absolute module"
+            if node.module == PACKAGE:
+                # `from sparse_offline_rl import data` imports the room `data`; a name the root
+                # re-exports (`from sparse_offline_rl import OfflineDataset`) counts as a room of
+                # its own and fails: inside the package, import from the room that defines it.
+                found += [(node.lineno, f"{PACKAGE}.{alias.name}") for alias in node.names]
+            elif node.module:
+                found.append((node.lineno, node.module))
+    # `import sparse_offline_rl` alone runs only the root, which every import of a room runs anyway
+    return [(line, module) for line, module in found if module.startswith(PACKAGE + ".")]
+
+
+def test_every_room_imports_only_the_rooms_below_it():
+    violations = []
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        room = "__init__" if parts == ("__init__",) else parts[0]
+        if room == "__init__":
+            continue  # the package root is the public face: it may re-export from any room
+        assert room in ALLOWED, f"{path}: room '{room}' has no place in the layering; add it to ALLOWED in {__file__}"
+        for line, module in imported_modules(path):
+            target = room_of(module)
+            if target != room and target not in ALLOWED[room]:
+                violations.append(f"{path.relative_to(ROOT.parent)}:{line} ({room}) imports {module} ({target})")
+    assert not violations, "imports that run against the layering:\n" + "\n".join(violations)
+
+
+def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from sparse_offline_rl.training.trainer import train\n"
+        "def f():\n    import sparse_offline_rl.cli\n    from sparse_offline_rl import evaluation\n"
+    )
+    assert [room_of(m) for _, m in imported_modules(source)] == ["training", "cli", "evaluation"]
