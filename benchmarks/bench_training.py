@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from sparse_offline_rl.algorithms import ProblemSpec, build_config, get_algorithm, make_algorithm
+from sparse_offline_rl.algorithms import ProblemSpec, algorithm_config, make_algorithm
 from sparse_offline_rl.data.buffer import TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
@@ -82,7 +82,7 @@ class Contender:
 class Native(Contender):
     def __init__(self, name: str, dataset: OfflineDataset, sparsity: float = 0.0, device: str = "cpu", **algo_overrides: Any) -> None:
         torch.manual_seed(0)
-        config = build_config(get_algorithm(name).config_cls, {"name": name, **algo_overrides})
+        config = algorithm_config({"name": name, **algo_overrides})
         spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, 1.0, total_steps=1_000_000, device=device)
         self.algo = make_algorithm(name, spec, config)
         self.buffer = TransitionBuffer(dataset, device=device)
