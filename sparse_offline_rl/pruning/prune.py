@@ -6,9 +6,6 @@
 - `prune_at_initialization(algo, sample_batch, pruner, sparsity, seed)`: what the trainer calls:
   pruner options, per-network sparsities or parameter / FLOP budgets, the scoring batches, every
   RNG left untouched, the bound `MaskSet` and the report (`density.network_report`).
-
-Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
-named as in `module.named_parameters()`.
 """
 from __future__ import annotations
 
