@@ -5,7 +5,8 @@ required`).
 `check_value(key, value, kind, interval)` checks one value; algorithm configs declare their ranges on
 the dataclass field (`within("(0, 1)", default=0.7)`) and `algorithms.base.build_config` checks every
 option given against the field's type and range. `check_same_config` tells whether a run directory
-holds a run of the given config (the settings in `VOLATILE_KEYS` aside).
+holds a run of the given config (the settings in `VOLATILE_KEYS` aside). `parse_overrides`, `to_int`
+and `to_bool` read the key=value arguments of the commands that do not go through Hydra.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from sparse_offline_rl.errors import ConfigError
 
@@ -46,8 +47,10 @@ def _fmt(x: float) -> str:
     return str(int(x)) if math.isfinite(x) and x == int(x) else str(x)
 
 
-def describe(kind: type, interval: str | None = None) -> str:
-    """What `check_value` accepts, in words: 'a number in (0, 1)', 'a positive integer', ..."""
+def describe(kind: type, interval: str | None = None, choices: Sequence[str] | None = None) -> str:
+    """What `check_value` accepts, in words: 'a number in (0, 1)', 'a positive integer', 'one of a, b', ..."""
+    if choices is not None:
+        return "one of " + ", ".join(choices)
     if kind is bool:
         return "true or false"
     if kind is str:
@@ -66,15 +69,16 @@ def describe(kind: type, interval: str | None = None) -> str:
     return f"{noun} in {interval}"
 
 
-def check_value(key: str, value: Any, kind: type, interval: str | None = None, *, optional: bool = False) -> None:
+def check_value(key: str, value: Any, kind: type, interval: str | None = None, *, optional: bool = False,
+                choices: Sequence[str] | None = None) -> None:
     """Raise ConfigError unless `value` is a `kind` (bool, int, float, str) inside `interval`; ints pass as
-    floats, bools never pass as numbers. `optional` also accepts None."""
+    floats, bools never pass as numbers. `optional` also accepts None; `choices` lists the accepted strings."""
     if value is None and optional:
         return
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is str:
-        ok = isinstance(value, str) and value != ""
+        ok = isinstance(value, str) and value != "" and (choices is None or value in choices)
     elif kind in (int, float):
         types_ok = (int,) if kind is int else (int, float)
         ok = isinstance(value, types_ok) and not isinstance(value, bool) and math.isfinite(value)
@@ -82,7 +86,7 @@ def check_value(key: str, value: Any, kind: type, interval: str | None = None, *
     else:
         raise TypeError(f"check_value cannot check kind {kind!r}")
     if not ok:
-        accepted = describe(kind, interval) + (" or null" if optional else "")
+        accepted = describe(kind, interval, choices) + (" or null" if optional else "")
         raise ConfigError(f"{key}={value!r} is invalid: {accepted} is required")
 
 
@@ -139,3 +143,34 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+# -- key=value command lines (the commands outside Hydra) -------------------------------------------
+def parse_overrides(args: Sequence[str], accepted: set[str]) -> tuple[dict[str, str], list[str]]:
+    """key=value pairs (Hydra-style) and the remaining positional arguments."""
+    options, positional = {}, []
+    for arg in args:
+        if "=" not in arg:
+            positional.append(arg)
+            continue
+        key, value = arg.split("=", 1)
+        if key not in accepted:
+            raise ConfigError(f"unknown option '{key}'; accepted: {', '.join(sorted(accepted))}")
+        options[key] = value
+    return options, positional
+
+
+def to_int(key: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ConfigError(f"{key}={value} is invalid; an integer >= {minimum} is required")
+    return number
+
+
+def to_bool(key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={value} is invalid; accepted: true, false")
+    return value.lower() in ("true", "1", "yes")

@@ -13,50 +13,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from sparse_offline_rl.checks import parse_overrides, to_bool, to_int
+from sparse_offline_rl.errors import USER_ERRORS, ConfigError
+
 EVALUATE_KEYS = {"run_dir", "suite", "episodes", "seed", "device", "threads", "progress"}
 COMPARE_KEYS = {"by", "reps", "out", "seed"}
-
-
-class UsageError(ValueError):
-    pass
-
-
-def parse_overrides(args: Sequence[str], accepted: set[str]) -> tuple[dict[str, str], list[str]]:
-    """key=value pairs (Hydra-style) and the remaining positional arguments."""
-    options, positional = {}, []
-    for arg in args:
-        if "=" not in arg:
-            positional.append(arg)
-            continue
-        key, value = arg.split("=", 1)
-        if key not in accepted:
-            raise UsageError(f"unknown option '{key}'; accepted: {', '.join(sorted(accepted))}")
-        options[key] = value
-    return options, positional
-
-
-def to_int(key: str, value: str, minimum: int = 0) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = minimum - 1
-    if number < minimum:
-        raise UsageError(f"{key}={value} is invalid; an integer >= {minimum} is required")
-    return number
-
-
-def to_bool(key: str, value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise UsageError(f"{key}={value} is invalid; accepted: true, false")
-    return value.lower() in ("true", "1", "yes")
 
 
 def evaluate_command(args: Sequence[str]) -> None:
     options, positional = parse_overrides(args, EVALUATE_KEYS)
     if positional:
-        raise UsageError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...) or 'compare DIR...'")
+        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...) or 'compare DIR...'")
     if "run_dir" not in options:
-        raise UsageError("run_dir=PATH is required (a training run directory holding checkpoint.pt)")
+        raise ConfigError("run_dir=PATH is required (a training run directory holding checkpoint.pt)")
     import torch
 
     # One thread by default: the policy sees small batches, and extra threads only contend with the
@@ -83,7 +52,7 @@ def evaluate_command(args: Sequence[str]) -> None:
 def compare_command(args: Sequence[str]) -> None:
     options, run_dirs = parse_overrides(args, COMPARE_KEYS)
     if not run_dirs:
-        raise UsageError("compare needs one or more run directories holding generalization.json")
+        raise ConfigError("compare needs one or more run directories holding generalization.json")
     from sparse_offline_rl.evaluation.compare import DEFAULT_LABEL_KEYS, compare_run_dirs, format_comparison, plot_profiles
     from sparse_offline_rl.io import atomic_write_json
 
@@ -98,15 +67,13 @@ def compare_command(args: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sparse_offline_rl.errors import USER_ERRORS
-
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "compare":
             compare_command(args[1:])
         else:
             evaluate_command(args)
-    except (UsageError, ImportError, *USER_ERRORS) as err:
+    except (ImportError, *USER_ERRORS) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
