@@ -53,21 +53,13 @@ import torch  # noqa: E402
 
 import bench_training as bt  # noqa: E402
 
+from sparse_offline_rl.io import cpu_model  # noqa: E402
+
 SECTIONS = ("matmul", "training", "flops", "threads", "pruning", "dataset", "eval")
 TARGETS = {"ratio": 2.0, "mask_overhead": 0.05, "flop_fraction_iql": 0.5, "load_seconds": 5.0, "peak_over_raw": 2.0}
 
 
 # ------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(threads: int) -> dict[str, Any]:
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return {

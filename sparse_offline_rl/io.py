@@ -1,10 +1,12 @@
-"""Atomic file writes: a reader never sees a half-written result, checkpoint or summary."""
+"""Atomic file writes: a reader never sees a half-written result, checkpoint or summary. Also the
+machine-level helpers results depend on: the cache folder, a lock between processes, the CPU model."""
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import pickle
+import platform
 import re
 import sys
 import tempfile
@@ -129,3 +131,14 @@ def file_lock(path: Path | str, waiting_message: str | None = None) -> Iterator[
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for results measured on this machine (timings)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
