@@ -29,14 +29,14 @@ from bench_training import BATCH, Contender, WithThreads, measure, ratio, synthe
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm  # noqa: E402
 from sparse_offline_rl.data.buffer import TransitionBuffer  # noqa: E402
 from sparse_offline_rl.pruning import prune_at_initialization  # noqa: E402
-from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels  # noqa: E402
+from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels, choose_kernels, kernels_of  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 class Pruned(Contender):
     """One agent pruned at initialization, trained by `algo.update(buffer.sample(B))`; `mode` None
-    keeps it dense-masked, else `apply_sparse_kernels(mode)` converts its layers."""
+    keeps it dense-masked, else its layers are converted as `choose_kernels(mode)` says (the trainer's path)."""
 
     def __init__(self, name: str, dataset: Any, sparsity: float, pruner: dict[str, Any], mode: str | None) -> None:
         torch.manual_seed(0)
@@ -48,7 +48,8 @@ class Pruned(Contender):
                                                 {n: sparsity for n in self.algo.networks()}, seed=0)
         self.choice: dict[str, dict[str, str]] = {}
         if mode is not None and self.masks:
-            self.masks, self.choice = apply_sparse_kernels(self.algo, self.masks, BATCH, mode)
+            self.choice = kernels_of(choose_kernels(self.algo, self.masks, BATCH, mode))
+            apply_sparse_kernels(self.algo, self.masks, self.choice)
         self.label = "dense-masked" if mode is None else "sparse"
 
     def step(self) -> None:

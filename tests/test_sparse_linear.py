@@ -333,6 +333,10 @@ def test_sparsify_respects_choice_and_names():
         sparsify_(critic, {"qs.0.1.weight": torch.ones(1)})
 
 
+def kinds(choice) -> dict[str, str]:
+    return {p: c.kernel for p, c in choice.items()}
+
+
 def test_choose_layers_modes_and_rules():
     torch.manual_seed(0)
     critic = TwinQ(5, 2, [16, 16])
@@ -340,8 +344,9 @@ def test_choose_layers_modes_and_rules():
     masks = {n: random_mask(*p.shape, 0.3) for n, p in params.items()}
     masks["qs.0.0.weight"] = torch.ones_like(masks["qs.0.0.weight"], dtype=torch.bool)
     masks["qs.1.0.weight"] = torch.zeros_like(masks["qs.1.0.weight"], dtype=torch.bool)
-    assert set(choose_layers(critic, masks, 256, mode="dense").values()) == {"dense"}
-    assert set(choose_layers(critic, masks, 256, mode="sparse").values()) == {"sparse"}
+    assert set(kinds(choose_layers(critic, masks, 256, mode="dense")).values()) == {"dense"}
+    forced = choose_layers(critic, masks, 256, mode="sparse")
+    assert set(kinds(forced).values()) == {"sparse"} and {c.reason for c in forced.values()} == {"forced by mode"}
     calls = []
 
     def fake(out_f, in_f, nnz, batch, device, dtype):
@@ -349,11 +354,36 @@ def test_choose_layers_modes_and_rules():
         return LayerCost(100.0, 50.0 if out_f == 16 else 95.0)  # hidden layers pay, heads do not
 
     choice = choose_layers(critic, masks, 256, measure=fake)
-    assert choice["qs.0.0.weight"] == "dense" and choice["qs.1.0.weight"] == "sparse"  # no measurement needed
-    assert choice["qs.0.2.weight"] == "sparse" and choice["qs.0.4.weight"] == "dense"  # 0.95 > SPARSE_MARGIN
+    assert choice["qs.0.0.weight"].reason == "fully kept" and choice["qs.1.0.weight"].reason == "no weights kept"
+    assert kinds(choice)["qs.0.0.weight"] == "dense" and kinds(choice)["qs.1.0.weight"] == "sparse"
+    assert kinds(choice)["qs.0.2.weight"] == "sparse" and kinds(choice)["qs.0.4.weight"] == "dense"  # 0.95 > SPARSE_MARGIN
+    assert choice["qs.0.2.weight"].cost == LayerCost(100.0, 50.0) and choice["qs.0.0.weight"].cost is None
     assert len(calls) == 4 and all(c[3] == 256 for c in calls)
     with pytest.raises(ValueError, match="accepted"):
         choose_layers(critic, masks, 256, mode="fast")
+
+
+def test_only_layers_marked_eligible_are_ever_converted():
+    """networks.mlp marks its layers (and deep copies keep the mark); a plain nn.Linear, e.g. one of
+    d3rlpy's modules, stays dense in every mode, without being measured."""
+    from sparse_offline_rl.algorithms.networks import mlp
+    from sparse_offline_rl.pruning.sparse_linear import eligible
+
+    framework = copy.deepcopy(mlp(6, 2, [8]))
+    plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert all(eligible(m) for m in framework if isinstance(m, nn.Linear))
+    assert not any(eligible(m) for m in plain)
+
+    def never(*args, **kwargs):
+        raise AssertionError("an ineligible layer was measured")
+
+    for net, expected in ((framework, "sparse"), (plain, "dense")):
+        masks = {n: random_mask(*p.shape, 0.3) for n, p in prunable_parameters(net).items()}
+        for mode in ("sparse", "auto"):
+            choice = choose_layers(net, masks, 64, mode=mode,
+                                   measure=(lambda *a, **k: LayerCost(100.0, 10.0)) if net is framework else never)
+            assert set(kinds(choice).values()) == {expected}, (mode, choice)
+    assert {c.reason for c in choose_layers(plain, masks, 64, mode="sparse").values()} == {"not eligible"}
 
 
 def test_measure_layer_is_cached_and_positive():
@@ -430,12 +460,14 @@ def test_pattern_is_validated_once():
 
 
 def test_apply_sparse_kernels_after_pruning():
-    """The trainer's step after pruning: the pruner's MaskSet stays whole (checkpoints, reports);
-    the returned one enforces only the layers left dense-masked, and training keeps them masked."""
+    """The trainer's step after pruning: the pruner's MaskSet stays whole (checkpoints, reports) and
+    bound, its hooks now re-zeroing only the layers left dense-masked; training keeps every layer
+    masked, and `restore_pruned` rebuilds the layout from a checkpoint's parts."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
     from sparse_offline_rl.data.buffer import Batch
-    from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
-    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
+    from sparse_offline_rl.pruning import prune_at_initialization
+    from sparse_offline_rl.pruning.masks import layer_weights
+    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels, restore_pruned
 
     torch.manual_seed(0)
     algo = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})
@@ -445,29 +477,29 @@ def test_apply_sparse_kernels_after_pruning():
         return Batch(torch.randn(64, 11, generator=g), torch.rand(64, 3, generator=g) * 2 - 1,
                      torch.randn(64, generator=g), torch.randn(64, 11, generator=g), torch.zeros(64))
 
-    pruned, _ = prune_at_initialization(algo, batch, {"name": "random", "scope": "layer"}, 0.9)
-    full = {net: dict(pm) for net, pm in pruned.masks.items()}
-    enforced, choice = apply_sparse_kernels(algo, pruned, batch_size=64, mode="auto")
-    assert {net: set(pm) for net, pm in pruned.masks.items()} == {net: set(pm) for net, pm in full.items()}
-    assert set(choice) == set(full) and all(set(choice[n]) == set(full[n]) for n in full)
+    masks, _ = prune_at_initialization(algo, batch, {"name": "random", "scope": "layer"}, 0.9)
+    full = {net: dict(pm) for net, pm in masks.masks.items()}
+    # Hidden layers sparse, heads (item 4 of each two-hidden-layer MLP) dense-masked.
+    kernels = {net: {p: ("dense" if p.endswith("4.weight") else "sparse") for p in pm} for net, pm in full.items()}
+    assert apply_sparse_kernels(algo, masks, kernels) is masks
+    assert {net: set(pm) for net, pm in masks.masks.items()} == {net: set(pm) for net, pm in full.items()}
     for net, module in algo.networks().items():
-        sparse_names = {p for p, kind in choice[net].items() if kind == "sparse"}
-        assert set(sparse_layers(module)) == sparse_names
-        assert set(enforced.masks.get(net, {})) == set(full[net]) - sparse_names
-    for _ in range(3):
+        assert set(sparse_layers(module)) == {p for p, kind in kernels[net].items() if kind == "sparse"}
+    for _ in range(2):  # TD3+BC's actor steps every other update: then every optimizer has its state
         algo.update(batch())
-    for net, pm in enforced.masks.items():
-        weights = prunable_parameters(algo.networks()[net])
-        for p, m in pm.items():
-            assert torch.count_nonzero(weights[p].detach()[m == 0]) == 0
+    dense_layers = sum(kind == "dense" for layers in kernels.values() for kind in layers.values())
+    assert masks.num_tensors == 4 * dense_layers  # weight, target copy, Adam's two moments; nothing for sparse layers
+    for which in ("networks", "target_networks"):
+        for net, module in getattr(algo, which)().items():
+            for p, w in layer_weights(module).items():
+                assert torch.count_nonzero(w.detach()[full[net][p] == 0]) == 0, (which, net, p)
 
-    # Resuming: a fresh algorithm converted with the saved choice (no measuring) loads the state
+    # Resuming: a fresh algorithm converted with the saved kernels (no measuring) loads the state
     # and continues bit-exactly.
     state = copy.deepcopy(algo.state_dict())
     torch.manual_seed(1)
     resumed = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})
-    apply_sparse_kernels(resumed, MaskSet.from_state_dict(pruned.state_dict()), 64, choice=choice)
-    resumed.load_state_dict(state)
+    restore_pruned(resumed, state, masks.state_dict(), kernels)
     b = batch()
     for a in (algo, resumed):  # TD3+BC's actor and its target move every other step: take two
         a.update(b)
@@ -476,3 +508,45 @@ def test_apply_sparse_kernels_after_pruning():
         for net, module in getattr(algo, which)().items():
             other = dict(getattr(resumed, which)()[net].named_parameters())
             assert all(torch.equal(p, other[n]) for n, p in module.named_parameters())
+    # A mask that is not a converted layer's pattern is refused, not silently ignored.
+    other_masks = masks.state_dict()
+    sparse_name = next(p for p, kind in kernels["critic"].items() if kind == "sparse")
+    other_masks["critic"][sparse_name] = ~other_masks["critic"][sparse_name]
+    with pytest.raises(ValueError, match="differs from the sparsity pattern"):
+        type(masks).from_state_dict(other_masks).bind(resumed)
+
+
+def test_counts_and_densities_read_converted_layers_as_the_layers_they_replaced():
+    """Params, FLOPs, network and layer densities of a network are the same before and after its
+    layers become SparseLinear (a SparseLinear counts as out x in with its values kept), and equal
+    what the pruning report counted from the masks."""
+    from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+    from sparse_offline_rl.data.buffer import Batch
+    from sparse_offline_rl.pruning import count_params_flops, network_density, prune_at_initialization
+    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
+
+    torch.manual_seed(0)
+    algo = make_algorithm("iql", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [32, 32]})
+    batch = Batch(torch.randn(64, 11), torch.rand(64, 3) * 2 - 1, torch.randn(64), torch.randn(64, 11), torch.zeros(64))
+    masks, report = prune_at_initialization(algo, lambda: batch, {"name": "random"}, 0.9)
+
+    def counts():
+        return ({net: (count_params_flops(m), network_density(m)) for net, m in algo.networks().items()},
+                masks.layer_density(algo))
+
+    before = counts()
+    apply_sparse_kernels(algo, masks, {net: {p: "sparse" for p in pm} for net, pm in masks.masks.items()})
+    assert all(set(sparse_layers(m)) == set(masks.masks[net]) for net, m in algo.networks().items())
+    assert counts() == before
+    for net, info in report["networks"].items():
+        stats, density = before[0][net]
+        assert {k: info[k] for k in stats} == stats and density == pytest.approx(info["density"])
+        assert before[1][net] == pytest.approx(info["layer_density"])
+
+
+def test_measuring_a_layer_leaves_the_global_rng_alone():
+    """Layers are measured between pruning and training: a run must draw the same numbers whether
+    the measurement ran or came from the cache."""
+    state = torch.get_rng_state()
+    measure_layer(24, 12, 40, 16, rounds=1, seconds=0.0)
+    assert torch.equal(torch.get_rng_state(), state)

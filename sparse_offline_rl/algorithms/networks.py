@@ -1,4 +1,10 @@
-"""Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight."""
+"""Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight.
+
+The Linear layers `mlp` builds are marked eligible for compressed sparse kernels
+(`pruning.sparse_linear.allow_sparse_kernels`): after pruning, the trainer may replace them by
+SparseLinear layers where that is faster. So a network built from `mlp` (as every network here is,
+and a plug-in's that uses them) must only call its layers, never read their `weight` after pruning.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +15,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from sparse_offline_rl.pruning.sparse_linear import allow_sparse_kernels
+
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -18,7 +26,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Mo
         # activation is not allocated anew each forward.
         layers += [nn.Linear(a, b), nn.ReLU(inplace=True) if activation is nn.ReLU else activation()]
     layers.append(nn.Linear(dims[-1], out_dim))
-    return nn.Sequential(*layers)
+    return allow_sparse_kernels(nn.Sequential(*layers))
 
 
 @torch.no_grad()

@@ -16,13 +16,14 @@ Layout (as in Synaptic-Flow):
   measured per-layer choice between them and dense-masked layers.
 
 Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
-named as in `module.named_parameters()`.
+named as in `module.named_parameters()`. After pruning, a layer may be a `SparseLinear` storing only
+its kept weights under the same name ("<layer>.weight"); `layer_weights` reads either kind.
 """
 from __future__ import annotations
 
 from sparse_offline_rl.pruning.allocation import LayerCollapseError
 from sparse_offline_rl.pruning.density import count_params_flops, format_density_table
-from sparse_offline_rl.pruning.masks import MaskSet, network_density, prunable_parameters
+from sparse_offline_rl.pruning.masks import MaskSet, layer_weights, network_density, prunable_parameters
 from sparse_offline_rl.pruning.prune import (
     DEFAULT_ROUNDS,
     PRUNER_DEFAULTS,
@@ -42,6 +43,7 @@ __all__ = [
     "PRUNER_DEFAULTS",
     "count_params_flops",
     "format_density_table",
+    "layer_weights",
     "network_density",
     "prunable_parameters",
     "prune_at_initialization",

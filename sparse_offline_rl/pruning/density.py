@@ -9,6 +9,7 @@ from torch import nn
 
 from sparse_offline_rl.pruning.graph import LayerGraph, connectivity, network_members
 from sparse_offline_rl.pruning.masks import prunable_parameters
+from sparse_offline_rl.pruning.sparse_linear import SparseLinear
 
 
 def count_params_flops(module: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
@@ -19,21 +20,28 @@ def count_params_flops(module: nn.Module, masks: Mapping[str, torch.Tensor] | No
     and one add each) + out_features for the bias; activations, tanh, concatenation and the loss are
     not counted. Every Linear layer is assumed to run once per forward (an ensemble critic's forward
     runs all members, so all count). Pruned entries come from `masks` (name -> 0/1 tensor), or, when
-    `masks` is None, from the zeros of the weights themselves.
+    `masks` is None, from the zeros of the weights themselves. A SparseLinear counts as the
+    out x in layer it replaced, with its stored values as the kept weights.
     """
     params_dense = sum(p.numel() for p in module.parameters())
     flops_dense = flops = pruned = 0
     for mod_name, layer in module.named_modules():
-        if not isinstance(layer, nn.Linear):
+        if isinstance(layer, SparseLinear):
+            total = layer.out_features * layer.in_features
+            params_dense += total - layer.nnz  # the entries it does not store were pruned
+            stored = layer.values
+        elif isinstance(layer, nn.Linear):
+            total = layer.weight.numel()
+            stored = layer.weight
+        else:
             continue
         name = f"{mod_name}.weight" if mod_name else "weight"
-        total = layer.weight.numel()
         if masks is not None and name in masks:
             nnz = int(masks[name].bool().sum())
         elif masks is not None:
-            nnz = total
+            nnz = stored.numel()  # not pruned: every weight it stores is kept
         else:
-            nnz = int((layer.weight != 0).sum())
+            nnz = int((stored != 0).sum())
         bias = layer.out_features if layer.bias is not None else 0
         flops_dense += 2 * total + bias
         flops += 2 * nnz + bias
@@ -104,11 +112,14 @@ def format_density_table(report: Mapping[str, Any]) -> str:
         if report.get("num_batches"):
             head += f", {report['num_batches']} x {report['batch_size']} transitions"
         head += f", {report.get('scoring_seconds', 0.0):.2f} s)"
-    rows: list[tuple[str, ...]] = [("network", "layer", "shape", "kept / total", "density")]
+    kernels = report.get("sparse_kernels")
+    rows: list[tuple[str, ...]] = [("network", "layer", "shape", "kept / total", "density")
+                                   + (("kernel (sparse speedup)",) if kernels else ())]
     for net, info in report.get("networks", {}).items():
         for layer, li in info["layers"].items():
             mark = " (dense)" if layer in info.get("dense_layers", ()) else ""
-            rows.append((net, layer + mark, "x".join(map(str, li["shape"])), f"{li['kept']:,} / {li['total']:,}", f"{li['density']:.4f}"))
+            rows.append((net, layer + mark, "x".join(map(str, li["shape"])), f"{li['kept']:,} / {li['total']:,}", f"{li['density']:.4f}")
+                        + ((_kernel_cell(li),) if kernels else ()))
         if info.get("dense_layers"):
             rows.append((
                 net, "pruned layers", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] != "network" else "",
@@ -133,10 +144,23 @@ def format_density_table(report: Mapping[str, Any]) -> str:
         rows.append((
             net, "params / FLOPs", "", f"{info['params']:,} / {info['params_dense']:,}", f"{info['flops']:,} / {info['flops_dense']:,} FLOPs",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if kernels:
+        head += (f"\nkernels: {kernels['mode']} at batch {kernels['batch_size']}, {kernels['threads']} thread(s): "
+                 f"{kernels['sparse_layers']} of {kernels['pruned_layers']} pruned layers sparse")
+    width = len(rows[0])
+    rows = [r + ("",) * (width - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(width)]
     lines = [head]
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
+        lines.append("  ".join(c.ljust(w) if j < 3 or j == 5 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _kernel_cell(layer: Mapping[str, Any]) -> str:
+    """"sparse 4.14x" (measured: dense time / sparse time), else the kernel and why."""
+    cost = layer.get("cost_us")
+    if cost:
+        return f"{layer['kernel']} {cost['dense'] / cost['sparse']:.2f}x" if cost["sparse"] > 0 else layer["kernel"]
+    return f"{layer['kernel']}: {layer['kernel_reason']}" if layer.get("kernel") else ""

@@ -9,6 +9,11 @@ the pruned entries of the weights that optimizer owns, of their target-network c
 the online network's mask) and of its per-weight state (e.g. Adam's exp_avg / exp_avg_sq). Target
 networks only ever move towards masked online weights (Polyak, hard copies), so they stay zero too.
 
+Layers converted to compressed `SparseLinear` layers (sparse_choice.apply_sparse_kernels) store only
+their kept weights, so a pruned entry is zero by construction: `bind` checks that such a layer's
+pattern is its mask and leaves it out of the hooks. One MaskSet thus describes every pruned layer
+(for checkpoints and reports) whichever way each is computed.
+
 Optimizer state appears lazily (Adam creates it on a parameter's first step, and TD3+BC's actor only
 steps every other update) and is replaced wholesale by `optimizer.load_state_dict` (resuming from a
 checkpoint). A hook therefore re-gathers its tensors when its optimizer's state dict object or its
@@ -22,6 +27,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from sparse_offline_rl.pruning.sparse_linear import SparseLinear, sparse_layers
+
 # The group whose hook enforces masks on each optimizer: binding a new MaskSet to an algorithm
 # replaces the old one's hooks instead of stacking a second set of masks on top. Weak both ways, so
 # an algorithm that is dropped is freed with its optimizers.
@@ -29,11 +36,21 @@ _BOUND: "weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[_Optimizer
 
 
 def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """Weight matrices of Linear layers, by parameter name. Biases and norm parameters are not pruned."""
+    """Weight matrices of Linear layers, by parameter name. Biases and norm parameters are not pruned.
+    A SparseLinear has none: its pruned entries no longer exist (see `layer_weights`)."""
     out: dict[str, nn.Parameter] = {}
     for mod_name, mod in module.named_modules():
         if isinstance(mod, nn.Linear):
             out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
+    return out
+
+
+def layer_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The (out, in) weight of every Linear and SparseLinear layer, keyed like `prunable_parameters`
+    ("<layer>.weight"): what counts and checks read, whichever way a layer is stored. A SparseLinear's
+    is rebuilt dense (a new tensor, zeros at pruned entries); an nn.Linear's is the Parameter."""
+    out: dict[str, torch.Tensor] = dict(prunable_parameters(module))
+    out.update({name: layer.dense_weight() for name, layer in sparse_layers(module).items()})
     return out
 
 
@@ -84,6 +101,13 @@ class _OptimizerGroup:
             torch._foreach_mul_(self.tensors, self.factors)
 
 
+def _check_pattern(layer: SparseLinear, mask: torch.Tensor, where: str) -> None:
+    """A compressed layer is masked by its pattern; a different mask would be silently ignored."""
+    if tuple(mask.shape) != (layer.out_features, layer.in_features) or not torch.equal(
+            layer.mask(), mask.to(device=layer.values.device, dtype=torch.bool)):
+        raise ValueError(f"mask for '{where}' differs from the sparsity pattern of its SparseLinear layer")
+
+
 class MaskSet:
     def __init__(self, masks: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
         # network name -> parameter name -> float mask (1 keep, 0 pruned), same shape as the weight
@@ -100,7 +124,8 @@ class MaskSet:
     def bind(self, algo: Any) -> "MaskSet":
         """Zero every pruned entry now and after every step of each of `algo.optimizers()`. Call
         after pruning, before training (and again if the algorithm's networks or optimizers are
-        rebuilt as new objects). Replaces any MaskSet bound earlier to the same optimizers."""
+        rebuilt as new objects, e.g. converted to SparseLinear layers: those are checked against
+        their masks and need no hook). Replaces any MaskSet bound earlier to the same optimizers."""
         nets = algo.networks()
         targets = algo.target_networks()
         unknown = set(self.masks) - set(nets)
@@ -113,10 +138,14 @@ class MaskSet:
         for net_name, param_masks in self.masks.items():
             online = prunable_parameters(nets[net_name])
             target = prunable_parameters(targets[net_name]) if net_name in targets else {}
-            missing = set(param_masks) - set(online)
+            compressed = sparse_layers(nets[net_name])
+            missing = set(param_masks) - set(online) - set(compressed)
             if missing:
                 raise KeyError(f"masks for unknown layer(s) {sorted(missing)} of network '{net_name}'")
             for pname, mask in param_masks.items():
+                if pname in compressed:
+                    _check_pattern(compressed[pname], mask, f"{net_name}.{pname}")
+                    continue
                 weight = online[pname]
                 if mask.shape != weight.shape:
                     raise ValueError(
@@ -172,7 +201,7 @@ class MaskSet:
         out: dict[str, dict[str, float]] = {}
         if algo is not None:
             for net_name, net in algo.networks().items():
-                out[net_name] = {p: float((w != 0).float().mean()) for p, w in prunable_parameters(net).items()}
+                out[net_name] = {p: float((w != 0).float().mean()) for p, w in layer_weights(net).items()}
             return out
         return {n: {p: float(m.mean()) for p, m in pm.items()} for n, pm in self.masks.items()}
 
@@ -185,8 +214,9 @@ class MaskSet:
 
 
 def network_density(module: nn.Module) -> float:
-    """Achieved fraction of nonzero prunable weights in one network, counted on the weights."""
-    weights: Iterable[torch.Tensor] = prunable_parameters(module).values()
+    """Achieved fraction of nonzero prunable weights in one network, counted on the weights (a
+    SparseLinear's over its full out x in)."""
+    weights: Iterable[torch.Tensor] = layer_weights(module).values()
     nonzero = total = 0
     for w in weights:
         nonzero += int((w != 0).sum())

@@ -22,6 +22,7 @@ loss through a critic) work as usual.
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
@@ -43,8 +44,13 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return crow.to(INDEX_DTYPE), col.to(INDEX_DTYPE)
 
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+         check_invariants: bool = False) -> torch.Tensor:
+    # torch warns on every first CSR tensor of a process that the layout is in beta; a training run
+    # would print it on each start, though nothing here depends on what may change.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=check_invariants)
 
 
 class _Kernels:
@@ -148,8 +154,7 @@ class SparseLinear(nn.Module):
         crow_indices = crow_indices.to(device=values.device, dtype=INDEX_DTYPE)
         col_indices = col_indices.to(device=values.device, dtype=INDEX_DTYPE)
         # Validated once here; the kernels skip the check on every call.
-        torch.sparse_csr_tensor(crow_indices, col_indices, values.detach(), (self.out_features, self.in_features),
-                                check_invariants=True)
+        _csr(crow_indices, col_indices, values.detach(), (self.out_features, self.in_features), check_invariants=True)
         self.values = values if isinstance(values, nn.Parameter) else nn.Parameter(values.detach().clone())
         if bias is None or isinstance(bias, nn.Parameter):
             self.bias = bias
@@ -228,6 +233,31 @@ class SparseLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
                 f"density={self.density:.4f}, bias={self.bias is not None}")
+
+
+# -- which layers may be converted ---------------------------------------------------------------
+# Converting replaces a module and its `weight` Parameter by new objects. That is safe only for a
+# layer used purely as a module inside its network: code that reads `layer.weight` (d3rlpy's
+# modules, a custom init or regulariser run during training) or keeps its own reference to the
+# layer would break or silently train a stale copy. So conversion is opt-in per layer, by this
+# attribute; `algorithms.networks.mlp` sets it on the layers it builds. (An attribute rather than a
+# subclass: torch.fx treats only torch.nn's own classes as leaf modules, and the pruners trace.)
+ELIGIBLE = "sparse_kernels_eligible"
+
+
+def allow_sparse_kernels(module: nn.Module) -> nn.Module:
+    """Declare every nn.Linear of `module` convertible to a SparseLinear after pruning: the network
+    only ever calls it and never reads its `weight`. Returns `module`. Copies (target networks made
+    with deepcopy) keep the mark."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            setattr(layer, ELIGIBLE, True)
+    return module
+
+
+def eligible(layer: nn.Module) -> bool:
+    """Whether `layer` is an nn.Linear marked by `allow_sparse_kernels`."""
+    return isinstance(layer, nn.Linear) and getattr(layer, ELIGIBLE, False) is True
 
 
 def to_sparse(linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
