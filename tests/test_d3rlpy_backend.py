@@ -74,6 +74,28 @@ def test_each_variant_prunes_trains_acts_and_checkpoints(variant, hopper_data):
     assert torch.equal(clone.act(obs), algo.act(obs)) and clone.grad_step == 3
 
 
+def test_d3rlpy_modules_stay_dense_masked_even_when_sparse_kernels_are_forced(tmp_path, fast_config, hopper_data):
+    """d3rlpy's layers are not built by networks.mlp (and d3rlpy may read their weights), so none is
+    converted: the run trains dense-masked with its masks enforced, and the report says why."""
+    pytest.importorskip("d3rlpy")
+    from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+
+    cfg = {**fast_config, "algo": {"name": "d3rlpy:iql", "hidden": [16, 16]}, "pruner": {"name": "random"}, "steps": 20,
+           "sparse_kernels": "sparse", "eval": {**fast_config["eval"], "every": 20, "episodes": 1}}
+    converted = []
+
+    def check(info: StepInfo) -> None:
+        masks_hold(info)
+        converted.extend(n for module in info.algo.networks().values() for n in sparse_layers(module))
+
+    summary = train(cfg, tmp_path, dataset=hopper_data, callbacks=[check])
+    assert converted == [] and summary["pruning"]["sparse_kernels"]["sparse_layers"] == 0
+    reasons = {li["kernel_reason"] for info in summary["pruning"]["networks"].values() for li in info["layers"].values()}
+    assert reasons == {"not eligible"}
+    for density in summary["density"].values():
+        assert density == pytest.approx(0.1, abs=0.01)
+
+
 # Two states, one episode each pair: s0 --(any action, r = 1)--> s1 --(a, r = -|a - A_STAR|^2)--> end.
 # Behaviour actions at s1 are A_STAR plus N(0, 0.3^2) noise, so IQL's fixed point is known from the data:
 # Q(s1, a) = r(a), V(s1) = the expectile of those rewards, Q(s0, .) = V(s0) = 1 + gamma * V(s1), and the

@@ -14,6 +14,7 @@ from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.evaluation.compare import compare_results
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics, td_errors
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
+from sparse_offline_rl.pruning.sparse_linear import sparse_layers
 from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.training.trainer import train
 
@@ -88,7 +89,10 @@ def trained_run(tmp_path_factory, hopper_data):
     suite = tmp_path_factory.mktemp("suite") / "tiny.yaml"
     suite.write_text("episodes: 2\nlevels:\n  friction: [0.5]\n  action_noise: [0.1]\n")
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = {**FAST_CONFIG, "steps": 100, "val_fraction": 0.2, "eval": {**FAST_CONFIG["eval"], "every": 50, "suite": str(suite)}}
+    # Every pruned layer a compressed SparseLinear: the suite, load_agent and the command below must
+    # work on converted networks (tiny layers would mostly stay dense-masked under "auto").
+    cfg = {**FAST_CONFIG, "steps": 100, "val_fraction": 0.2, "eval": {**FAST_CONFIG["eval"], "every": 50, "suite": str(suite)},
+           "sparse_kernels": "sparse"}
     summary = train(cfg, run_dir, dataset=data)
     return run_dir, data, summary, suite
 
@@ -104,6 +108,7 @@ def test_suite_at_end_of_training_writes_report(trained_run):
 def test_loaded_agent_reproduces_the_trainers_evaluation(trained_run):
     run_dir, data, summary, _ = trained_run
     agent = load_agent(run_dir, dataset=data)
+    assert all(sparse_layers(net) for net in agent.algo.networks().values())  # rebuilt converted, then loaded
     # from the recorded start states: they are the ones the trainer evaluated on
     stats = run_episodes(AgentPolicy(agent.algo, agent.normalizer), lambda: make_env("hopper"), summary["eval"]["seeds"])
     assert float(stats.returns.mean()) == summary["eval"]["return_mean"]

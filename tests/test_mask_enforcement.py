@@ -1,8 +1,10 @@
 """Pruned weights are exactly zero in every forward pass, not only when `update()` returns.
 
-A probe hooks every `nn.Linear` of the online and target networks and records each forward that
-runs with a nonzero pruned weight. It sees the forwards *inside* an update (IQL's V(s') after the
-value step, TD3+BC's Q1 in the actor loss after the critic step) and those of evaluation.
+A probe hooks every `nn.Linear` and compressed `SparseLinear` of the online and target networks and
+records each forward that runs with a nonzero pruned weight. It sees the forwards *inside* an update
+(IQL's V(s') after the value step, TD3+BC's Q1 in the actor loss after the critic step) and those of
+evaluation. A SparseLinear is checked on its weight rebuilt dense: zero where the mask is zero by
+construction, so what the probe checks there is that its pattern never holds a pruned entry.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from torch import nn
 import sparse_offline_rl as sorl
 import sparse_offline_rl.training.trainer as trainer_module
 from conftest import REPO
-from sparse_offline_rl.pruning import MaskSet, prunable_parameters, prune_at_initialization
+from sparse_offline_rl.pruning import MaskSet, prunable_parameters
+from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
+from sparse_offline_rl.pruning.sparse_linear import SparseLinear
 from sparse_offline_rl.training.trainer import train
 
 PLUGIN_FILE = REPO / "examples" / "sorl_awac_plugin" / "sorl_awac_plugin.py"
@@ -31,7 +35,7 @@ class ForwardProbe:
     counts the forwards, and those whose weight * (1 - mask) is not all zero."""
 
     def __init__(self, algo: Any, mask_set: MaskSet) -> None:
-        self.forwards = 0
+        self.forwards = self.sparse_forwards = 0
         self.violations: list[str] = []
         self.handles = []
         nets, targets = algo.networks(), algo.target_networks()
@@ -41,14 +45,19 @@ class ForwardProbe:
                 copies[f"target {net_name}"] = targets[net_name]
             for label, net in copies.items():
                 for mod_name, layer in net.named_modules():
-                    if isinstance(layer, nn.Linear):
+                    if isinstance(layer, (nn.Linear, SparseLinear)):
                         pruned = param_masks[f"{mod_name}.weight"] == 0
                         hook = partial(self._check, f"{label}.{mod_name}", pruned)
                         self.handles.append(layer.register_forward_pre_hook(hook))
 
-    def _check(self, where: str, pruned: torch.Tensor, layer: nn.Linear, args: Any) -> None:
+    def _check(self, where: str, pruned: torch.Tensor, layer: nn.Module, args: Any) -> None:
         self.forwards += 1
-        if bool((layer.weight.detach() * pruned).any()):
+        if isinstance(layer, SparseLinear):
+            self.sparse_forwards += 1
+            weight = layer.dense_weight()
+        else:
+            weight = layer.weight.detach()
+        if bool((weight * pruned).any()):
             self.violations.append(where)
 
     def remove(self) -> None:
@@ -57,16 +66,17 @@ class ForwardProbe:
 
 
 def probed_training(monkeypatch, cfg: dict, run_dir, dataset) -> ForwardProbe:
-    """`train(cfg)` with the probe installed right after pruning at initialization, before the first
-    update, so it sees every training and evaluation forward of the run."""
+    """`train(cfg)` with the probe installed right after pruning at initialization and the choice of
+    kernels (which replaces layers), before the first update, so it sees every training and
+    evaluation forward of the run."""
     probes: list[ForwardProbe] = []
 
-    def prune_then_probe(algo, *args, **kwargs):
-        mask_set, report = prune_at_initialization(algo, *args, **kwargs)
+    def convert_then_probe(algo, mask_set, kernels):
+        apply_sparse_kernels(algo, mask_set, kernels)
         probes.append(ForwardProbe(algo, mask_set))
-        return mask_set, report
+        return mask_set
 
-    monkeypatch.setattr(trainer_module, "prune_at_initialization", prune_then_probe)
+    monkeypatch.setattr(trainer_module, "apply_sparse_kernels", convert_then_probe)
     train(cfg, run_dir, dataset=dataset)
     assert len(probes) == 1
     return probes[0]
@@ -86,17 +96,21 @@ def awac_registered():
         sys.modules.pop("sorl_awac_plugin", None)
 
 
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
 @pytest.mark.parametrize("algo", ["iql", "td3bc", "cql", "awac"])
-def test_no_forward_ever_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, awac_registered, algo):
+def test_no_forward_ever_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, awac_registered, algo, kernels):
+    """Dense-masked layers (optimizer hooks) and compressed ones (by construction) alike; the AWAC
+    plug-in builds its networks from the framework's layers, so it gets sparse layers too."""
     cfg = copy.deepcopy(fast_config)
     cfg.update(
-        algo={"name": algo, "hidden": [32, 32]}, sparsity=0.95, steps=30, log_every=10,
+        algo={"name": algo, "hidden": [32, 32]}, sparsity=0.95, steps=30, log_every=10, sparse_kernels=kernels,
         # Which weights survive does not matter here; a disconnected toy network must not stop the run.
         pruner={"name": "snip", "allow_layer_collapse": True},
     )
     cfg["eval"].update(every=15, episodes=1)
     probe = probed_training(monkeypatch, cfg, tmp_path, hopper_data)
     assert probe.forwards > 0
+    assert (probe.sparse_forwards == probe.forwards) if kernels == "sparse" else (probe.sparse_forwards == 0)
     assert probe.violations == [], f"{len(probe.violations)} forwards with a nonzero pruned weight, first: {probe.violations[:5]}"
 
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import sparse_offline_rl as sorl
 from conftest import REPO, random_dataset, write_d4rl_hdf5
 from sparse_offline_rl.algorithms import base, plugins
 from sparse_offline_rl.algorithms.plugins import PluginImportError, PluginWarning, config_defaults, store_algorithm_configs
-from sparse_offline_rl.pruning import prunable_parameters
+from sparse_offline_rl.pruning import layer_weights
 from sparse_offline_rl.training.trainer import StepInfo, train
 
 PLUGIN_DIR = REPO / "examples" / "sorl_awac_plugin"
@@ -45,8 +47,8 @@ def clean_registry():
 def masks_hold(info: StepInfo) -> None:
     nets, targets = info.algo.networks(), info.algo.target_networks()
     for net, param_masks in info.masks.masks.items():
-        online = prunable_parameters(nets[net])
-        target = prunable_parameters(targets[net]) if net in targets else {}
+        online = layer_weights(nets[net])
+        target = layer_weights(targets[net]) if net in targets else {}
         for pname, mask in param_masks.items():
             assert (online[pname][mask == 0] == 0).all(), f"{net}.{pname}"
             if pname in target:
@@ -81,6 +83,51 @@ def test_single_file_plugin_trains_with_pruning_and_masks(tmp_path, fast_config,
     assert summary["algo"] == "awac" and set(summary["density"]) == {"actor", "critic"}
     for density in summary["density"].values():
         assert density == pytest.approx(0.1, abs=0.01)
+
+
+class WeightReadingQ(nn.Module):
+    """A single Q-network that reads its layers' weights itself (`F.linear(x, layer.weight)`), as
+    d3rlpy's or hand-written modules may: replacing its layers would break it."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(obs_dim + act_dim, hidden), nn.Linear(hidden, 1)])
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(F.linear(torch.cat([obs, action], -1), self.layers[0].weight, self.layers[0].bias))
+        return F.linear(h, self.layers[1].weight, self.layers[1].bias).squeeze(-1)[None]  # (1, B)
+
+
+def test_plugin_gets_sparse_kernels_only_for_the_frameworks_layers(tmp_path, fast_config, hopper_data, clean_registry):
+    """AWAC with its critic swapped for one of plain nn.Linear layers: forced sparse kernels convert
+    the actor (built by networks.mlp) and leave the critic dense-masked, and the run trains."""
+    from sparse_offline_rl.algorithms.networks import adam, frozen_copy
+    from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+
+    awac = sorl.import_plugin(str(PLUGIN_FILE))
+
+    class MixedAWAC(awac.AWAC):
+        def __init__(self, config, spec):
+            super().__init__(config, spec)
+            self.critic = WeightReadingQ(spec.obs_dim, spec.act_dim, config.hidden[0])
+            self.critic_target = frozen_copy(self.critic)
+            self.critic_opt = adam(self.critic, config.critic_lr)
+
+    sorl.register_algorithm("mixed_awac")(MixedAWAC)
+    fast_config.update(algo={"name": "mixed_awac", "hidden": [32, 32]}, pruner={"name": "random"}, steps=40,
+                       sparse_kernels="sparse")
+    fast_config["eval"].update(every=40, episodes=1)
+    layers: dict = {}
+
+    def record(info: StepInfo) -> None:
+        masks_hold(info)
+        layers.update({net: set(sparse_layers(module)) for net, module in info.algo.networks().items()})
+
+    summary = train(fast_config, tmp_path, dataset=hopper_data, callbacks=[record])
+    assert layers == {"actor": {"net.0.weight", "net.2.weight", "net.4.weight"}, "critic": set()}
+    reasons = {net: {li["kernel_reason"] for li in info["layers"].values()} for net, info in summary["pruning"]["networks"].items()}
+    assert reasons == {"actor": {"forced by mode"}, "critic": {"not eligible"}}
+    assert summary["density"]["critic"] == pytest.approx(0.1, abs=0.01)
 
 
 def test_plugin_config_defaults_become_a_hydra_entry(clean_registry):

@@ -15,6 +15,7 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_alg
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
+from sparse_offline_rl.pruning.sparse_choice import restore_pruned
 
 
 @dataclass
@@ -59,7 +60,7 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
     data = prepare_data(cfg, dataset, device)
     spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device)
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])
-    algo.load_state_dict(ckpt["algo"])
+    restore_pruned(algo, ckpt["algo"], ckpt["masks"], ckpt.get("sparse_kernels"))
     meta = {**run_meta(cfg), "step": ckpt.get("step"), "run_dir": str(run_dir)}
     return EvalAgent(algo, data.normalizer, cfg["env"], data.train, data.val,
                      discount=float(cfg["algo"].get("discount", 0.99)), reward_scale=data.reward_scale,

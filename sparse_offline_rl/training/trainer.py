@@ -1,9 +1,11 @@
-"""The training loop every algorithm shares: data -> prune at init -> update + enforce masks -> evaluate.
+"""The training loop every algorithm shares: data -> prune at init -> sparse kernels -> update + enforce
+masks -> evaluate.
 
 `train(cfg, run_dir)` is what `run.py` calls; it is also the library entry point. A run directory
 holds `checkpoint.pt` (atomic, every `checkpoint_every` steps), `metrics.jsonl`, `eval.csv`,
 TensorBoard logs and, at the end, `summary.json`. `resume=true` restarts from the checkpoint and
-reproduces the uninterrupted run exactly (all RNG states are checkpointed).
+reproduces the uninterrupted run exactly (all RNG states are checkpointed, and so is the per-layer
+choice of kernels, which sets the parameters' shapes).
 """
 from __future__ import annotations
 
@@ -29,6 +31,14 @@ from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
+from sparse_offline_rl.pruning.sparse_choice import (
+    MODES,
+    add_to_report,
+    apply_sparse_kernels,
+    choose_kernels,
+    kernels_of,
+    restore_pruned,
+)
 from sparse_offline_rl.training.logger import MetricsLogger
 
 
@@ -75,6 +85,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     check_value("eval.every", cfg["eval"]["every"], int, "[1, inf)")
     check_value("eval.episodes", cfg["eval"]["episodes"], int, f"[1, {MAX_EVAL_EPISODES}]")
     check_value("eval.suite", cfg["eval"].get("suite"), str, optional=True)
+    check_value("sparse_kernels", cfg.get("sparse_kernels", "auto"), str, choices=MODES)
     for key in ("resume", "tensorboard", "progress", "verbose"):
         check_value(key, cfg.get(key, False), bool)
     if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", str(cfg["device"])):
@@ -172,8 +183,10 @@ def train(
     start_step, train_seconds, last_eval = 0, 0.0, None
     if cfg.get("resume") and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
-        algo.load_state_dict(ckpt["algo"])
-        masks = MaskSet.from_state_dict(ckpt["masks"]).bind(algo)
+        # The saved kernels, not a new measurement: they fix the parameters' shapes, and one path
+        # keeps the resumed run bit-exact.
+        kernels = ckpt.get("sparse_kernels") or {}
+        masks = restore_pruned(algo, ckpt["algo"], ckpt["masks"], kernels)
         buffer.load_state_dict(ckpt["buffer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start_step, train_seconds, last_eval = ckpt["step"], ckpt["train_seconds"], ckpt["last_eval"]
@@ -188,6 +201,12 @@ def train(
             algo, lambda: pruning_buffer.sample(int(pruner_cfg["batch_size"])), pruner_cfg, sparsity, seed=seed
         )
         del pruning_buffer
+        # Compressed sparse layers where they are faster (measured per layer at this batch size).
+        mode = cfg.get("sparse_kernels", "auto")
+        choices = choose_kernels(algo, masks, int(cfg["batch_size"]), mode)
+        kernels = kernels_of(choices)
+        apply_sparse_kernels(algo, masks, kernels)
+        add_to_report(pruning_report, choices, mode, int(cfg["batch_size"]))
         if cfg.get("verbose", True):
             from sparse_offline_rl.pruning import format_density_table
 
@@ -195,7 +214,8 @@ def train(
 
     def save_checkpoint(step: int) -> None:
         atomic_torch_save(ckpt_path, {
-            "step": step, "algo": algo.state_dict(), "masks": masks.state_dict(), "buffer": buffer.state_dict(),
+            "step": step, "algo": algo.state_dict(), "masks": masks.state_dict(), "sparse_kernels": kernels,
+            "buffer": buffer.state_dict(),
             "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds, "last_eval": last_eval,
             "pruning_report": pruning_report, "config": cfg,
         })
