@@ -22,7 +22,7 @@ from sparse_offline_rl.pruning.sparse_linear import SparseLinear, sparsify_
 from sparse_offline_rl.training.trainer import train
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="format=onnx needs onnx and onnxruntime: pip install -e '.[export]'")
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="onnx / onnxruntime not installed (pip install -e '.[export]'): format=onnx untested")
 FORMATS = ["torchscript", pytest.param("onnx", marks=needs_onnx)]
 
 # Each artefact loaded in a fresh interpreter where the framework (and, for ONNX, torch) cannot be
