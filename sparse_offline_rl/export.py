@@ -44,7 +44,7 @@ from sparse_offline_rl.checks import parse_overrides, to_int
 from sparse_offline_rl.errors import USER_ERRORS, ConfigError
 from sparse_offline_rl.evaluation.agent import EvalAgent, load_agent
 from sparse_offline_rl.io import atomic_write_bytes_with, atomic_write_json, cpu_model
-from sparse_offline_rl.pruning.sparse_choice import SPARSE_MARGIN, _best_us
+from sparse_offline_rl.pruning.sparse_choice import SPARSE_MARGIN, best_us
 from sparse_offline_rl.pruning.sparse_linear import csr_pattern, densify_
 
 FORMATS = {"onnx": "actor.onnx", "torchscript": "actor.pt"}
@@ -191,7 +191,7 @@ def time_calls(runners: Mapping[str, Callable[[], Any]], rounds: int = ROUNDS, s
     for r in range(rounds):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            best[name] = min(best[name], _best_us(runners[name], torch.device("cpu"), seconds))
+            best[name] = min(best[name], best_us(runners[name], torch.device("cpu"), seconds))
     return best
 
 

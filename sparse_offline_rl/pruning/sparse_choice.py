@@ -62,7 +62,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _best_us(fn: Callable[[], None], device: torch.device, seconds: float) -> float:
+def best_us(fn: Callable[[], None], device: torch.device, seconds: float) -> float:
     """Per-call microseconds of `fn` over about `seconds` (at least 2 calls)."""
     n = 0
     _sync(device)
@@ -117,7 +117,7 @@ def measure_layer(out_features: int, in_features: int, nnz: int, batch: int, *, 
     for r in range(rounds):
         order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
         for name in order:
-            best[name] = min(best[name], _best_us(contenders[name], device, seconds))
+            best[name] = min(best[name], best_us(contenders[name], device, seconds))
     cost = _MEASURED[key] = LayerCost(best["dense"], best["sparse"])
     return cost
 

@@ -61,6 +61,25 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return dict(cfg)
 
 
+def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
+    """The pruner.* keys, checked before the data loads (pruning itself runs after it)."""
+    from sparse_offline_rl.pruning.prune import PRUNER_DEFAULTS
+
+    unknown = sorted(set(pruner) - {"name", *PRUNER_DEFAULTS})
+    if unknown:
+        raise ConfigError(f"pruner.{unknown[0]} is not a pruner option; accepted: {', '.join(PRUNER_DEFAULTS)}")
+    check_value("pruner.scope", pruner.get("scope", "global"), str, choices=("global", "layer", "erk"))
+    for key in ("num_batches", "batch_size"):
+        check_value(f"pruner.{key}", pruner.get(key, PRUNER_DEFAULTS[key]), int, "[1, inf)")
+    check_value("pruner.rounds", pruner.get("rounds"), int, "[1, inf)", optional=True)
+    for key in ("keep_first_layer_dense", "keep_last_layer_dense", "allow_layer_collapse"):
+        check_value(f"pruner.{key}", pruner.get(key, False), bool)
+    for key in ("budget_params", "budget_flops"):
+        budget = pruner.get(key)
+        for name, value in (budget.items() if isinstance(budget, Mapping) else [(None, budget)]):
+            check_value(f"pruner.{key}" + (f".{name}" if name else ""), value, int, "[1, inf)", optional=name is None)
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Fail before any data is loaded on values that can never work: one line naming the key, the
     value and what is accepted."""
@@ -70,6 +89,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     if cfg["pruner"]["name"] not in PRUNERS:
         raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(PRUNERS))}")
+    validate_pruner_options(cfg["pruner"])
     sparsity = cfg["sparsity"]
     values = [(f"sparsity.{k}", v) for k, v in sparsity.items()] if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
     for key, value in values:
