@@ -105,10 +105,13 @@ def test_reward_range_leaves_out_the_trailing_cut_episode(fast_config):
 
 # GraSP's signed scores under one global threshold empty one of CQL's twin critics at 95% here (layer
 # collapse, reported as an error), so that case prunes layer by layer.
-@pytest.mark.parametrize("algo, pruner, scope", [("iql", "snip", "global"), ("cql", "grasp", "layer"), ("td3bc", "synflow", "global")])
-def test_pruned_weights_stay_exactly_zero_in_online_and_target_nets(tmp_path, fast_config, hopper_data, algo, pruner, scope):
+# LAMB runs every pruned layer dense-masked: there its whole-tensor norms meet the pruned entries.
+@pytest.mark.parametrize("algo, pruner, scope, optim", [(algo, pruner, scope, optim) for optim in ("adam", "lamb") for algo, pruner, scope in
+                                                         (("iql", "snip", "global"), ("cql", "grasp", "layer"), ("td3bc", "synflow", "global"))])
+def test_pruned_weights_stay_exactly_zero_in_online_and_target_nets(tmp_path, fast_config, hopper_data, algo, pruner, scope, optim):
     fast_config = {**fast_config, "algo": {"name": algo, "hidden": [32, 32]},
-                   "pruner": {"name": pruner, "rounds": 10, "scope": scope}, "sparsity": 0.95}
+                   "pruner": {"name": pruner, "rounds": 10, "scope": scope}, "sparsity": 0.95, "optim": optim,
+                   **({"sparse_kernels": "dense"} if optim == "lamb" else {})}
     seen_steps = []
 
     def check(info: StepInfo) -> None:
@@ -124,6 +127,7 @@ def test_pruned_weights_stay_exactly_zero_in_online_and_target_nets(tmp_path, fa
                 if pname in target:
                     assert (target[pname][mask == 0] == 0).all()
         for opt in info.algo.optimizers().values():
+            assert optim == "adam" or type(opt).__name__ in ("Lamb", "FusedAdam")  # CQL's scalars keep Adam
             for p, state in opt.state.items():
                 for net_name, param_masks in info.masks.masks.items():
                     for pname, w in prunable_parameters(nets[net_name]).items():
@@ -160,12 +164,15 @@ def assert_same_state(a, b, where: str = "") -> None:
 # Checkpoints every 25 steps and an interrupt at 80: the run resumes from step 75, an odd step, where
 # TD3+BC's delayed actor update is mid-cycle. "sparse": every pruned layer a compressed SparseLinear
 # (its parameters have other shapes, so the checkpoint's kernels must be applied before loading).
-@pytest.mark.parametrize("algo, pruner, kernels", [(algo, pruner, "auto") for algo in ("iql", "cql", "td3bc") for pruner in ("snip", "grasp")]
-                         + [(algo, "snip", "sparse") for algo in ("iql", "cql", "td3bc")])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, fast_config, hopper_data, algo, pruner, kernels):
+# LAMB: its state (moments, step counts) and its trust ratios resume exactly too, dense-masked and sparse.
+@pytest.mark.parametrize("algo, pruner, kernels, optim",
+                         [(algo, pruner, "auto", "adam") for algo in ("iql", "cql", "td3bc") for pruner in ("snip", "grasp")]
+                         + [(algo, "snip", "sparse", "adam") for algo in ("iql", "cql", "td3bc")]
+                         + [("td3bc", "snip", "dense", "lamb"), ("iql", "snip", "sparse", "lamb")])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, fast_config, hopper_data, algo, pruner, kernels, optim):
     cfg = {**fast_config, "algo": {"name": algo, "hidden": [16, 16]}, "pruner": {"name": pruner, "scope": "layer"},
            "sparsity": 0.8, "steps": 120, "batch_size": 32, "checkpoint_every": 25, "log_every": 10,
-           "eval": {**fast_config["eval"], "every": 60, "episodes": 1}, "sparse_kernels": kernels}
+           "eval": {**fast_config["eval"], "every": 60, "episodes": 1}, "sparse_kernels": kernels, "optim": optim}
     full = train(cfg, tmp_path / "full", dataset=hopper_data)
     with pytest.raises(Interrupt):
         train(cfg, tmp_path / "cut", dataset=hopper_data, callbacks=[interrupt_at(80)])
@@ -195,15 +202,20 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, fast_con
 SAME_TRAINING_ATOL, SAME_TRAINING_RTOL = 1e-5, 1e-4
 
 
-@pytest.mark.parametrize("algo", ["iql", "td3bc", "cql"])
-def test_sparse_kernels_train_like_dense_masked(tmp_path, fast_config, hopper_data, algo):
-    """1000 steps each way; every parameter of the online and target networks (rebuilt by
+# Under LAMB the trust ratio's norms run over the CSR values on one side and over the masked dense
+# weight (zeros at pruned entries) on the other. LAMB couples every entry of a tensor through its
+# ratio, so a rounding difference reaches them all: in CQL's second critic the largest difference
+# grew from 4e-8 after 300 steps to 5e-6 after 600 and 4e-5 after 1000, so CQL is compared at 300.
+@pytest.mark.parametrize("algo, optim, steps", [(algo, "adam", 1000) for algo in ("iql", "td3bc", "cql")]
+                         + [("iql", "lamb", 1000), ("td3bc", "lamb", 1000), ("cql", "lamb", 300)])
+def test_sparse_kernels_train_like_dense_masked(tmp_path, fast_config, hopper_data, algo, optim, steps):
+    """`steps` each way; every parameter of the online and target networks (rebuilt by
     load_agent from the checkpoints), the densities and the final evaluation agree."""
     from sparse_offline_rl.evaluation.agent import load_agent
     from sparse_offline_rl.pruning.sparse_linear import sparse_layers
 
-    cfg = {**fast_config, "algo": {"name": algo, "hidden": [32, 32]}, "sparsity": 0.9, "steps": 1000,
-           "checkpoint_every": 1000, "log_every": 100, "eval": {**fast_config["eval"], "every": 1000, "episodes": 2}}
+    cfg = {**fast_config, "algo": {"name": algo, "hidden": [32, 32]}, "sparsity": 0.9, "steps": steps, "optim": optim,
+           "checkpoint_every": steps, "log_every": 100, "eval": {**fast_config["eval"], "every": steps, "episodes": 2}}
     summaries, algos = {}, {}
     for kernels in ("dense", "sparse"):
         summaries[kernels] = train({**cfg, "sparse_kernels": kernels}, tmp_path / kernels, dataset=hopper_data)

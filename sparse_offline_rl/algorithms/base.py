@@ -31,6 +31,7 @@ class ProblemSpec:
     max_action: float = 1.0
     total_steps: int = 1_000_000  # for schedules (e.g. IQL's cosine actor lr)
     device: str = "cpu"
+    optim: str = "adam"  # the networks' optimizer: adam | lamb (networks.make_optimizer)
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ from sparse_offline_rl.algorithms.networks import (
     cql_reference_init,
     frozen_copy,
     frozen_params,
+    make_optimizer,
     polyak_update,
 )
 from sparse_offline_rl.checks import within
@@ -85,8 +86,10 @@ class CQL:
                 cql_reference_init(q, orthogonal=True)
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = Scalar(config.init_log_alpha).to(dev)
-        self.actor_opt = adam(self.actor, config.actor_lr)
-        self.critic_opt = adam(self.critic, config.critic_lr)
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
+        # The temperature and the Lagrange multiplier are single numbers: a per-tensor trust ratio
+        # would make their steps multiplicative in their size, so they keep Adam under optim=lamb.
         self.alpha_opt = adam(self.log_alpha, config.actor_lr if config.alpha_lr is None else config.alpha_lr)
         self.target_entropy = -float(spec.act_dim) if config.target_entropy is None else config.target_entropy
         # CORL initialises the Lagrange multiplier's log at 1.0.

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
-from sparse_offline_rl.algorithms.networks import GaussianActor, TwinQ, ValueNet, adam, frozen_copy, polyak_update
+from sparse_offline_rl.algorithms.networks import GaussianActor, TwinQ, ValueNet, frozen_copy, make_optimizer, polyak_update
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -49,9 +49,9 @@ class IQL:
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
         self.value = ValueNet(spec.obs_dim, config.hidden).to(dev)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = adam(self.actor, config.actor_lr)
-        self.critic_opt = adam(self.critic, config.critic_lr)
-        self.value_opt = adam(self.value, config.value_lr)
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
+        self.value_opt = make_optimizer(self.value, config.value_lr, spec.optim)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.actor_opt, T_max=max(1, spec.total_steps) if config.actor_cosine_schedule else 10**12
         )

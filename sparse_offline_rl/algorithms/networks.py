@@ -266,3 +266,71 @@ class FusedAdam(torch.optim.Adam):
 def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
     """Fused Adam (one kernel for all of a network's tensors; on CPU about 3x faster than foreach)."""
     return FusedAdam(module.parameters(), lr=lr, fused=True)
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al. 2020): Adam's bias-corrected moments, optional decoupled weight decay,
+    u = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, and per parameter tensor the trust ratio
+    ||w|| / ||u|| (1 when either norm is 0): w <- w - lr * ratio * u.
+
+    The state uses Adam's names (`step`, `exp_avg`, `exp_avg_sq`), so mask enforcement and the
+    sparse-kernel parameter swap treat it as they treat Adam's.
+    """
+
+    # The norms read whole tensors: a MaskSet zeroes pruned gradient entries before each step, so
+    # the moments and u stay zero there and both norms run over the kept weights only.
+    needs_masked_gradients = True
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                     "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            beta1, beta2 = group["betas"]
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            counts = [float(t) for t in steps]
+            denom = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** n for n in counts])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])
+            update = torch._foreach_div(exp_avgs, [1 - beta1 ** n for n in counts])
+            torch._foreach_div_(update, denom)
+            if group["weight_decay"]:
+                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            w_norm = torch.stack(torch._foreach_norm(params))
+            u_norm = torch.stack(torch._foreach_norm(update))
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            torch._foreach_mul_(update, list((ratio * -group["lr"]).unbind()))
+            torch._foreach_add_(params, update)
+        return loss
+
+
+OPTIMIZERS = ("adam", "lamb")
+
+
+def make_optimizer(module: nn.Module, lr: float, kind: str = "adam") -> torch.optim.Optimizer:
+    """The optimizer of one network, by the run's `optim=` choice (the built-ins' one switch)."""
+    if kind == "adam":
+        return adam(module, lr)
+    if kind == "lamb":
+        return Lamb(module.parameters(), lr=lr)
+    raise ValueError(f"optim={kind!r} is invalid; accepted: {', '.join(OPTIMIZERS)}")

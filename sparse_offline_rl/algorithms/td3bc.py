@@ -17,9 +17,9 @@ from sparse_offline_rl.algorithms.networks import (
     DeterministicActor,
     NoiseSource,
     TwinQ,
-    adam,
     frozen_copy,
     frozen_params,
+    make_optimizer,
     polyak_update,
 )
 from sparse_offline_rl.checks import within
@@ -53,8 +53,8 @@ class TD3BC:
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
         self.actor_target = frozen_copy(self.actor)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = adam(self.actor, config.actor_lr)
-        self.critic_opt = adam(self.critic, config.critic_lr)
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
         self.noise = NoiseSource(dev)  # target policy smoothing noise, checkpointed for exact resume
         self.step = 0  # critic updates done; decides when the delayed actor update happens
 

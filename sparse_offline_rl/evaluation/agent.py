@@ -58,7 +58,9 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
 
         dataset = load_dataset(cfg["dataset"], env=cfg["env"])
     data = prepare_data(cfg, dataset, device)
-    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device)
+    # The run's optimizer kind, so the checkpoint's optimizer state loads into its own kind.
+    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device,
+                       optim=cfg.get("optim", "adam"))
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])
     restore_pruned(algo, ckpt["algo"], ckpt["masks"], ckpt.get("sparse_kernels"))
     meta = {**run_meta(cfg), "step": ckpt.get("step"), "run_dir": str(run_dir)}

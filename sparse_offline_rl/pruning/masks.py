@@ -8,6 +8,8 @@ each of `algo.optimizers()`, and right after every optimizer step one `torch._fo
 the pruned entries of the weights that optimizer owns, of their target-network copies (they share
 the online network's mask) and of its per-weight state (e.g. Adam's exp_avg / exp_avg_sq). Target
 networks only ever move towards masked online weights (Polyak, hard copies), so they stay zero too.
+An optimizer whose step reads whole tensors (LAMB's trust-ratio norms) says so with
+`needs_masked_gradients = True` and also gets a step pre-hook that zeroes the pruned gradient entries.
 
 Layers converted to compressed `SparseLinear` layers (sparse_choice.apply_sparse_kernels) store only
 their kept weights, so a pruned entry is zero by construction: `bind` checks that such a layer's
@@ -66,18 +68,30 @@ class _OptimizerGroup:
         self._state_ref: Any = None
         self._state_len = -1
         self.handle: Any = None  # the step post-hook, while it is registered
+        self.pre_handle: Any = None  # the gradient-masking pre-hook, for optimizers that ask for it
 
     def hook(self) -> None:
         previous = _BOUND.get(self.optimizer)
         if previous is not None and previous() is not None:
             previous().unhook()
         self.handle = self.optimizer.register_step_post_hook(lambda opt, args, kwargs: self.apply())
+        if getattr(self.optimizer, "needs_masked_gradients", False):
+            self.pre_handle = self.optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.mask_gradients())
         _BOUND[self.optimizer] = weakref.ref(self)
 
     def unhook(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
+        for handle in (self.handle, self.pre_handle):
+            if handle is not None:
+                handle.remove()
+        self.handle = self.pre_handle = None
+
+    def mask_gradients(self) -> None:
+        """Zero the pruned entries of the gradients an optimizer with whole-tensor statistics (LAMB's
+        trust ratio) is about to read; an elementwise optimizer (Adam) needs no such pass."""
+        pairs = [(w.grad, mask) for w, mask, _ in self.weights if w.grad is not None]
+        if pairs:
+            with torch.no_grad():
+                torch._foreach_mul_([g for g, _ in pairs], [m.to(g.dtype) for g, m in pairs])
 
     def gather(self) -> None:
         tensors: list[torch.Tensor] = []

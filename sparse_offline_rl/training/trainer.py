@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, algorithm_config, make_algorithm, prepare_data
+from sparse_offline_rl.algorithms.networks import OPTIMIZERS
 from sparse_offline_rl.checks import check_value
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
@@ -106,6 +107,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     check_value("eval.episodes", cfg["eval"]["episodes"], int, f"[1, {MAX_EVAL_EPISODES}]")
     check_value("eval.suite", cfg["eval"].get("suite"), str, optional=True)
     check_value("sparse_kernels", cfg.get("sparse_kernels", "auto"), str, choices=MODES)
+    check_value("optim", cfg.get("optim", "adam"), str, choices=OPTIMIZERS)
     for key in ("resume", "tensorboard", "progress", "verbose"):
         check_value(key, cfg.get(key, False), bool)
     if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", str(cfg["device"])):
@@ -195,7 +197,8 @@ def train(
 
     # -- algorithm, then pruning at initialization (or the masks of the run we resume) -----------
     # MuJoCo v5 locomotion actions all lie in [-1, 1].
-    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=steps, device=device)
+    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=steps, device=device,
+                       optim=cfg.get("optim", "adam"))
     algo = make_algorithm(cfg["algo"]["name"], spec, algo_config)
     sparsity = resolve_sparsity(cfg["sparsity"], list(algo.networks()))
     ckpt_path = run_dir / "checkpoint.pt"

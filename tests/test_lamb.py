@@ -1,0 +1,107 @@
+"""`optim=lamb`: the LAMB step against a hand-written reference, its trust ratio on a dense-masked
+layer taken over the kept weights only, and every built-in network trained by it. Pruned weights
+staying zero, exact resume and sparse kernels against dense-masked layers under LAMB are cases of
+the tests in test_training.py; a bad `optim=` value is a case of test_cli.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+from sparse_offline_rl.algorithms.networks import FusedAdam, Lamb
+from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
+
+BETAS, EPS = (0.9, 0.999), 1e-6
+
+
+def reference_lamb(weights, grads_per_step, lr, weight_decay):
+    """LAMB as the paper writes it, one tensor at a time, in float64."""
+    weights = [w.double().clone() for w in weights]
+    m = [torch.zeros_like(w) for w in weights]
+    v = [torch.zeros_like(w) for w in weights]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, (w, g) in enumerate(zip(weights, grads)):
+            g = g.double()
+            m[i] = BETAS[0] * m[i] + (1 - BETAS[0]) * g
+            v[i] = BETAS[1] * v[i] + (1 - BETAS[1]) * g * g
+            m_hat, v_hat = m[i] / (1 - BETAS[0] ** t), v[i] / (1 - BETAS[1] ** t)
+            u = m_hat / (v_hat.sqrt() + EPS) + weight_decay * w
+            w_norm, u_norm = w.norm(), u.norm()
+            ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+            weights[i] = w - lr * ratio * u
+    return weights
+
+
+def test_lamb_step_matches_the_reference_over_two_steps():
+    torch.manual_seed(0)
+    # A zero tensor (a fresh bias) takes ratio 1; the matrix takes ||w|| / ||u||.
+    start = [torch.randn(5, 4), torch.zeros(5)]
+    grads = [[torch.randn(5, 4), torch.randn(5)] for _ in range(2)]
+    for weight_decay in (0.0, 0.1):
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = Lamb(params, lr=0.01, betas=BETAS, eps=EPS, weight_decay=weight_decay)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        expected = reference_lamb(start, grads, 0.01, weight_decay)
+        for p, e in zip(params, expected):
+            assert torch.allclose(p.detach().double(), e, rtol=1e-5, atol=1e-7), weight_decay
+        # Adam's state names, so mask enforcement and the sparse-kernel swap apply unchanged.
+        assert all(set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"} and float(opt.state[p]["step"]) == 2 for p in params)
+    # Weight decay changes the step: the two runs above compared against two different references.
+    assert not torch.allclose(reference_lamb(start, grads, 0.01, 0.0)[0], reference_lamb(start, grads, 0.01, 0.1)[0])
+
+
+def one_layer_algo():
+    """The protocol's minimum for MaskSet.bind: one dense-masked Linear trained by LAMB."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 8, bias=False))
+    opt = Lamb(net.parameters(), lr=0.05, betas=BETAS, eps=EPS)
+    return SimpleNamespace(net=net, opt=opt, networks=lambda: {"net": net}, target_networks=dict,
+                           optimizers=lambda: {"net": opt})
+
+
+def test_trust_ratio_on_a_dense_masked_layer_is_taken_over_the_kept_weights():
+    algo = one_layer_algo()
+    weight = prunable_parameters(algo.net)["0.weight"]
+    mask = torch.zeros(weight.shape, dtype=torch.bool)
+    mask[:, :2] = True  # kept weights: the first two inputs
+    MaskSet({"net": {"0.weight": mask}}).bind(algo)
+    kept_start = weight.detach()[mask].clone()
+    x = torch.randn(32, 6)
+    algo.opt.zero_grad()
+    algo.net(x).pow(2).sum().backward()
+    grad = weight.grad.clone()
+    algo.opt.step()
+
+    # First step: m_hat = g, v_hat = g^2, so u = g / (|g| + eps).
+    def ratio(entries):
+        u = grad[entries] / (grad[entries].abs() + EPS)
+        return (weight_start[entries].norm() / u.norm()).item()
+
+    weight_start = torch.zeros_like(weight)
+    weight_start[mask] = kept_start
+    kept, everything = ratio(mask), ratio(torch.ones_like(mask))
+    u_kept = grad[mask] / (grad[mask].abs() + EPS)
+    assert torch.allclose(weight.detach()[mask], kept_start - 0.05 * kept * u_kept, rtol=1e-5, atol=1e-7)
+    assert (weight.detach()[~mask] == 0).all()
+    assert (algo.opt.state[weight]["exp_avg"][~mask] == 0).all() and (algo.opt.state[weight]["exp_avg_sq"][~mask] == 0).all()
+    # On the first step every nonzero entry of u is about +-1, so over the whole tensor (its 48
+    # entries, 16 kept) ||u|| would be sqrt(3) times larger and the step sqrt(3) times smaller.
+    assert everything == pytest.approx(kept / 3 ** 0.5, rel=1e-4)
+
+
+def test_optim_lamb_trains_every_network_of_every_built_in_with_lamb():
+    for name in ("iql", "td3bc", "cql"):
+        algo = make_algorithm(name, ProblemSpec(11, 3, optim="lamb"), {"hidden": [16, 16]})
+        owned = {id(p): type(opt) for opt in algo.optimizers().values() for g in opt.param_groups for p in g["params"]}
+        for net in algo.networks().values():
+            assert all(owned[id(p)] is Lamb for p in net.parameters()), name
+        # CQL's temperature and Lagrange multiplier are single numbers and keep Adam.
+        assert all(kind in (Lamb, FusedAdam) for kind in owned.values())
+        default = make_algorithm(name, ProblemSpec(11, 3), {"hidden": [16, 16]})
+        assert all(type(opt) is FusedAdam for opt in default.optimizers().values())
