@@ -1,6 +1,6 @@
 """Wall time to a target return: Adam at batch 256 against LAMB at large batches (issue 17, item 3).
 
-    python benchmarks/bench_lamb.py --target-return 1500 --max-steps 200000 \\
+    python benchmarks/bench_lamb.py --target-return 350 --max-steps 200000 \\
         --lamb-batches 2048,4096,8192 --lamb-lr 3e-3 [--algo iql] [--sparsity 0.95] [--json out.json]
 
 Each contender is one ordinary run through the trainer (`optim=`, `batch_size=` and, for LAMB, every
