@@ -297,10 +297,12 @@ def test_concurrent_first_use_makes_the_dataset_once(tmp_path: Path, policy_dir:
     import os
 
     from sparse_offline_rl.data import loaders
+    from sparse_offline_rl.data.policies import policy_info
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
     monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")  # not the repo's datasets/minari
     monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
+    monkeypatch.setattr(loaders, "policy_info", lambda env: policy_info(env, policy_dir))
     made = tmp_path / "made.log"
 
     def small_make(env: str, quality: str, out=None, **_) -> Path:
@@ -412,3 +414,21 @@ def test_stats_table_counts_episodes_and_returns(tmp_path: Path, monkeypatch: py
     write_tiny_minari("test/hopper/tiny-v0")  # episodes of 5 and 3 steps, reward 1 per step
     d4rl = 100 * (4.0 + 20.272305) / (3234.3 + 20.272305)
     assert f"| `test/hopper/tiny-v0` | 8 | 2 | 4 | 4.0 ± 1.0 | {d4rl:.1f} |" in stats_table(["test/hopper/tiny-v0"])
+
+
+def test_a_project_dataset_made_by_earlier_policies_is_refused(tmp_path: Path, policy_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from sparse_offline_rl.data import loaders
+    from sparse_offline_rl.data.policies import policy_info
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
+    monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")
+    monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
+    monkeypatch.setattr(loaders, "policy_info", lambda env: policy_info(env, policy_dir))
+    make_dataset("hopper", "medium", size=300, dataset_id=gen.minari_id("hopper", "medium"), out=tmp_path / "root",
+                 policy_dir=policy_dir, progress=False)
+    assert len(load_dataset("hopper-medium")) == 300
+    info = json.loads((policy_dir / "hopper" / "policies.json").read_text())
+    (policy_dir / "hopper" / "policies.json").write_text(json.dumps({**info, "ref_max_score": 3300.0}))  # retrained
+    with pytest.raises(DatasetError, match=r"earlier behaviour policies .* 3000.0; the shipped policies' are -20.0 / 3300.0"):
+        load_dataset("hopper-medium")

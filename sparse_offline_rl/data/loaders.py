@@ -17,6 +17,7 @@ from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.errors import DatasetError, UnknownNameError
 from sparse_offline_rl.io import atomic_write_bytes_with, file_lock
 from sparse_offline_rl.data.envs import TASKS, Task, get_task
+from sparse_offline_rl.data.policies import policy_info
 from sparse_offline_rl.data.generate import (
     DEFAULT_ROOT,
     ENVS,
@@ -477,6 +478,18 @@ def _ensure_local(name: str, target: str, generate: bool) -> None:
             download_minari(target, root)
 
 
+def _check_made_by_shipped_policies(ds: OfflineDataset, env: str, dataset_id: str) -> None:
+    """A project dataset cached before the behaviour policies were retrained keeps its id: without this
+    check a run would silently train on the old data and score it on the old scale."""
+    info = policy_info(env)
+    now = (float(info["ref_min_score"]), float(info["ref_max_score"]))
+    if (ds.ref_min_score, ds.ref_max_score) != now:
+        raise DatasetError(
+            f"{ds.source}: made from earlier behaviour policies (reference returns {ds.ref_min_score:.1f} / "
+            f"{ds.ref_max_score:.1f}; the shipped policies' are {now[0]:.1f} / {now[1]:.1f}); delete "
+            f"{find_minari(dataset_id) / dataset_id} and it is made again from the shipped policies on next use")
+
+
 def load_dataset(name: str, env: str | None = None, generate: bool = True) -> OfflineDataset:
     """The trainer's single entry point.
 
@@ -493,6 +506,8 @@ def load_dataset(name: str, env: str | None = None, generate: bool = True) -> Of
         target = minari_id(m[1], m[2]) if m else name
         _ensure_local(name, target, generate)
         ds = load_minari(target)
+        if m:
+            _check_made_by_shipped_policies(ds, m[1], target)
     if env is not None:
         task = _task(env)
         ds.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
