@@ -222,3 +222,13 @@ def test_suite_runs_the_same_episodes_twice_and_reports_every_cell(hopper_data, 
     other_noise = run_suite(agent, suite, seed=1, progress=False)
     assert [c["returns"] for c in other_noise["cells"][:4]] == [c["returns"] for c in first["cells"][:4]]
     assert other_noise["cells"][6]["returns"] != first["cells"][6]["returns"]  # obs noise draws follow the seed
+
+
+def test_comparisons_label_the_pruner_from_what_was_pruned():
+    """A budget prunes at sparsity 0: the label must come from the densities, as summary.json's does."""
+    from sparse_offline_rl.evaluation.agent import run_meta
+
+    cfg = {"algo": {"name": "iql"}, "env": "hopper", "dataset": "hopper-medium", "seed": 0, "sparsity": 0.0,
+           "pruner": {"name": "snip", "budget_params": 5000}}
+    assert run_meta(cfg, {"actor": 0.4, "critic": 1.0})["pruner"] == "snip"
+    assert run_meta({**cfg, "pruner": {"name": "snip"}}, {"actor": 1.0, "critic": 1.0})["pruner"] == "dense"

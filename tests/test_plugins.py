@@ -130,6 +130,19 @@ def test_plugin_gets_sparse_kernels_only_for_the_frameworks_layers(tmp_path, fas
     assert summary["density"]["critic"] == pytest.approx(0.1, abs=0.01)
 
 
+def test_optim_a_plugin_does_not_build_is_refused_not_ignored(fast_config, clean_registry):
+    """AWAC builds its own Adam: `optim=lamb` must fail in one line, not train with Adam labelled lamb."""
+    from sparse_offline_rl.errors import ConfigError
+    from sparse_offline_rl.training.trainer import validate_config
+
+    sorl.import_plugin(str(PLUGIN_FILE))
+    fast_config.update(algo={"name": "awac", "hidden": [32, 32]}, optim="lamb")
+    with pytest.raises(ConfigError, match=r"optim='lamb' is invalid for algo=awac: it builds its own optimizers \(adam\)"):
+        validate_config(fast_config)
+    fast_config.update(algo={"name": "iql"})
+    validate_config(fast_config)  # the built-ins build theirs with make_optimizer
+
+
 def test_plugin_config_defaults_become_a_hydra_entry(clean_registry):
     sorl.import_plugin(str(PLUGIN_FILE))
     assert "awac" in store_algorithm_configs(REPO / "configs" / "algo")

@@ -19,6 +19,7 @@ import torch
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
+    OPTIMIZERS,
     NoiseSource,
     Scalar,
     TanhGaussianActor,
@@ -70,6 +71,8 @@ class CQLConfig:
 
 @register_algorithm("cql")
 class CQL:
+    supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+
     Config = CQLConfig
 
     def __init__(self, config: CQLConfig, spec: ProblemSpec) -> None:

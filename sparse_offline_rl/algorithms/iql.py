@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
-from sparse_offline_rl.algorithms.networks import GaussianActor, TwinQ, ValueNet, frozen_copy, make_optimizer, polyak_update
+from sparse_offline_rl.algorithms.networks import OPTIMIZERS, GaussianActor, TwinQ, ValueNet, frozen_copy, make_optimizer, polyak_update
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -40,6 +40,8 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 @register_algorithm("iql")
 class IQL:
+    supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+
     Config = IQLConfig
 
     def __init__(self, config: IQLConfig, spec: ProblemSpec) -> None:

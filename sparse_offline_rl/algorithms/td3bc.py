@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
+    OPTIMIZERS,
     DeterministicActor,
     NoiseSource,
     TwinQ,
@@ -43,6 +44,8 @@ class TD3BCConfig:
 
 @register_algorithm("td3bc")
 class TD3BC:
+    supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+
     Config = TD3BCConfig
 
     def __init__(self, config: TD3BCConfig, spec: ProblemSpec) -> None:

@@ -15,6 +15,7 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_alg
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
+from sparse_offline_rl.pruning import network_density
 from sparse_offline_rl.pruning.sparse_choice import restore_pruned
 
 
@@ -31,16 +32,20 @@ class EvalAgent:
     meta: dict[str, Any] = field(default_factory=dict)  # algo, sparsity, seed... (for comparisons)
 
 
-def run_meta(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def pruner_label(cfg: Mapping[str, Any], density: Mapping[str, float]) -> str:
+    """The pruner a run is labelled with, from what was pruned (measured densities), not from the configured
+    sparsity: a parameter/FLOP budget prunes at sparsity 0 too."""
+    return cfg["pruner"]["name"] if any(d < 1.0 for d in density.values()) else "dense"
+
+
+def run_meta(cfg: Mapping[str, Any], density: Mapping[str, float]) -> dict[str, Any]:
     """What identifies a run in comparisons: the configuration (label) and the task (stratum)."""
-    sparsity = cfg.get("sparsity", 0.0)
-    dense = not (sparsity if not isinstance(sparsity, Mapping) else any(float(v) > 0 for v in sparsity.values()))
     return {
         "algo": cfg["algo"]["name"],
         "env": cfg["env"],
         "dataset": cfg.get("dataset"),
-        "pruner": "dense" if dense else cfg.get("pruner", {}).get("name"),
-        "sparsity": sparsity,
+        "pruner": pruner_label(cfg, density),
+        "sparsity": cfg.get("sparsity", 0.0),
         "seed": cfg.get("seed"),
     }
 
@@ -63,7 +68,8 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
                        optim=cfg.get("optim", "adam"))
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])
     restore_pruned(algo, ckpt["algo"], ckpt["masks"], ckpt.get("sparse_kernels"))
-    meta = {**run_meta(cfg), "step": ckpt.get("step"), "run_dir": str(run_dir)}
+    density = {name: network_density(net) for name, net in algo.networks().items()}
+    meta = {**run_meta(cfg, density), "step": ckpt.get("step"), "run_dir": str(run_dir)}
     return EvalAgent(algo, data.normalizer, cfg["env"], data.train, data.val,
                      discount=float(cfg["algo"].get("discount", 0.99)), reward_scale=data.reward_scale,
                      device=device, meta=meta)

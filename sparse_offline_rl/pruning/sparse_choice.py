@@ -153,10 +153,10 @@ def choose_layers(module: nn.Module, masks: Mapping[str, torch.Tensor], batch_si
         w = linear.weight
         if not eligible(linear):
             choice[pname] = LayerChoice("dense", "not eligible")
+        elif nnz == total:  # nothing pruned: a CSR layer would only be slower, whatever the mode
+            choice[pname] = LayerChoice("dense", "fully kept")
         elif mode != "auto":
             choice[pname] = LayerChoice(mode, "forced by mode")
-        elif nnz == total:
-            choice[pname] = LayerChoice("dense", "fully kept")
         elif nnz == 0:
             choice[pname] = LayerChoice("sparse", "no weights kept")
         elif w.device.type != "cpu":

@@ -21,13 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, algorithm_config, make_algorithm, prepare_data
+from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, algorithm_config, get_algorithm, make_algorithm, prepare_data
 from sparse_offline_rl.algorithms.networks import OPTIMIZERS
 from sparse_offline_rl.checks import check_value
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import d4rl_normalized_score, get_task, make_env
 from sparse_offline_rl.errors import ConfigError
+from sparse_offline_rl.evaluation.agent import pruner_label
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
@@ -108,6 +109,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     check_value("eval.suite", cfg["eval"].get("suite"), str, optional=True)
     check_value("sparse_kernels", cfg.get("sparse_kernels", "auto"), str, choices=MODES)
     check_value("optim", cfg.get("optim", "adam"), str, choices=OPTIMIZERS)
+    supported = getattr(get_algorithm(cfg["algo"]["name"]).factory, "supported_optimizers", ("adam",))
+    if cfg.get("optim", "adam") not in supported:  # else the run would train with Adam but say otherwise
+        raise ConfigError(f"optim={cfg['optim']!r} is invalid for algo={cfg['algo']['name']}: it builds its own "
+                          f"optimizers ({', '.join(supported)}); a plug-in opts in by setting `supported_optimizers` "
+                          f"and building them with `make_optimizer(..., spec.optim)`")
     for key in ("resume", "tensorboard", "progress", "verbose"):
         check_value(key, cfg.get(key, False), bool)
     if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", str(cfg["device"])):
@@ -298,7 +304,7 @@ def train(
         "env": cfg["env"],
         "dataset": cfg["dataset"],
         # Measured, not inferred from `sparsity`: a parameter/FLOP budget prunes at sparsity 0 too.
-        "pruner": cfg["pruner"]["name"] if any(d < 1.0 for d in density.values()) else "dense",
+        "pruner": pruner_label(cfg, density),
         "sparsity": cfg["sparsity"],
         "density": density,
         "steps": steps,
@@ -315,7 +321,7 @@ def train(
         from sparse_offline_rl.evaluation.suite import run_suite, write_result
 
         agent = EvalAgent(algo, normalizer, cfg["env"], train_data, val_data, discount, reward_scale, device,
-                          meta={**run_meta(cfg), "step": steps, "run_dir": str(run_dir)})
+                          meta={**run_meta(cfg, density), "step": steps, "run_dir": str(run_dir)})
         # Default noise seed: every run is scored on the same episodes, whatever its own seed.
         result = run_suite(agent, suite_name, progress=bool(cfg.get("progress", True)))
         write_result(run_dir, result)
