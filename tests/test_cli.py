@@ -57,6 +57,8 @@ def test_cli_trains_each_algorithm_and_writes_the_summary(tmp_path, hopper_file,
         ("optim=sgd", "optim='sgd' is invalid: one of adam, lamb is required"),
         ("pruner.scope=local", "pruner.scope='local' is invalid: one of global, layer, erk is required"),
         ("pruner.rounds=0", "pruner.rounds=0 is invalid: a positive integer or null is required"),
+        ("sparsity={actr:0.9,default:0.5}", "sparsity given for unknown network(s) actr; networks: actor, critic, value"),
+        ("pruner.budget_params={actor:500}", "pruner.budget_params mapping has no entry for network(s) critic, value"),
         ("algo.expectile=1.5", "algo.expectile=1.5 is invalid: a number in (0, 1) is required"),
         ("algo.beta=abc", "algo.beta='abc' is invalid: a number >= 0 is required"),
         ("algo.hidden=[32,0]", "algo.hidden=[32, 0] is invalid: a non-empty list, each item a positive integer, is required"),
@@ -78,3 +80,19 @@ def test_cli_shows_the_composed_config(tmp_path):
     result = run_cli("algo=td3bc", "pruner=synflow", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0
     assert "name: td3bc" in result.stdout and "name: synflow" in result.stdout and "rounds: 100" in result.stdout
+
+
+def test_network_mappings_are_checked_before_any_data_is_loaded(fast_config):
+    """A typo in a per-network mapping must not wait for a dataset to be made or downloaded."""
+    import torch
+
+    from sparse_offline_rl.errors import ConfigError
+    from sparse_offline_rl.training.trainer import validate_config
+
+    state = torch.get_rng_state()
+    with pytest.raises(ConfigError, match="unknown network"):
+        validate_config({**fast_config, "sparsity": {"actr": 0.9, "default": 0.5}})
+    with pytest.raises(ConfigError, match="no entry for network"):
+        validate_config({**fast_config, "pruner": {**fast_config["pruner"], "budget_flops": {"actor": 500}}})
+    validate_config({**fast_config, "sparsity": {"actor": 0.9, "default": 0.5}})
+    assert torch.equal(torch.get_rng_state(), state)  # building the networks to read their names draws nothing

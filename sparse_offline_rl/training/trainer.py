@@ -82,6 +82,27 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
             check_value(f"pruner.{key}" + (f".{name}" if name else ""), value, int, "[1, inf)", optional=name is None)
 
 
+def check_network_mappings(cfg: Mapping[str, Any]) -> None:
+    """Per-network `sparsity` / `pruner.budget_*` mappings name the algorithm's networks: checked on a copy
+    built from the env's dimensions (RNG left alone), so a typo fails before data is loaded or downloaded."""
+    mappings = {key: value for key, value in (("sparsity", cfg["sparsity"]),
+                                                ("pruner.budget_params", cfg["pruner"].get("budget_params")),
+                                                ("pruner.budget_flops", cfg["pruner"].get("budget_flops")))
+                if isinstance(value, Mapping)}
+    if not mappings:
+        return
+    task = get_task(cfg["env"])
+    with torch.random.fork_rng(devices=[]):
+        names = list(make_algorithm(cfg["algo"]["name"], ProblemSpec(task.obs_dim, task.act_dim), cfg["algo"]).networks())
+    from sparse_offline_rl.pruning import per_network
+
+    for key, value in mappings.items():
+        try:
+            per_network(value, names, key)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def validate_config(cfg: Mapping[str, Any]) -> None:
     """Fail before any data is loaded on values that can never work: one line naming the key, the
     value and what is accepted."""
@@ -116,6 +137,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
                           f"and building them with `make_optimizer(..., spec.optim)`")
     for key in ("resume", "tensorboard", "progress", "verbose"):
         check_value(key, cfg.get(key, False), bool)
+    check_network_mappings(cfg)
     if cfg.get("device", "cpu") not in ("cpu", "cuda", "auto") and not re.fullmatch(r"cuda:\d+", str(cfg["device"])):
         raise ConfigError(f"device={cfg['device']!r} is invalid; accepted: cpu, cuda, cuda:N, auto")
 
