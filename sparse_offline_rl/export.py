@@ -214,6 +214,45 @@ def measure(artefacts: Mapping[str, bytes], fmt: str, observations: np.ndarray, 
     return out
 
 
+def _pruned_actor(networks: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
+    """The actor of a pruning-time cost call as plain dense layers, with a batch-1 zero observation."""
+    actor = networks.get("actor")
+    if actor is None:
+        raise ExportError(f"this cost needs a network named 'actor'; networks: {', '.join(networks)}")
+    actor = copy.deepcopy(actor).cpu()
+    densify_(actor)
+    first = next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
+    if first is None:
+        raise ExportError("this cost needs an actor with a Linear input layer")
+    return actor.requires_grad_(False).eval(), torch.zeros(1, first.in_features)
+
+
+def _artefacts(networks: Mapping[str, nn.Module]) -> tuple[dict[str, bytes], torch.Tensor]:
+    actor, example = _pruned_actor(networks)
+    artefacts = {"dense": serialize(actor, "torchscript", example)}
+    if pruned_layers(actor):
+        artefacts["sparse"] = serialize(with_sparse_storage(actor), "torchscript", example)
+    return artefacts, example
+
+
+def actor_bytes(networks: Mapping[str, nn.Module]) -> float:
+    """Built-in cost for pruner.budget_cost=sparse_offline_rl.export:actor_bytes: bytes of the actor
+    as a TorchScript artefact, the smaller of dense and CSR storage (the normaliser, 2 x obs_dim
+    floats, is left out: it is not known before training). TorchScript's mangled class names move the
+    size by a few dozen bytes from one call to the next."""
+    artefacts, _ = _artefacts(networks)
+    return float(min(len(a) for a in artefacts.values()))
+
+
+def actor_latency_ms(networks: Mapping[str, nn.Module]) -> float:
+    """Built-in cost for pruner.budget_cost=sparse_offline_rl.export:actor_latency_ms: milliseconds per
+    action at batch 1 of the actor as a TorchScript artefact on this machine, 1 thread, the faster of
+    dense and CSR storage. A measurement: noisy, so the bisection it drives is approximate."""
+    artefacts, example = _artefacts(networks)
+    latency = measure(artefacts, "torchscript", example.numpy(), threads=1, batches=(1,))
+    return min(by_batch[1] for by_batch in latency.values()) / 1000.0
+
+
 def choose_storage(latency: Mapping[str, Mapping[int, float]], batch: int) -> str:
     sparse = latency.get("sparse")
     return "sparse" if sparse is not None and sparse[batch] <= SPARSE_MARGIN * latency["dense"][batch] else "dense"

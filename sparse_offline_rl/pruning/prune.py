@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import copy
+import importlib
 import inspect
 import numbers
 import time
@@ -50,7 +52,13 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "allow_layer_collapse": False,
     "budget_params": None,
     "budget_flops": None,
+    "budget_cost": None,
+    "budget_cost_max": None,
 }
+#: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
+BUDGET_COST_TOL = 1e-3
+#: The sparsest probe of a cost search: no sparsity below 1 meets the budget if this one does not.
+BUDGET_COST_MAX_SPARSITY = 1 - 1e-6
 
 
 def _check_method(method: str) -> None:
@@ -233,6 +241,43 @@ def _budget_keep(module: nn.Module, kind: str, budget: int, network: str) -> int
     return min(total, int(keep))
 
 
+def load_cost(path: Any) -> Callable[[dict[str, nn.Module]], float]:
+    """The callable named by pruner.budget_cost, 'package.module:function' (or 'package.module.function')."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"pruner.budget_cost={path!r} is invalid: a Python path 'module:function' is required")
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"pruner.budget_cost={path!r} is invalid: a Python path 'module:function' is required")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"pruner.budget_cost={path!r} cannot be imported: {type(exc).__name__}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"pruner.budget_cost={path!r} is not callable")
+    return fn
+
+
+def _evaluate_cost(fn: Callable[..., Any], path: str, nets: Mapping[str, nn.Module],
+                   masks: Mapping[str, Mapping[str, torch.Tensor]]) -> float:
+    """cost({name: copy of the network with its pruned weights zeroed}) as a float."""
+    pruned: dict[str, nn.Module] = {}
+    for name, net in nets.items():
+        clone = copy.deepcopy(net)
+        weights = prunable_parameters(clone)
+        with torch.no_grad():
+            for pname, mask in masks.get(name, {}).items():
+                weights[pname].mul_(mask.to(weights[pname].dtype))
+        pruned[name] = clone
+    value = fn(pruned)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1):
+        raise ValueError(f"pruner.budget_cost={path!r} returned {type(value).__name__} {value!r}, not a number")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"pruner.budget_cost={path!r} returned NaN")
+    return value
+
+
 def per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
     """A single value for every network, or a mapping {network: value} (key 'default' as fallback)."""
     if not isinstance(value, Mapping):
@@ -319,7 +364,11 @@ def prune_at_initialization(
     batches of `batch_size` transitions drawn once (all networks see the same batches). Target
     networks share their online network's mask. `sparsity` is a float for all networks or a mapping
     {network: sparsity} (key 'default' as fallback); `budget_params` / `budget_flops` in `pruner`
-    replace it by the sparsity that meets that per-network budget.
+    replace it by the sparsity that meets that per-network budget. `budget_cost` ('module:function')
+    with `budget_cost_max` replaces it by the least sparsity s, applied to every network, whose
+    cost({name: copy of the network with its pruned weights zeroed}) <= budget_cost_max: bisection on
+    s to BUDGET_COST_TOL, re-pruning with the configured pruner at each probe; the cost is assumed not
+    to increase with s.
 
     Pruning consumes none of training's randomness: every RNG (torch, numpy and Python globals, and
     every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
@@ -341,8 +390,17 @@ def prune_at_initialization(
     for key in ("num_batches", "batch_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"pruner.{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg["budget_params"] is not None and cfg["budget_flops"] is not None:
-        raise ValueError("give at most one of pruner.budget_params and pruner.budget_flops")
+    given = [k for k in ("budget_params", "budget_flops", "budget_cost") if cfg[k] is not None]
+    if len(given) > 1:
+        raise ValueError("give at most one of pruner.budget_params, pruner.budget_flops and pruner.budget_cost")
+    cost_fn = None
+    if (cfg["budget_cost"] is None) != (cfg["budget_cost_max"] is None):
+        raise ValueError("pruner.budget_cost and pruner.budget_cost_max go together: give both or neither")
+    if cfg["budget_cost"] is not None:
+        limit = cfg["budget_cost_max"]
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Real) or limit != limit:
+            raise ValueError(f"pruner.budget_cost_max={limit!r} is invalid: a number is required")
+        cost_fn = load_cost(cfg["budget_cost"])
     rounds = _rounds(method, cfg["rounds"])
 
     nets: dict[str, nn.Module] = dict(algo.networks())
@@ -353,15 +411,20 @@ def prune_at_initialization(
 
     start = time.perf_counter()
     devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
-    masks: dict[str, dict[str, torch.Tensor]] = {}
-    networks_report: dict[str, Any] = {}
+    setups: dict[str, tuple[int, LayerGraph | None, str | None, list[str], int]] = {}
+    cost_report: dict[str, Any] | None = None
     with untouched_rngs(algo, sample_batch, devices=devices):
         torch.manual_seed(seed)
         batches: list[Any] = []
         if method in DATA_DRIVEN:
             batches = [_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
         example_batch = batches[0] if batches else None
-        for name, net in nets.items():
+
+        def setup(name: str, net: nn.Module) -> tuple[int, LayerGraph | None, str | None, list[str], int]:
+            """Size, wiring and dense layers of one network, read once (the first pass, in network order)."""
+            nonlocal example_batch
+            if name in setups:
+                return setups[name]
             params = prunable_parameters(net)
             total = sum(p.numel() for p in params.values())
             graph, wiring_error = _wiring(net)
@@ -380,28 +443,75 @@ def prune_at_initialization(
                 first = graph.first_layers() if cfg["keep_first_layer_dense"] else []
                 dense_layers = list(dict.fromkeys(first + (graph.last_layers() if cfg["keep_last_layer_dense"] else [])))
             dense_n = sum(params[n].numel() for n in dense_layers)
-            if budget_kind:
-                # A budget is about the whole network, so the dense layers are paid out of it.
-                keep = _budget_keep(net, budget_kind, int(budgets[name]), name)
-                target = 1 - keep / total if total else 0.0
+            setups[name] = (total, graph, wiring_error, dense_layers, dense_n)
+            return setups[name]
+
+        def prune_all(targets: Mapping[str, float], allow_collapse: bool
+                      ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+            masks: dict[str, dict[str, torch.Tensor]] = {}
+            networks_report: dict[str, Any] = {}
+            for name, net in nets.items():
+                total, graph, wiring_error, dense_layers, dense_n = setup(name, net)
+                if budget_kind:
+                    # A budget is about the whole network, so the dense layers are paid out of it.
+                    keep = _budget_keep(net, budget_kind, int(budgets[name]), name)
+                    target = 1 - keep / total if total else 0.0
+                else:
+                    # A sparsity applies to the layers being pruned: keeping a layer dense means "do not
+                    # prune it", not "prune the others harder" (at 95% the 17x256 input layer alone would
+                    # exceed the budget of a 17-256-256-1 value net).
+                    target = targets[name] if method != "dense" else 0.0
+                    keep = dense_n + keep_count(total - dense_n, 1 - target)
+                net_masks: dict[str, torch.Tensor] | None = None
+                if method != "dense" and keep < total:
+                    losses = [partial(algo.saliency_loss, name, b) for b in batches]
+                    net_masks = prune_module(
+                        net, method, keep, scope=scope, dense_layers=dense_layers, losses=losses, rounds=rounds,
+                        seed=_seed_for(seed, name), allow_layer_collapse=allow_collapse, name=name, graph=graph,
+                    )
+                    masks[name] = net_masks
+                networks_report[name] = network_report(net, net_masks, target, keep, total, dense_layers, budget_kind,
+                                                       budgets.get(name), graph, wiring_error)
+                if method == "dense" and targets[name] > 0:
+                    networks_report[name]["ignored_sparsity"] = targets[name]
+            return masks, networks_report
+
+        if cost_fn is not None:
+            path, limit = cfg["budget_cost"], float(cfg["budget_cost_max"])
+            probes: list[tuple[float, float]] = []
+
+            def cost_at(s: float) -> float:
+                # Every probe starts from the same torch RNG state, so the chosen probe's masks are
+                # the final masks (re-pruned below with the configured collapse check).
+                torch.manual_seed(seed)
+                probe_masks, _ = prune_all({n: s for n in names}, True)
+                value = _evaluate_cost(cost_fn, path, nets, probe_masks)
+                probes.append((s, value))
+                return value
+
+            if cost_at(0.0) <= limit:
+                chosen = 0.0
             else:
-                # A sparsity applies to the layers being pruned: keeping a layer dense means "do not
-                # prune it", not "prune the others harder" (at 95% the 17x256 input layer alone would
-                # exceed the budget of a 17-256-256-1 value net).
-                target = targets[name] if method != "dense" else 0.0
-                keep = dense_n + keep_count(total - dense_n, 1 - target)
-            net_masks: dict[str, torch.Tensor] | None = None
-            if method != "dense" and keep < total:
-                losses = [partial(algo.saliency_loss, name, b) for b in batches]
-                net_masks = prune_module(
-                    net, method, keep, scope=scope, dense_layers=dense_layers, losses=losses, rounds=rounds,
-                    seed=_seed_for(seed, name), allow_layer_collapse=cfg["allow_layer_collapse"], name=name, graph=graph,
-                )
-                masks[name] = net_masks
-            networks_report[name] = network_report(net, net_masks, target, keep, total, dense_layers, budget_kind,
-                                                   budgets.get(name), graph, wiring_error)
-            if method == "dense" and targets[name] > 0:
-                networks_report[name]["ignored_sparsity"] = targets[name]
+                top = cost_at(BUDGET_COST_MAX_SPARSITY)
+                if top > limit:
+                    raise ValueError(
+                        f"pruner.budget_cost={path!r}: no sparsity below 1 meets budget_cost_max={limit:g} "
+                        f"(cost {top:g} at sparsity {BUDGET_COST_MAX_SPARSITY}, {probes[0][1]:g} dense)"
+                    )
+                lo, hi = 0.0, BUDGET_COST_MAX_SPARSITY
+                while hi - lo > BUDGET_COST_TOL:
+                    mid = (lo + hi) / 2
+                    lo, hi = (lo, mid) if cost_at(mid) <= limit else (mid, hi)
+                chosen = hi
+            targets = {n: chosen for n in names}
+            achieved = next(v for s_, v in reversed(probes) if s_ == chosen)
+            cost_report = {"budget_cost": path, "budget_cost_max": limit, "cost": achieved, "sparsity": chosen,
+                           "tolerance": BUDGET_COST_TOL, "probes": [{"sparsity": s_, "cost": v} for s_, v in probes]}
+            torch.manual_seed(seed)
+        masks, networks_report = prune_all(targets, cfg["allow_layer_collapse"])
+        if cost_report is not None:
+            for info in networks_report.values():
+                info["target_from"] = "budget_cost"
     # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
     # optimizer step must not see such gradients.
     for net in nets.values():
@@ -421,6 +531,7 @@ def prune_at_initialization(
         "allow_layer_collapse": bool(cfg["allow_layer_collapse"]),
         "budget_params": cfg["budget_params"] if not isinstance(cfg["budget_params"], Mapping) else dict(cfg["budget_params"]),
         "budget_flops": cfg["budget_flops"] if not isinstance(cfg["budget_flops"], Mapping) else dict(cfg["budget_flops"]),
+        "budget_cost": cost_report,
         "seed": int(seed),
         "scoring_seconds": scoring_seconds,
         "networks": networks_report,

@@ -80,6 +80,21 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
         budget = pruner.get(key)
         for name, value in (budget.items() if isinstance(budget, Mapping) else [(None, budget)]):
             check_value(f"pruner.{key}" + (f".{name}" if name else ""), value, int, "[1, inf)", optional=name is None)
+    check_value("pruner.budget_cost", pruner.get("budget_cost"), str, optional=True)
+    check_value("pruner.budget_cost_max", pruner.get("budget_cost_max"), float, optional=True)
+    if (pruner.get("budget_cost") is None) != (pruner.get("budget_cost_max") is None):
+        raise ConfigError("pruner.budget_cost and pruner.budget_cost_max go together: give both or neither")
+    given = [k for k in ("budget_params", "budget_flops", "budget_cost") if pruner.get(k) is not None]
+    if len(given) > 1:
+        raise ConfigError("give at most one of pruner.budget_params, pruner.budget_flops and pruner.budget_cost; "
+                          f"got {', '.join(given)}")
+    if pruner.get("budget_cost") is not None:
+        from sparse_offline_rl.pruning.prune import load_cost
+
+        try:
+            load_cost(pruner["budget_cost"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def check_network_mappings(cfg: Mapping[str, Any]) -> None:
