@@ -321,3 +321,12 @@ def test_summary_pruner_is_measured_not_inferred(tmp_path, fast_config, hopper_d
     assert budget["pruner"] == "magnitude" and all(d < 1.0 for d in budget["density"].values())
     dense = train({**quick, "pruner": {"name": "snip"}}, tmp_path / "dense", dataset=hopper_data)
     assert dense["pruner"] == "dense" and all(d == 1.0 for d in dense["density"].values())
+
+
+def test_threads_setting_is_the_runs_own(tmp_path, fast_config, hopper_data):
+    """Library callers (and sweeps run in one process) keep their thread count after a run sets its own."""
+    import torch
+
+    before = torch.get_num_threads()
+    train({**fast_config, "steps": 20, "threads": before + 1}, tmp_path, dataset=hopper_data)
+    assert torch.get_num_threads() == before

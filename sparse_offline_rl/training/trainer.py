@@ -209,6 +209,19 @@ def train(
     dataset: OfflineDataset | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, run_dir, dataset, callbacks)
+    finally:
+        torch.set_num_threads(threads)  # `threads=` is this run's setting, not one for the caller's process
+
+
+def _train(
+    cfg: Mapping[str, Any] | DictConfig,
+    run_dir: Path | str,
+    dataset: OfflineDataset | None,
+    callbacks: Sequence[Callback],
+) -> dict[str, Any]:
     cfg = to_dict(cfg)
     validate_config(cfg)
     suite_name = cfg["eval"].get("suite")
