@@ -112,18 +112,21 @@ def cache_dir() -> Path:
 
 
 @contextmanager
-def file_lock(path: Path | str, waiting_message: str | None = None) -> Iterator[None]:
+def file_lock(path: Path | str, waiting_message: str | None = None, busy_error: str | None = None) -> Iterator[None]:
     """An exclusive lock between processes (POSIX `flock` on `path`), held for the `with` block.
 
     For work that several processes may start at once, e.g. the parallel jobs of a sweep on a fresh
-    machine all needing the same dataset: one does it, the others wait, then find it done. The lock
-    goes away with its process, so a killed holder never blocks anyone."""
+    machine all needing the same dataset: one does it, the others wait, then find it done. With
+    `busy_error`, a held lock raises RuntimeError(busy_error) instead of waiting. The lock goes away
+    with its process, so a killed holder never blocks anyone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if busy_error:
+                raise RuntimeError(busy_error) from None
             if waiting_message:
                 print(waiting_message, file=sys.stderr, flush=True)
             fcntl.flock(f, fcntl.LOCK_EX)

@@ -6,9 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from sparse_offline_rl.data.behavior import snapshot_keeps, train
+from sparse_offline_rl.io import file_lock
 
 
 def _log(path: Path) -> dict:
@@ -49,3 +51,11 @@ def test_behaviour_training_resumes_from_work_folder_then_from_snapshot(tmp_path
 def test_snapshot_keeps_early_checkpoints_densely() -> None:
     kept = [s for s in range(0, 1_000_001, 10_000) if snapshot_keeps(s)]
     assert kept[:21] == list(range(0, 200_001, 10_000)) and kept[21:] == list(range(250_000, 1_000_001, 50_000))
+
+
+def test_a_second_process_on_the_same_work_folder_is_refused(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    with file_lock(work / "train.lock"):  # another training process holds the folder
+        with pytest.raises(RuntimeError, match="being trained by another process"):
+            train("hopper", steps=10, work=work, snapshot=tmp_path / "snap", progress=False)
+    assert not (work / "state.pt").exists()

@@ -47,7 +47,7 @@ from sparse_offline_rl.data.policies import (
     actor_to_arrays,
 )
 from sparse_offline_rl.data.rollout import reset_seed, rollout
-from sparse_offline_rl.io import atomic_torch_save, atomic_write_bytes_with, atomic_write_json, cache_dir
+from sparse_offline_rl.io import atomic_torch_save, atomic_write_bytes_with, atomic_write_json, cache_dir, file_lock
 
 SNAPSHOT_DIR = REPO_ROOT / "datasets" / "behavior"
 TRAIN_SEED_OFFSET = 500  # training resets use seeds far from dataset (0..) and reference (900..) seeds
@@ -214,7 +214,16 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def train(env: str, steps: int = 1_000_000, minutes: float | None = None, seed: int = 0, every: int = 10_000,
+def train(env: str, seed: int = 0, work: Path | str | None = None, **options: Any) -> Path:
+    """Runs (or resumes) SAC, see `_train`. One process per work folder: a second one would interleave
+    its checkpoints and buffer rows with the first's, so it stops at once with a clear error."""
+    folder = Path(work) if work else work_dir(env, seed)
+    with file_lock(folder / "train.lock", busy_error=f"{folder} is being trained by another process (its "
+                                                      "state, buffer and snapshots are that process's): not starting"):
+        return _train(env, seed=seed, work=folder, **options)
+
+
+def _train(env: str, steps: int = 1_000_000, minutes: float | None = None, seed: int = 0, every: int = 10_000,
           snapshot_every: int = 50_000, start_steps: int = 10_000, batch_size: int = 256, hidden: int = 256,
           lr: float = 3e-4, refill: int = 20_000, work: Path | str | None = None,
           snapshot: Path | str | None = None, progress: bool = True) -> Path:
