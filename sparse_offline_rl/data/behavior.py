@@ -47,7 +47,14 @@ from sparse_offline_rl.data.policies import (
     actor_to_arrays,
 )
 from sparse_offline_rl.data.rollout import reset_seed, rollout
-from sparse_offline_rl.io import atomic_torch_save, atomic_write_bytes_with, atomic_write_json, cache_dir, file_lock
+from sparse_offline_rl.io import (
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write_bytes_with,
+    atomic_write_json,
+    cache_dir,
+    file_lock,
+)
 
 SNAPSHOT_DIR = REPO_ROOT / "datasets" / "behavior"
 TRAIN_SEED_OFFSET = 500  # training resets use seeds far from dataset (0..) and reference (900..) seeds
@@ -431,8 +438,6 @@ def plot_training(log: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from sparse_offline_rl.io import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     episodes = np.array(log["train_episodes"], dtype=np.float64).reshape(-1, 3)
