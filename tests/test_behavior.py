@@ -59,3 +59,29 @@ def test_a_second_process_on_the_same_work_folder_is_refused(tmp_path: Path) -> 
         with pytest.raises(RuntimeError, match="being trained by another process"):
             train("hopper", steps=10, work=work, snapshot=tmp_path / "snap", progress=False)
     assert not (work / "state.pt").exists()
+
+
+def test_finalize_ships_measured_expert_and_medium_in_full_precision(tmp_path: Path) -> None:
+    from sparse_offline_rl.data.behavior import finalize
+    from sparse_offline_rl.data.policies import load_checkpoint
+
+    work = tmp_path / "work"
+    train("hopper", steps=400, every=100, snapshot_every=400, start_steps=100, batch_size=32, hidden=16,
+          progress=False, work=work, snapshot=tmp_path / "snap")
+    info = finalize("hopper", work=work, policy_dir=tmp_path / "policies", episodes=3, top=2, replay_every=200)
+    names = info["policies"]
+    steps = {c["name"]: c["step"] for c in info["checkpoints"]}
+    assert names["expert"] in info["expert_candidates"] and names["medium"] in info["medium_candidates"]
+    assert steps[names["medium"]] <= steps[names["expert"]]
+    assert info["returns"]["expert"] == info["expert_candidates"][names["expert"]]
+    assert all(steps[n] % 200 == 0 and steps[n] <= steps[names["medium"]] for n in names["medium-replay"])
+    with np.load(tmp_path / "policies" / "hopper" / "actors.npz") as z:
+        for name in {names["expert"], names["medium"], *names["medium-replay"]}:
+            weight = z[f"{name}/net.0.weight"]
+            measured = name in (names["expert"], names["medium"])
+            assert weight.dtype == (np.float32 if measured else np.float16)
+            with np.load(work / "actors" / f"{name}.npz") as original:  # the policy that was measured, exactly
+                expected = original["net.0.weight"].astype(np.float32)
+            np.testing.assert_array_equal(weight.astype(np.float32), expected if measured else expected.astype(np.float16))
+            load_checkpoint("hopper", name, 11, 3, policy_dir=tmp_path / "policies")  # loads as a policy
+    assert (tmp_path / "policies" / "hopper" / "return_curve.png").exists()

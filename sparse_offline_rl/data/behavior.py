@@ -62,6 +62,8 @@ CHECKPOINT_EVAL_SEED = 800
 CHECKPOINT_EVAL_EPISODES = 10
 REFERENCE_SEED = 900  # 100-episode reference returns (random / medium / expert)
 MEDIUM_FRACTION = 1.0 / 3.0
+MEDIUM_CANDIDATES = 5  # checkpoints re-measured on `episodes` episodes when choosing medium
+REPLAY_EVERY = 20_000  # medium-replay mixes the checkpoints every REPLAY_EVERY steps up to medium
 
 
 def work_dir(env: str, seed: int = 0) -> Path:
@@ -370,13 +372,14 @@ def _train(env: str, steps: int = 1_000_000, minutes: float | None = None, seed:
     return work
 
 def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY_DIR, episodes: int = 100,
-             top: int = 3, seed: int = 0) -> dict[str, Any]:
+             top: int = 3, seed: int = 0, replay_every: int = REPLAY_EVERY) -> dict[str, Any]:
     """Choose expert / medium / medium-replay checkpoints, measure them over `episodes` episodes, ship them.
 
     expert = the checkpoint with the best 10-episode evaluation (then re-measured on 100 episodes);
-    medium = the checkpoint whose evaluation is closest to random + (expert - random) / 3, as D4RL's
-    "medium" SAC policy reached about a third of its expert; medium-replay = every checkpoint from the
-    start of training up to medium (equal shares, as each covers the same number of training steps).
+    medium = of the checkpoints whose evaluation is closest to random + (expert - random) / 3 (D4RL's
+    "medium" SAC policy reached about a third of its expert), the one whose `episodes`-episode return is
+    closest; medium-replay = the checkpoints every REPLAY_EVERY steps from the start of training up to
+    medium (equal shares, as each covers the same number of training steps).
     """
     task = get_task(env)
     work = Path(work) if work else work_dir(task.name, seed)
@@ -394,40 +397,53 @@ def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY
         return {"mean": float(rets.mean()), "std": float(rets.std()), "min": float(rets.min()),
                 "max": float(rets.max()), "mean_length": float(lens.mean()), "episodes": len(eps)}
 
+    def policy_of(name: str) -> ActorPolicy:
+        return ActorPolicy(actor_from_arrays(all_arrays[name], task.obs_dim, task.act_dim))
+
     random_stats = measure(RandomPolicy(task.act_dim), "random")
     # Re-measure the top few candidates on `episodes` episodes: 10-episode evaluations are noisy.
     best = sorted(ckpts, key=lambda c: c["eval_return"], reverse=True)[:top]
-    candidates = {c["name"]: measure(ActorPolicy(actor_from_arrays(all_arrays[c["name"]], task.obs_dim, task.act_dim)),
-                                     c["name"]) for c in best}
+    candidates = {c["name"]: measure(policy_of(c["name"]), c["name"]) for c in best}
     expert_name = max(candidates, key=lambda n: candidates[n]["mean"])
     expert_stats = candidates[expert_name]
     target = random_stats["mean"] + MEDIUM_FRACTION * (expert_stats["mean"] - random_stats["mean"])
     expert_step = next(c["step"] for c in ckpts if c["name"] == expert_name)
+    # Medium: a policy half-way through learning is erratic (walker2d at ~1/3 of the expert: 10-episode
+    # means off by 1000), so the few checkpoints nearest the target are re-measured and the closest kept.
     before = [c for c in ckpts if c["step"] <= expert_step]
-    medium = min(before, key=lambda c: (abs(c["eval_return"] - target), c["step"]))
-    medium_stats = measure(ActorPolicy(actor_from_arrays(all_arrays[medium["name"]], task.obs_dim, task.act_dim)),
-                           medium["name"])
-    replay = [c["name"] for c in ckpts if c["step"] <= medium["step"]]
+    near = sorted(before, key=lambda c: (abs(c["eval_return"] - target), c["step"]))[:MEDIUM_CANDIDATES]
+    medium_candidates = {c["name"]: measure(policy_of(c["name"]), c["name"]) for c in near}
+    medium_name = min(medium_candidates, key=lambda n: abs(medium_candidates[n]["mean"] - target))
+    medium_stats = medium_candidates[medium_name]
+    medium_step = next(c["step"] for c in ckpts if c["name"] == medium_name)
+    replay = [c["name"] for c in ckpts if c["step"] <= medium_step and c["step"] % replay_every == 0]
 
     out = policy_dir / task.name
     out.mkdir(parents=True, exist_ok=True)
-    keep = sorted(set(replay) | {expert_name, medium["name"]})
-    np.savez_compressed(out / "actors.npz", **{f"{n}/{k}": v for n in keep for k, v in all_arrays[n].items()})
+    # Replay-only actors go in half precision (their data is a mixture; this halves the repository's
+    # growth); expert and medium stay float32, exactly the policies measured above.
+    measured = {expert_name, medium_name}
+    keep = sorted(set(replay) | measured)
+    _save_npz(out / "actors.npz", {f"{n}/{k}": (v if n in measured else v.astype(np.float16))
+                                   for n in keep for k, v in all_arrays[n].items()}, compressed=True)
     info = {
         "env": task.name, "env_id": task.env_id,
         "training": {k: log[k] for k in ("algorithm", "seed", "hyperparameters", "step_cap", "steps_done", "wall_s",
                                          "sessions")},
-        "policies": {"expert": expert_name, "medium": medium["name"], "medium-replay": replay},
-        "medium_rule": f"checkpoint (up to expert) whose 10-episode return is closest to random + {MEDIUM_FRACTION:.3f} "
-                       f"* (expert - random) = {target:.1f}",
+        "policies": {"expert": expert_name, "medium": medium_name, "medium-replay": replay},
+        "medium_rule": f"of the {MEDIUM_CANDIDATES} checkpoints (up to expert) whose 10-episode return is nearest random + "
+                       f"{MEDIUM_FRACTION:.3f} * (expert - random) = {target:.1f}, the one whose {episodes}-episode "
+                       f"return is nearest",
+        "medium_replay_rule": f"every checkpoint up to medium whose step is a multiple of {replay_every} (float16)",
         "returns": {"random": random_stats, "medium": medium_stats, "expert": expert_stats},
         "expert_candidates": candidates,
+        "medium_candidates": medium_candidates,
         "reference_seed": REFERENCE_SEED,
         "ref_min_score": random_stats["mean"], "ref_max_score": expert_stats["mean"],
         "checkpoints": ckpts,
         "finalize_command": f"python -m sparse_offline_rl.data.behavior finalize env={task.name} episodes={episodes} top={top}",
     }
-    (out / "policies.json").write_text(json.dumps(info, indent=1))
+    atomic_write_json(out / "policies.json", info)
     plot_training(log, out / "return_curve.png")
     return info
 
