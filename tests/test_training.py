@@ -40,6 +40,10 @@ def test_summary_has_documented_fields(tmp_path, fast_config, hopper_data):
     for density in summary["density"].values():
         assert density == pytest.approx(0.1, abs=0.01)
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "eval.csv").exists()
+    data_mean = float(hopper_data.episode_returns().mean())  # the data's level, on each score scale
+    assert on_disk["dataset_returns"]["return_mean"] == pytest.approx(data_mean)
+    assert on_disk["dataset_returns"]["normalized_score"] == pytest.approx(float(hopper_data.normalized_score(data_mean)))
+    assert on_disk["dataset_returns"]["episodes"] == hopper_data.num_episodes
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [150, 300]
     # Normalised score by hand: 100 * (R - random) / (expert - random), D4RL's hopper references.

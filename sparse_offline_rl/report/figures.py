@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -120,9 +121,13 @@ def learning_curves(runs: Sequence[Row], path: Path) -> Path:
         ax.plot(steps, mean, style, color=color, marker="o", ms=2.5, lw=1.3,
                 label=f"{pruner} s={sparsity} (n={len(values)})")
         ax.fill_between(steps, mean - sem, mean + sem, color=color, alpha=0.15, lw=0)
+    data_level = {d: [r["data_score"] for r in runs if r["dataset"] == d and not math.isnan(r.get("data_score", math.nan))]
+                  for d in datasets}
     for i, algo in enumerate(algos):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
+            if data_level[dataset]:  # the behaviour data's mean return: what "learns the data's level" means
+                ax.axhline(float(np.mean(data_level[dataset])), color="0.5", ls="--", lw=1.0, label="data mean return")
             ax.set_title(f"{algo} / {short(dataset)}", fontsize=10)
             ax.set_xlabel("gradient step" if i == len(algos) - 1 else "")
             ax.set_ylabel("score, dataset's reference returns\n(mean ± s.e.)" if j == 0 else "")

@@ -45,6 +45,8 @@ def run_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
             "sparsity": sparsity_label(s["sparsity"]), "seed": s["seed"],
             "score": s["eval"]["normalized_score_mean"], "return": s["eval"]["return_mean"],
             "d4rl_score": s["eval"].get("d4rl_score_mean", math.nan),
+            # the data's own mean episode return on the same scale as `score` (older runs lack it)
+            "data_score": (s.get("dataset_returns") or {}).get("normalized_score", math.nan),
             "score_scale": (s.get("score_scales") or {}).get("normalized_score", ""),
             "steps": s["steps"], "steps_per_sec": s.get("steps_per_sec"), "run_dir": str(job.path),
         }

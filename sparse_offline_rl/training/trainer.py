@@ -203,6 +203,14 @@ def score_scales(dataset: OfflineDataset, env: str) -> dict[str, str]:
                           f"100 = {task.d4rl_expert_score:g}), the scale of published D4RL tables"}
 
 
+def dataset_returns(dataset: OfflineDataset, env: str) -> dict[str, float]:
+    """The mean episode return of the data on each score scale: the level an agent is compared with
+    (an offline agent "reaches the behaviour policy" when its score gets here)."""
+    mean = float(dataset.episode_returns().mean())
+    return {"return_mean": mean, "normalized_score": float(dataset.normalized_score(mean)),
+            "d4rl_score": float(d4rl_normalized_score(env, mean)), "episodes": int(dataset.num_episodes)}
+
+
 def train(
     cfg: Mapping[str, Any] | DictConfig,
     run_dir: Path | str,
@@ -362,6 +370,7 @@ def _train(
         "train_seconds": train_seconds,
         "eval": {**final_eval, "seeds": seeds_for_eval},
         "score_scales": score_scales(train_data, cfg["env"]),
+        "dataset_returns": dataset_returns(dataset, cfg["env"]),
         "seed": seed,
         "pruning": pruning_report,
         "config": cfg,
