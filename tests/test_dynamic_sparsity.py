@@ -63,6 +63,7 @@ def test_schedules_follow_the_references():
     ({"name": "rigl", "drop_decay": "linear"}, r"drop_decay='linear' is invalid; accepted: cosine, constant"),
     ({"name": "snip", "update_every": 100}, r"pruner.update_every is an option of the during-training pruners"),
     ({"name": "gmp", "budget_params": 1000}, r"pruner.budget_params is not supported by pruner=gmp"),
+    ({"name": "gmp", "drop_fraction": 0.2}, r"pruner.drop_fraction applies to set and rigl .* not to pruner=gmp"),
 ])
 def test_bad_schedule_options_fail_in_one_line(fast_config, pruner, message):
     with pytest.raises(ConfigError, match=message):

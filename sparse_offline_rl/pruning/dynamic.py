@@ -66,6 +66,10 @@ def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"pruner.{next(iter(given))} is an option of the during-training pruners "
                              f"({', '.join(DYNAMIC_PRUNERS)}), not of pruner={method}")
         return {}
+    if method == "gmp":
+        unused = [k for k in ("drop_fraction", "drop_decay") if k in given]
+        if unused:
+            raise ValueError(f"pruner.{unused[0]} applies to set and rigl (drop and regrow), not to pruner=gmp")
     out = {**DYNAMIC_DEFAULTS, "begin": BEGIN[method], **given}
     every = out["update_every"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:

@@ -1,6 +1,7 @@
 """Compressed sparse linear layers for pruned networks: the kept weights are the only parameters.
 
-After pruning at initialization the masks are fixed for the whole run, so a pruned `nn.Linear` can
+Between mask updates (after pruning at initialization: the whole run; GMP, SET, RigL: densified and
+rebuilt around each update, `densify_algorithm` / `sparsify_algorithm`) a pruned `nn.Linear` can
 store just its kept weights as a CSR matrix: `values` (shape (nnz,), row-major order of the mask)
 is the trainable parameter, the pattern is a fixed buffer. Forward, input gradient and weight
 gradient then cost O(nnz * batch) instead of O(out * in * batch), optimizer state exists only for
