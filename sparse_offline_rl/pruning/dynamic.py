@@ -54,6 +54,8 @@ DYNAMIC_DEFAULTS: dict[str, Any] = {
 }
 #: Where each method starts updating (GMP: prune from 20%; SET / RigL rewire from the start).
 BEGIN = {"gmp": 0.2, "set": 0.0, "rigl": 0.0}
+#: The layer densities all three use unless pruner.scope says otherwise (the references' ERK).
+SCOPE = "erk"
 DECAYS = ("cosine", "constant")
 
 
@@ -235,6 +237,7 @@ class SparseTraining:
         self.pruner = dict(pruner)
         self.opts = options(pruner)
         self.dynamic = self.method in DYNAMIC_PRUNERS
+        self.scope = pruner.get("scope") or (SCOPE if self.dynamic else "global")
         self.schedule = Schedule.of(self.opts, steps) if self.dynamic else None
         self.targets = {n: float(s) for n, s in targets.items()}
         self.batch_size, self.kernel_mode, self.seed = int(batch_size), kernel_mode, int(seed)
@@ -248,6 +251,7 @@ class SparseTraining:
     def initial_pruner(self) -> dict[str, Any]:
         """What prunes at initialization: GMP starts dense, SET / RigL random with the run's scope."""
         base = {k: v for k, v in self.pruner.items() if k not in DYNAMIC_DEFAULTS}
+        base["scope"] = self.scope
         if self.method == "gmp":
             return {**base, "name": "dense"}
         if self.method in ("set", "rigl"):
@@ -278,7 +282,7 @@ class SparseTraining:
                                + (graph.last_layers() if self.pruner.get("keep_last_layer_dense") else [])) if graph else []
                 dense[name] = list(dict.fromkeys(dense[name]))
                 members[name] = network_members(net, graph)
-            self.rule = GMP(self.opts, self.targets, dense, members, self.pruner.get("scope", "global"))
+            self.rule = GMP(self.opts, self.targets, dense, members, self.scope)
         elif self.method == "set":
             self.rule = SET(self.opts, self.seed)
         elif self.method == "rigl":
