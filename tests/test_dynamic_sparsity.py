@@ -16,11 +16,13 @@ from sparse_offline_rl.pruning import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.allocation import keep_count
 from sparse_offline_rl.pruning.density import count_params_flops
 from sparse_offline_rl.pruning.dynamic import (
+    Gibbs,
     RigL,
     Schedule,
     SparseTraining,
     drop_and_grow,
     drop_fraction,
+    gibbs_sample,
     gmp_sparsity,
     options,
 )
@@ -31,14 +33,15 @@ from test_training import Interrupt, assert_same_state, interrupt_at
 
 def update_steps(name: str, steps: int, **opts) -> list[int]:
     training = SparseTraining({"name": name, **opts}, steps, {"net": 0.9}, 8, seed=0)
-    rule = {"gmp": lambda s: training.schedule.is_update(s) or s == training.schedule.end_step}.get(
-        name, training.schedule.is_update)
-    return [s for s in range(1, steps + 1) if rule(s)]
+    final_too = name in ("gmp", "gibbs")  # they reach the exact target at `end`, on the grid or not
+    schedule = training.schedule
+    return [s for s in range(1, steps + 1) if schedule.is_update(s) or (final_too and s == schedule.end_step)]
 
 
 def test_schedules_follow_the_references():
     # GMP: every 1000 steps from 20% to 80%; SET / RigL: from the start until 80%, then fixed.
     assert update_steps("gmp", 10_000) == list(range(2000, 8001, 1000))
+    assert update_steps("gibbs", 10_000) == list(range(1000, 8001, 1000))
     assert update_steps("set", 10_000) == list(range(1000, 8001, 1000))
     assert update_steps("rigl", 10_000, end=0.5, update_every=500) == list(range(500, 5001, 500))
     # GMP's last update is at `end` even off the grid, so the target is always reached.
@@ -63,7 +66,9 @@ def test_schedules_follow_the_references():
     ({"name": "rigl", "drop_decay": "linear"}, r"drop_decay='linear' is invalid; accepted: cosine, constant"),
     ({"name": "snip", "update_every": 100}, r"pruner.update_every is an option of the during-training pruners"),
     ({"name": "gmp", "budget_params": 1000}, r"pruner.budget_params is not supported by pruner=gmp"),
-    ({"name": "gmp", "drop_fraction": 0.2}, r"pruner.drop_fraction applies to set and rigl .* not to pruner=gmp"),
+    ({"name": "gmp", "drop_fraction": 0.2}, r"pruner.drop_fraction applies to set and rigl, not to pruner=gmp"),
+    ({"name": "rigl", "temperature_end": 0.1}, r"pruner.temperature_end applies to gibbs, not to pruner=rigl"),
+    ({"name": "gibbs", "temperature_start": 0}, r"pruner.temperature_start=0 is invalid: a number in \(0, inf\)"),
 ])
 def test_bad_schedule_options_fail_in_one_line(fast_config, pruner, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,6 +83,20 @@ def test_drop_and_grow_drops_the_smallest_and_grows_the_best_scores():
     assert new.tolist() == [[True, True, True, False], [True, False, False, True]]
     assert int(new.sum()) == int(mask.sum())
     assert torch.equal(drop_and_grow(weight, mask, scores, 0.1), mask)  # half a weight: nothing moves
+
+
+def test_gibbs_draws_the_target_count_in_expectation_and_anneals_to_magnitude():
+    energy = torch.rand(20_000, generator=torch.Generator().manual_seed(1))
+    top = energy >= energy.kthvalue(20_000 - 1000 + 1).values  # the 1000 largest
+    generator = torch.Generator().manual_seed(0)
+    hot = [gibbs_sample(energy, 1000, 1.0, generator) for _ in range(5)]
+    cold = gibbs_sample(energy, 1000, 1e-9, generator)
+    for draw in hot:  # about 1000 kept (binomial spread ~30), mostly not the top ones
+        assert abs(int(draw.sum()) - 1000) < 200 and int((draw & top).sum()) < 500
+    assert int((cold ^ top).sum()) <= 2  # cold: magnitude pruning (up to the boundary entry)
+    schedule = Schedule.of(options({"name": "gibbs"}), 10_000)
+    rule = Gibbs(options({"name": "gibbs"}), {}, {}, {}, "erk", seed=0)
+    assert [rule.temperature(schedule, s) for s in (0, 4000, 8000)] == pytest.approx([1.0, 0.1, 0.01])
 
 
 class TinyAlgo:
@@ -195,7 +214,8 @@ class ForwardCheck:
             self.violations.append(where)
 
 
-@pytest.mark.parametrize("pruner, kernels", [("gmp", "dense"), ("set", "sparse"), ("rigl", "dense"), ("rigl", "sparse")])
+@pytest.mark.parametrize("pruner, kernels", [("gmp", "dense"), ("set", "sparse"), ("rigl", "dense"), ("rigl", "sparse"),
+                                             ("gibbs", "sparse")])
 def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, pruner, kernels):
     """Updates every 10 steps; the final masks hold exactly the target count per network; between
     updates every forward, in training and evaluation, sees zeros at the pruned entries."""
@@ -225,9 +245,13 @@ def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch,
     if kernels == "sparse":
         assert check.sparse_forwards > 0
     updates = summary["sparse_training"]["updates"]
-    assert [u["step"] for u in updates] == ([20, 30, 40, 48] if pruner == "gmp" else [10, 20, 30, 40])
+    assert [u["step"] for u in updates] == {"gmp": [20, 30, 40, 48], "gibbs": [10, 20, 30, 40, 48]}.get(pruner, [10, 20, 30, 40])
     if pruner == "gmp":  # pruned gradually, from dense
         assert moved[0] > moved[2] > moved[-1] and updates[0]["grown"] == 0
+    elif pruner == "gibbs":  # from dense to about the target at once, then redrawn colder and colder, exact at the end
+        assert updates[0]["grown"] == 0 and all(u["grown"] > 0 for u in updates[1:-1])
+        # geometric from 1 to 0.01 between begin (0) and end (48), the last update at zero temperature
+        assert [u["temperature"] for u in updates] == pytest.approx([0.01 ** (s / 48) for s in (10, 20, 30, 40)] + [0.0])
     else:  # rewired: as many grown as dropped, fewer each time (cosine decay)
         assert all(u["dropped"] == u["grown"] for u in updates) and updates[0]["grown"] > updates[-1]["grown"]
         assert len(set(moved)) == 1
@@ -246,7 +270,7 @@ def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch,
         n["prunable_weights"] for n in summary["pruning"]["networks"].values()))
 
 
-@pytest.mark.parametrize("pruner, kernels", [("set", "sparse"), ("rigl", "dense"), ("gmp", "sparse")])
+@pytest.mark.parametrize("pruner, kernels", [("set", "sparse"), ("rigl", "dense"), ("gmp", "sparse"), ("gibbs", "dense")])
 def test_resume_across_a_mask_update_is_bit_exact(tmp_path, fast_config, hopper_data, pruner, kernels):
     """Checkpoints every 25 steps, updates every 20: the run cut at 55 resumes from 50 (after the
     updates at 20 and 40, before those at 60 and 80), SET's regrowth generator included."""

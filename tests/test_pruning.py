@@ -503,8 +503,8 @@ def test_pruner_configs_are_accepted(path: Path) -> None:
     if cfg["name"] == "synflow":
         assert cfg["rounds"] == 100
         cfg["rounds"] = 5  # keep the test fast; the default is checked above
-    # During-training pruners (gmp, set, rigl) start from a PaI pruner: dense or random.
+    # During-training pruners (gmp, set, rigl, gibbs) start from a PaI pruner: dense or random.
     initial = SparseTraining(cfg, 1000, {}, 8, seed=0).initial_pruner()
     mask_set, report = prune_at_initialization(FakeAlgo(), make_sampler(), initial, 0.5, seed=0)
-    start = {"gmp": "dense", "set": "random", "rigl": "random"}.get(cfg["name"], cfg["name"])
+    start = {"gmp": "dense", "gibbs": "dense", "set": "random", "rigl": "random"}.get(cfg["name"], cfg["name"])
     assert report["pruner"] == start and bool(mask_set) == (start != "dense")

@@ -1,4 +1,4 @@
-"""Sparsity during training: masks that change while the networks train (GMP, SET, RigL).
+"""Sparsity during training: masks that change while the networks train (GMP, SET, RigL, Gibbs).
 
 The baselines pruning at initialization is measured against (Graesser et al. 2022, "The state of
 sparse training in deep RL", and the google-research rigl code they use):
@@ -12,6 +12,10 @@ sparse training in deep RL", and the google-research rigl code they use):
   f_t of its kept weights with the smallest magnitude and regrows as many at random.
 - `rigl`: Rigging the Lottery (Evci et al. 2020). As `set`, but regrows where the dense gradient
   |dL/dW| of the network's own loss (`algo.saliency_loss`, on the step's batch) is largest.
+- `gibbs`: Gibbs pruning (Labach & Valaee 2020). Training starts dense; from the first update the
+  masks are drawn from a Gibbs measure over masks whose energy favours large |w|, with the target
+  count in expectation and a temperature annealed towards zero; the update at `end` is the zero-
+  temperature limit (exactly the target, by magnitude).
 
 f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant.
 SET and RigL keep each layer's count, so the ERK densities of the start hold the whole run.
@@ -34,7 +38,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, pin_pruned, top_mask
+from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, layer_counts, pin_pruned, top_mask
 from sparse_offline_rl.pruning.density import count_params_flops, step_flops
 from sparse_offline_rl.pruning.graph import network_members
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
@@ -43,17 +47,22 @@ from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.pruning.sparse_choice import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
 from sparse_offline_rl.pruning.sparse_linear import densify_algorithm
 
-DYNAMIC_PRUNERS = ("gmp", "set", "rigl")
+DYNAMIC_PRUNERS = ("gmp", "set", "rigl", "gibbs")
 #: pruner.* options of the during-training pruners (the PaI options apply too: scope, keep_*_layer_dense).
 DYNAMIC_DEFAULTS: dict[str, Any] = {
-    "update_every": 1000,    # steps between mask updates
-    "begin": None,           # fraction of training where updates start; None: the method's own
-    "end": 0.8,              # fraction of training of the last update
-    "drop_fraction": 0.1,    # SET / RigL: fraction of each layer's kept weights dropped at an update
-    "drop_decay": "cosine",  # SET / RigL: cosine | constant
+    "update_every": 1000,       # steps between mask updates
+    "begin": None,              # fraction of training where updates start; None: the method's own
+    "end": 0.8,                 # fraction of training of the last update
+    "drop_fraction": 0.1,       # SET / RigL: fraction of each layer's kept weights dropped at an update
+    "drop_decay": "cosine",     # SET / RigL: cosine | constant
+    "temperature_start": 1.0,   # Gibbs: temperature of the first update (relative to the mean kept w^2)
+    "temperature_end": 0.01,    # Gibbs: of the last sampled update (the one at `end` is at zero)
 }
-#: Where each method starts updating (GMP: prune from 20%; SET / RigL rewire from the start).
-BEGIN = {"gmp": 0.2, "set": 0.0, "rigl": 0.0}
+#: Where each method starts updating (GMP: prune from 20%; the others change masks from the start).
+BEGIN = {"gmp": 0.2, "set": 0.0, "rigl": 0.0, "gibbs": 0.0}
+#: The options only some methods read; the others refuse them.
+METHOD_OPTIONS = {"drop_fraction": ("set", "rigl"), "drop_decay": ("set", "rigl"),
+                  "temperature_start": ("gibbs",), "temperature_end": ("gibbs",)}
 #: The layer densities all three use unless pruner.scope says otherwise (the references' ERK).
 SCOPE = "erk"
 DECAYS = ("cosine", "constant")
@@ -68,10 +77,9 @@ def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"pruner.{next(iter(given))} is an option of the during-training pruners "
                              f"({', '.join(DYNAMIC_PRUNERS)}), not of pruner={method}")
         return {}
-    if method == "gmp":
-        unused = [k for k in ("drop_fraction", "drop_decay") if k in given]
-        if unused:
-            raise ValueError(f"pruner.{unused[0]} applies to set and rigl (drop and regrow), not to pruner=gmp")
+    for key in given:
+        if method not in METHOD_OPTIONS.get(key, DYNAMIC_PRUNERS):
+            raise ValueError(f"pruner.{key} applies to {' and '.join(METHOD_OPTIONS[key])}, not to pruner={method}")
     out = {**DYNAMIC_DEFAULTS, "begin": BEGIN[method], **given}
     every = out["update_every"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -87,6 +95,10 @@ def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"pruner.drop_fraction={fraction!r} is invalid: a number in [0, 1) is required")
     if out["drop_decay"] not in DECAYS:
         raise ValueError(f"pruner.drop_decay={out['drop_decay']!r} is invalid; accepted: {', '.join(DECAYS)}")
+    for key in ("temperature_start", "temperature_end"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"pruner.{key}={value!r} is invalid: a number in (0, inf) is required")
     for key in ("budget_params", "budget_flops", "budget_cost"):
         if pruner.get(key) is not None:
             raise ValueError(f"pruner.{key} is not supported by pruner={method}: give the target as sparsity")
@@ -174,6 +186,77 @@ class GMP:
         return out
 
 
+def gibbs_sample(energy: torch.Tensor, count: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """A draw from the Gibbs measure P(m) ∝ exp(sum_i m_i (energy_i - mu) / temperature) over boolean
+    masks: entry i kept independently with probability sigmoid((energy_i - mu) / temperature), the
+    chemical potential mu solved (bisection) so that the expected number kept is `count`."""
+    x = energy.detach().reshape(-1).double()
+    lo, hi = float(x.min()) - 40 * temperature, float(x.max()) + 40 * temperature  # sigmoid(40) = 1 - 4e-18
+    for _ in range(60):
+        mu = (lo + hi) / 2
+        lo, hi = (mu, hi) if float(torch.sigmoid((x - mu) / temperature).sum()) > count else (lo, mu)
+    p = torch.sigmoid((x - (lo + hi) / 2) / temperature)
+    return (torch.rand(x.shape, generator=generator, dtype=torch.float64) < p).view(energy.shape).to(energy.device)
+
+
+class Gibbs(GMP):
+    """Gibbs pruning (Labach & Valaee 2020): train and prune at once, each update drawing the masks
+    from a Gibbs measure whose energy favours large weights, at a temperature annealed to zero.
+
+    From the first update on, each group of layers (a layer under scope layer / erk, an ensemble
+    member under global) keeps, in expectation, its share of the target count: weight i with
+    probability sigmoid((w_i^2 - mu) / T'), T' = T * the mean w^2 of the weights it kept (so T does
+    not depend on the weights' scale), T going geometrically from `temperature_start` to
+    `temperature_end` between begin and end. The update at `end` is the zero-temperature limit: the
+    exact count with the largest |w|, so the run ends at exactly the target. A hot draw is nearly
+    random (a pruned weight, zero, may come back, starting from zero); a cold one is magnitude
+    pruning. Its own generator, checkpointed."""
+
+    def __init__(self, opts: Mapping[str, Any], targets: Mapping[str, float], dense: Mapping[str, list[str]],
+                 members: Mapping[str, list[list[str]]], scope: str, seed: int) -> None:
+        super().__init__(opts, targets, dense, members, scope)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def temperature(self, schedule: Schedule, step: int) -> float:
+        start, end = float(self.opts["temperature_start"]), float(self.opts["temperature_end"])
+        return start * (end / start) ** schedule.progress(step)
+
+    def new_masks(self, schedule: Schedule, step: int, algo: Any, masks: MaskSet, batch: Any) -> dict[str, dict[str, torch.Tensor]]:
+        nets = algo.networks()
+        temperature = self.temperature(schedule, step)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name, current in masks.masks.items():
+            params = prunable_parameters(nets[name])
+            energy = {n: p.detach().pow(2) for n, p in params.items()}
+            sizes = {n: p.numel() for n, p in params.items()}
+            dense = self.dense.get(name, [])
+            dense_n = sum(sizes[n] for n in dense)
+            keep = dense_n + keep_count(sum(sizes.values()) - dense_n, 1 - self.targets[name])
+            groups = self.members[name]
+            new: dict[str, torch.Tensor] = {}
+            for names, keep_g in zip(groups, group_counts(sizes, groups, keep, dense)):
+                dense_g = [n for n in dense if n in names]
+                if step == schedule.end_step:
+                    new.update(allocate({n: energy[n] for n in names}, keep_g, self.scope, dense_g))
+                    continue
+                new.update({n: torch.ones_like(energy[n], dtype=torch.bool) for n in dense_g})
+                sampled = [n for n in names if n not in dense_g]
+                if self.scope == "global":
+                    draws = [(sampled, keep_g - sum(sizes[n] for n in dense_g))]
+                else:
+                    counts = layer_counts({n: tuple(energy[n].shape) for n in names}, keep_g, self.scope, dense_g)
+                    draws = [([n], counts[n]) for n in sampled]
+                for layer_names, count in draws:
+                    flat = torch.cat([energy[n].reshape(-1) for n in layer_names])
+                    kept = torch.cat([current[n].reshape(-1).bool() for n in layer_names])
+                    scale = float(flat[kept].mean()) if bool(kept.any()) else 0.0
+                    draw = gibbs_sample(flat, count, temperature * (scale if scale > 0 else 1.0), self.generator)
+                    new.update({n: d.view(energy[n].shape) for n, d in
+                                zip(layer_names, draw.split([sizes[n] for n in layer_names]))})
+            out[name] = new
+        return out
+
+
 class SET:
     """Drop by magnitude, regrow at random (a generator of its own, checkpointed)."""
 
@@ -249,19 +332,19 @@ class SparseTraining:
         self.updates: list[dict[str, Any]] = []
 
     def initial_pruner(self) -> dict[str, Any]:
-        """What prunes at initialization: GMP starts dense, SET / RigL random with the run's scope."""
+        """What prunes at initialization: GMP and Gibbs start dense, SET / RigL random with the run's scope."""
         base = {k: v for k, v in self.pruner.items() if k not in DYNAMIC_DEFAULTS}
         base["scope"] = self.scope
-        if self.method == "gmp":
+        if self.method in ("gmp", "gibbs"):
             return {**base, "name": "dense"}
         if self.method in ("set", "rigl"):
             return {**base, "name": "random"}
         return base
 
     def start(self, algo: Any, masks: MaskSet, kernels: Mapping[str, Mapping[str, str]]) -> None:
-        """Take over the pruned algorithm: GMP's networks get all-ones masks (it prunes them later)."""
+        """Take over the pruned algorithm: GMP's and Gibbs' networks get all-ones masks (pruned later)."""
         self.kernels = {n: dict(k) for n, k in kernels.items()}
-        if self.method == "gmp":
+        if self.method in ("gmp", "gibbs"):
             for name, net in algo.networks().items():
                 if self.targets.get(name, 0.0) > 0 and name not in masks.masks:
                     masks.masks[name] = {p: torch.ones_like(w) for p, w in prunable_parameters(net).items()}
@@ -270,7 +353,7 @@ class SparseTraining:
         self.step_flops = step_flops(algo, masks, self.batch_size)
 
     def _make_rule(self, algo: Any, masks: MaskSet) -> None:
-        if self.method == "gmp":
+        if self.method in ("gmp", "gibbs"):
             dense, members = {}, {}
             for name in masks.masks:
                 net = algo.networks()[name]
@@ -282,7 +365,8 @@ class SparseTraining:
                                + (graph.last_layers() if self.pruner.get("keep_last_layer_dense") else [])) if graph else []
                 dense[name] = list(dict.fromkeys(dense[name]))
                 members[name] = network_members(net, graph)
-            self.rule = GMP(self.opts, self.targets, dense, members, self.scope)
+            self.rule = (GMP(self.opts, self.targets, dense, members, self.scope) if self.method == "gmp"
+                         else Gibbs(self.opts, self.targets, dense, members, self.scope, self.seed))
         elif self.method == "set":
             self.rule = SET(self.opts, self.seed)
         elif self.method == "rigl":
@@ -311,7 +395,9 @@ class SparseTraining:
             "step": step, "sparsity": 1 - kept / total if total else 0.0,
             "dropped": sum(d for layers in changes.values() for d, _ in layers.values()),
             "grown": sum(g for layers in changes.values() for _, g in layers.values()),
-            **({"drop_fraction": drop_fraction(self.opts, self.schedule.progress(step))} if self.method != "gmp" else {}),
+            **({"drop_fraction": drop_fraction(self.opts, self.schedule.progress(step))} if self.method in ("set", "rigl") else {}),
+            **({"temperature": 0.0 if step == self.schedule.end_step else self.rule.temperature(self.schedule, step)}
+               if self.method == "gibbs" else {}),
         })
         return self.kernels if self.kernels != old_kernels else None
 
@@ -361,7 +447,7 @@ class SparseTraining:
     # -- checkpoint and report -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"training_flops": self.training_flops, "updates": list(self.updates),
-                "generator": self.rule.generator.get_state() if isinstance(self.rule, SET) else None}
+                "generator": self.rule.generator.get_state() if hasattr(self.rule, "generator") else None}
 
     def load_state_dict(self, state: Mapping[str, Any] | None, algo: Any, masks: MaskSet,
                         kernels: Mapping[str, Mapping[str, str]]) -> None:
@@ -371,7 +457,7 @@ class SparseTraining:
         self.step_flops = step_flops(algo, masks, self.batch_size)
         if state:
             self.training_flops, self.updates = int(state["training_flops"]), list(state["updates"])
-            if state.get("generator") is not None and isinstance(self.rule, SET):
+            if state.get("generator") is not None and hasattr(self.rule, "generator"):
                 self.rule.generator.set_state(state["generator"])
 
     def report(self) -> dict[str, Any]:
@@ -385,5 +471,5 @@ class SparseTraining:
         return out
 
 
-__all__ = ["BEGIN", "DYNAMIC_DEFAULTS", "DYNAMIC_PRUNERS", "GMP", "RigL", "SET", "Schedule", "SparseTraining",
-           "drop_and_grow", "drop_fraction", "gmp_sparsity", "options", "rewire"]
+__all__ = ["BEGIN", "DYNAMIC_DEFAULTS", "DYNAMIC_PRUNERS", "GMP", "Gibbs", "RigL", "SET", "Schedule", "SparseTraining",
+           "drop_and_grow", "drop_fraction", "gibbs_sample", "gmp_sparsity", "options", "rewire"]

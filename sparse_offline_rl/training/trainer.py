@@ -74,7 +74,7 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
         raise ConfigError(f"pruner.{unknown[0]} is not a pruner option; accepted: "
                           f"{', '.join([*PRUNER_DEFAULTS, *DYNAMIC_DEFAULTS])}")
     try:
-        options(pruner)  # the during-training schedule (pruner=gmp|set|rigl), refused for the others
+        options(pruner)  # the during-training schedule (pruner=gmp|set|rigl|gibbs), refused for the others
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_value("pruner.scope", pruner.get("scope", "global"), str, choices=("global", "layer", "erk"))
