@@ -28,6 +28,7 @@ from sparse_offline_rl.pruning.dynamic import (
 )
 from sparse_offline_rl.pruning.sparse_linear import SparseLinear
 from sparse_offline_rl.training.trainer import StepInfo, train
+from test_mask_enforcement import DirectStep
 from test_training import Interrupt, assert_same_state, interrupt_at
 
 
@@ -99,35 +100,16 @@ def test_gibbs_draws_the_target_count_in_expectation_and_anneals_to_magnitude():
     assert [rule.temperature(schedule, s) for s in (0, 4000, 8000)] == pytest.approx([1.0, 0.1, 0.01])
 
 
-class TinyAlgo:
-    """A masked critic with a target copy, Adam, and its own loss (what RigL's gradient is taken on)."""
+class TinyAlgo(DirectStep):
+    """test_mask_enforcement's algorithm (a hard target copy after each step) with Adam, and its own
+    loss, which RigL takes its gradient of."""
 
     def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.config = None
-        self.net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1))
-        self.target = copy.deepcopy(self.net).requires_grad_(False)
+        super().__init__()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
-
-    def networks(self):
-        return {"net": self.net}
-
-    def target_networks(self):
-        return {"net": self.target}
-
-    def optimizers(self):
-        return {"net": self.opt}
 
     def saliency_loss(self, network: str, batch: torch.Tensor) -> torch.Tensor:
         return (self.net(batch) - batch.sum(1, keepdim=True)).pow(2).mean()
-
-    def update(self, batch: torch.Tensor) -> None:
-        self.opt.zero_grad()
-        self.saliency_loss("net", batch).backward()
-        self.opt.step()
-        with torch.no_grad():
-            for t, o in zip(self.target.parameters(), self.net.parameters()):
-                t.lerp_(o, 0.5)
 
 
 def test_set_masks_zeroes_dropped_and_regrown_weights_targets_and_adam_state():
@@ -135,7 +117,7 @@ def test_set_masks_zeroes_dropped_and_regrown_weights_targets_and_adam_state():
     params = prunable_parameters(algo.net)
     masks = MaskSet({"net": {n: torch.rand(p.shape) < 0.5 for n, p in params.items()}}).bind(algo)
     for _ in range(3):
-        algo.update(torch.randn(16, 6))
+        algo.update(torch.randn(16, 4))
     old = {n: m.bool().clone() for n, m in masks.masks["net"].items()}
     new = {n: torch.rand(m.shape) < 0.5 for n, m in old.items()}
     changes = masks.set_masks(algo, {"net": new})
@@ -147,7 +129,7 @@ def test_set_masks_zeroes_dropped_and_regrown_weights_targets_and_adam_state():
         for t in (p, targets[name], state["exp_avg"], state["exp_avg_sq"]):
             assert bool((t[grown] == 0).all()) and bool((t[~new[name]] == 0).all())
         assert bool((p[old[name] & new[name]] != 0).all())  # weights kept through the update keep their values
-    algo.update(torch.randn(16, 6))  # the new masks are enforced from now on
+    algo.update(torch.randn(16, 4))  # the new masks are enforced from now on
     assert all(bool((p[~new[n]] == 0).all()) for n, p in params.items())
 
 
@@ -155,12 +137,13 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest():
     algo = TinyAlgo()
     masks = MaskSet({"net": {n: torch.rand(p.shape) < 0.3 for n, p in prunable_parameters(algo.net).items()}}).bind(algo)
     for _ in range(3):
-        algo.update(torch.randn(16, 6))
-    batch = torch.randn(16, 6)
+        algo.update(torch.randn(16, 4))
+    batch = torch.randn(16, 4)
     before = {n: m.bool().clone() for n, m in masks.masks["net"].items()}
     weights = {n: p.detach().clone() for n, p in prunable_parameters(algo.net).items()}
     grads = torch.autograd.grad(algo.saliency_loss("net", batch), list(prunable_parameters(algo.net).values()))
-    training = SparseTraining({"name": "rigl", "update_every": 10, "scope": "layer"}, 100, {"net": 0.7}, 16, seed=0)
+    opts = {"name": "rigl", "update_every": 10, "drop_fraction": 0.5, "drop_decay": "constant"}
+    training = SparseTraining(opts, 100, {"net": 0.7}, 16, seed=0)
     training.start(algo, masks, {})
     assert isinstance(training.rule, RigL)
     rng = torch.get_rng_state()

@@ -55,11 +55,16 @@ def pruner_colors(pruners: Sequence[str]) -> dict[str, Any]:
     return {p: cmap(i % 10) for i, p in enumerate(sorted(set(pruners)))}
 
 
-def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
+def score_panels(groups: Sequence[Row]) -> tuple[list[str], list[str], dict[str, Any], Any, Any]:
+    """The algorithm x dataset grid the score figures share: algos, datasets, pruner colours, fig, axes."""
     algos = sorted({g["algo"] for g in groups})
     datasets = sorted({g["dataset"] for g in groups})
     colors = pruner_colors([g["pruner"] for g in groups if g["pruner"] != "dense"])
-    fig, axes = panel_grid(algos, datasets)
+    return (algos, datasets, colors, *panel_grid(algos, datasets))
+
+
+def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
+    algos, datasets, colors, fig, axes = score_panels(groups)
     for i, algo in enumerate(algos):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
@@ -90,10 +95,7 @@ def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
 
 
 def score_vs_training_flops(groups: Sequence[Row], path: Path) -> Path:
-    algos = sorted({g["algo"] for g in groups})
-    datasets = sorted({g["dataset"] for g in groups})
-    colors = pruner_colors([g["pruner"] for g in groups if g["pruner"] != "dense"])
-    fig, axes = panel_grid(algos, datasets)
+    algos, datasets, colors, fig, axes = score_panels(groups)
     for i, algo in enumerate(algos):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
