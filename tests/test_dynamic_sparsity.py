@@ -197,14 +197,16 @@ class ForwardCheck:
             self.violations.append(where)
 
 
-@pytest.mark.parametrize("pruner, kernels", [("gmp", "dense"), ("set", "sparse"), ("rigl", "dense"), ("rigl", "sparse"),
-                                             ("gibbs", "sparse")])
-def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, pruner, kernels):
+@pytest.mark.parametrize("pruner, kernels, optim", [("gmp", "dense", "adam"), ("set", "sparse", "adam"), ("rigl", "dense", "adam"),
+                                                    ("rigl", "sparse", "lamb"), ("gibbs", "sparse", "adam")])
+def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, pruner, kernels,
+                                                          optim):
     """Updates every 10 steps; the final masks hold exactly the target count per network; between
-    updates every forward, in training and evaluation, sees zeros at the pruned entries."""
+    updates every forward, in training and evaluation, sees zeros at the pruned entries (LAMB: its
+    state and gradient masking follow the new masks too)."""
     cfg = copy.deepcopy(fast_config)
     cfg.update(algo={"name": "iql", "hidden": [32, 32]}, sparsity=0.9, steps=60, log_every=10, sparse_kernels=kernels,
-               pruner={"name": pruner, "update_every": 10, "scope": "erk"})
+               pruner={"name": pruner, "update_every": 10, "scope": "erk"}, optim=optim)
     cfg["eval"].update(every=30, episodes=1)
     check = ForwardCheck()
     real_start = SparseTraining.start
