@@ -141,7 +141,7 @@ def drop_fraction(opts: Mapping[str, Any], progress: float) -> float:
 def drop_and_grow(weight: torch.Tensor, mask: torch.Tensor, grow_scores: torch.Tensor, fraction: float) -> torch.Tensor:
     """One layer's new boolean mask: drop the `fraction` of its kept weights with the smallest |w|
     (rounded down), regrow as many where `grow_scores` is largest among the weights not kept after
-    the drop (a weight just dropped may come back: it then keeps its value, RigL's default)."""
+    the drop (a weight just dropped may come back: it is not new, so it keeps its value)."""
     kept = mask.reshape(-1).bool()
     n = int(kept.sum())
     k = int(fraction * n)
