@@ -14,7 +14,6 @@ the table says whether they do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from sparse_offline_rl.io import atomic_write_json  # noqa: E402
 from sparse_offline_rl.training import trainer  # noqa: E402
 
 LR_KEYS = ("actor_lr", "critic_lr", "value_lr")  # whichever of them the algorithm has
@@ -43,7 +43,7 @@ class TrainingClock:
 
     def __init__(self, pause_every: int) -> None:
         self.pause_every, self.seconds, self.last, self.step_seconds = pause_every, 0.0, None, 0.0
-        self.paused, self.step = False, 0
+        self.paused, self.step, self.counted = False, 0, 0  # counted: the steps `seconds` covers
 
     def __call__(self, info) -> None:
         now = time.perf_counter()
@@ -51,6 +51,7 @@ class TrainingClock:
             if not self.paused:
                 self.step_seconds = now - self.last
             self.seconds += self.step_seconds
+            self.counted += 1
         self.last, self.paused, self.step = now, info.step % self.pause_every == 0, info.step
 
 
@@ -81,7 +82,7 @@ def run_contender(base: dict, optim: str, batch: int, lr: float | None, target: 
     steps = clock.step
     return {"optim": optim, "batch_size": batch, "lr": lr, "reached": reached,
             "steps": steps, "train_seconds": round(clock.seconds, 2),
-            "steps_per_sec": round(steps / clock.seconds, 1) if clock.seconds else None,
+            "steps_per_sec": round(clock.counted / clock.seconds, 1) if clock.seconds else None,
             "best_return": max((e["return_mean"] for e in evals), default=None), "evals": evals}
 
 
@@ -125,7 +126,7 @@ def main() -> None:
               flush=True)
     if args.json:
         meta = {"args": vars(args), "loadavg": os.getloadavg(), "threads": args.threads}
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        atomic_write_json(Path(args.json), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

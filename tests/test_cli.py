@@ -42,7 +42,7 @@ def test_cli_trains_each_algorithm_and_writes_the_summary(tmp_path, hopper_file,
     "override, message",
     [
         ("algo=sac", "unknown algorithm 'sac'; available: cql"),
-        ("pruner=lottery", "unknown pruner 'lottery'; available: dense, grasp"),
+        ("pruner=lottery", "unknown pruner 'lottery'; available: dense, gibbs, gmp, grasp"),
         ("env=pong", "unknown env 'pong'; available: halfcheetah, hopper, walker2d"),
         ("sparsity=1.0", "sparsity=1.0 is invalid: a number in [0, 1) is required"),
         ("sparsity={actor:1.5,default:0.9}", "sparsity.actor=1.5 is invalid: a number in [0, 1) is required"),

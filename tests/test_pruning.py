@@ -26,6 +26,7 @@ from sparse_offline_rl.pruning import (
     saliency,
 )
 from sparse_offline_rl.pruning.prune import _iterate
+from sparse_offline_rl.pruning.dynamic import SparseTraining
 from sparse_offline_rl.pruning.allocation import allocate, erk_densities, first_last_layers, keep_count, top_mask
 
 OBS, ACT = 5, 2
@@ -502,5 +503,8 @@ def test_pruner_configs_are_accepted(path: Path) -> None:
     if cfg["name"] == "synflow":
         assert cfg["rounds"] == 100
         cfg["rounds"] = 5  # keep the test fast; the default is checked above
-    mask_set, report = prune_at_initialization(FakeAlgo(), make_sampler(), cfg, 0.5, seed=0)
-    assert report["pruner"] == cfg["name"] and bool(mask_set) == (cfg["name"] != "dense")
+    # During-training pruners (gmp, set, rigl, gibbs) start from a PaI pruner: dense or random.
+    initial = SparseTraining(cfg, 1000, {}, 8, seed=0).initial_pruner()
+    mask_set, report = prune_at_initialization(FakeAlgo(), make_sampler(), initial, 0.5, seed=0)
+    start = {"gmp": "dense", "gibbs": "dense", "set": "random", "rigl": "random"}.get(cfg["name"], cfg["name"])
+    assert report["pruner"] == start and bool(mask_set) == (start != "dense")

@@ -125,3 +125,23 @@ def test_every_table_says_which_score_scale_it_shows(sweep_dir):
     assert "each dataset's own reference returns" in markdown
     assert "sorl/hopper/medium-v0 reference returns (0 = 20.0, 100 = 815.0)" in markdown
     assert "| D4RL-scale mean |" in markdown and "| 15.4 |" in markdown  # dense: mean(50, 52, 54, 90) / 4
+
+
+def test_training_flops_are_tabulated_and_drawn(tmp_path):
+    """PaI and during-training runs at one sparsity: the table gives each its final sparsity and
+    training FLOPs (mean over seeds), and score_vs_training_flops.png is drawn."""
+    root = tmp_path / "sweep"
+    cost = {"snip": 1.0e12, "gmp": 2.5e12}
+    for pruner in cost:
+        for seed in range(2):
+            run = fake_run(root, "iql", pruner, 0.9, seed, 40.0 + seed)
+            summary = json.loads((run / "summary.json").read_text())
+            summary.update(final_sparsity=0.9, training_flops=cost[pruner] * (1 + seed))
+            atomic_write_json(run / "summary.json", summary)
+    out = write_report(root, reps=200)
+    groups = {g["pruner"]: g for g in out["groups"]}
+    assert groups["gmp"]["training_flops"] == pytest.approx(2.5e12 * 1.5)
+    assert groups["snip"]["final_sparsity"] == pytest.approx(0.9)
+    table = out["paths"]["results_md"].read_text()
+    assert "| final sparsity | training FLOPs |" in table and "| 0.9000 | 3.75e+12 |" in table
+    assert out["paths"]["score_vs_training_flops"].read_bytes().startswith(PNG)

@@ -10,7 +10,8 @@ Layout (as in Synaptic-Flow):
   per ensemble member), the layer-collapse check.
 - `graph.py`: how a network's Linear layers are wired, read from its `forward`.
 - `density.py`: what pruning kept: params and FLOPs, the per-network report, the density table.
-- `masks.py`: the masks during training (re-applied by optimizer hooks).
+- `masks.py`: the masks during training (re-applied by optimizer hooks, changed by `set_masks`).
+- `dynamic.py`: sparsity during training (GMP, SET, RigL): schedules, mask updates, training FLOPs.
 - `rng.py`: scoring leaves every RNG of training where it was.
 - `sparse_linear.py`, `sparse_choice.py`: compressed sparse layers for pruned networks, and the
   measured per-layer choice between them and dense-masked layers.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from sparse_offline_rl.pruning.allocation import LayerCollapseError
 from sparse_offline_rl.pruning.density import count_params_flops, format_density_table
+from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
 from sparse_offline_rl.pruning.masks import MaskSet, layer_weights, network_density, prunable_parameters
 from sparse_offline_rl.pruning.prune import (
     DEFAULT_ROUNDS,
@@ -34,7 +36,12 @@ from sparse_offline_rl.pruning.prune import (
     saliency,
 )
 
+#: Every pruner= name: at initialization (PRUNERS) and during training (DYNAMIC_PRUNERS).
+ALL_PRUNERS = PRUNERS + DYNAMIC_PRUNERS
+
 __all__ = [
+    "ALL_PRUNERS",
+    "DYNAMIC_PRUNERS",
     "per_network",
     "DEFAULT_ROUNDS",
     "LayerCollapseError",

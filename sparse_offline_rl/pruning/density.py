@@ -164,3 +164,18 @@ def _kernel_cell(layer: Mapping[str, Any]) -> str:
     if cost:
         return f"{layer['kernel']} {cost['dense'] / cost['sparse']:.2f}x" if cost["sparse"] > 0 else layer["kernel"]
     return f"{layer['kernel']}: {layer['kernel_reason']}" if layer.get("kernel") else ""
+
+
+def step_flops(algo: Any, masks: Any, batch_size: int) -> int:
+    """Training FLOPs of one step, the model summary.json's `training_flops` sums: each online network
+    runs one forward and one backward on the batch (backward = 2x forward: the input and the weight
+    gradient), each target network one forward; forward FLOPs per sample as `count_params_flops`
+    counts them at the current masks (`masks`: a MaskSet; an unmasked network counts dense). Extra
+    forwards an algorithm runs (IQL's V(s'), CQL's sampled actions), the optimizer and the loss are
+    not counted: the model ranks methods by their cost, it does not time them."""
+    nets, targets = algo.networks(), algo.target_networks()
+    total = 0
+    for name, net in nets.items():
+        forward = count_params_flops(net, masks.masks.get(name, {}))["flops"] * int(batch_size)
+        total += 3 * forward + (forward if name in targets else 0)
+    return total

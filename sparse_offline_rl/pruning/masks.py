@@ -188,6 +188,51 @@ class MaskSet:
         self.apply()
         return self
 
+    def set_masks(self, algo: Any, new: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, dict[str, tuple[int, int]]]:
+        """Change masks during training (sparse training: GMP, SET, RigL), then enforce them as `bind`
+        does. `new` names layers already masked ({network: {layer weight: bool/0-1 mask}}); layers it
+        leaves out keep their mask. A weight that leaves the mask (dropped) becomes zero, with its
+        target copies and optimizer state, as any pruned weight. A weight that enters it (regrown)
+        starts at exactly zero, and so do its target copies and its per-weight optimizer state
+        (Adam's exp_avg / exp_avg_sq; the per-tensor step count cannot be reset per entry): it is
+        trained from zero like RigL's new connections, and a target copy follows it from zero.
+        The changed layers must be dense-masked (`nn.Linear`): a SparseLinear's pattern is its mask,
+        so it is densified first and rebuilt after (`pruning.dynamic.rewire`).
+        Returns {network: {layer weight: (dropped, grown)}} for the layers that changed."""
+        nets, targets = algo.networks(), algo.target_networks()
+        owner = {id(p): opt for opt in algo.optimizers().values() for group in opt.param_groups for p in group["params"]}
+        changes: dict[str, dict[str, tuple[int, int]]] = {}
+        for net_name, layer_masks in new.items():
+            online = prunable_parameters(nets[net_name])
+            target = prunable_parameters(targets[net_name]) if net_name in targets else {}
+            for pname, mask in layer_masks.items():
+                old = self.masks.get(net_name, {}).get(pname)
+                if old is None:
+                    raise KeyError(f"no mask for '{net_name}.{pname}' to change; masked layers: "
+                                   f"{', '.join(f'{n}.{p}' for n, pm in self.masks.items() for p in pm)}")
+                if pname not in online:
+                    raise ValueError(f"'{net_name}.{pname}' is not a dense-masked nn.Linear weight (a SparseLinear "
+                                     "must be densified before its mask changes: pruning.dynamic.rewire)")
+                weight = online[pname]
+                keep = mask.to(device=weight.device, dtype=torch.bool)
+                was = old.to(device=weight.device, dtype=torch.bool)
+                if keep.shape != was.shape:
+                    raise ValueError(f"new mask for '{net_name}.{pname}' has shape {tuple(keep.shape)}, "
+                                     f"the weight {tuple(was.shape)}")
+                grown, dropped = keep & ~was, was & ~keep
+                if not (grown.any() or dropped.any()):
+                    continue
+                opt = owner.get(id(weight))
+                state = opt.state.get(weight, {}) if opt is not None else {}
+                with torch.no_grad():
+                    for t in (weight, *([target[pname]] if pname in target else []),
+                              *(v for v in state.values() if torch.is_tensor(v) and v.shape == weight.shape)):
+                        t.masked_fill_(grown | dropped, 0.0)
+                self.masks[net_name][pname] = keep.to(weight.dtype)
+                changes.setdefault(net_name, {})[pname] = (int(dropped.sum()), int(grown.sum()))
+        self.bind(algo)
+        return changes
+
     def unbind(self) -> None:
         """Stop enforcing these masks (remove the optimizer hooks); the weights keep their values."""
         for group in self._groups:

@@ -1,6 +1,7 @@
 """Compressed sparse linear layers for pruned networks: the kept weights are the only parameters.
 
-After pruning at initialization the masks are fixed for the whole run, so a pruned `nn.Linear` can
+Between mask updates (after pruning at initialization: the whole run; GMP, SET, RigL: densified and
+rebuilt around each update, `densify_algorithm` / `sparsify_algorithm`) a pruned `nn.Linear` can
 store just its kept weights as a CSR matrix: `values` (shape (nnz,), row-major order of the mask)
 is the trainable parameter, the pattern is a fixed buffer. Forward, input gradient and weight
 gradient then cost O(nnz * batch) instead of O(out * in * batch), optimizer state exists only for
@@ -269,6 +270,8 @@ def to_sparse(linear: nn.Linear, mask: torch.Tensor) -> SparseLinear:
     crow, col = csr_pattern(keep)
     layer = SparseLinear(linear.in_features, linear.out_features, crow, col, linear.weight.detach()[keep], linear.bias)
     layer.values.requires_grad_(linear.weight.requires_grad)
+    if eligible(linear):  # carried both ways, so a layer densified to change its mask may go sparse again
+        setattr(layer, ELIGIBLE, True)
     return layer
 
 
@@ -282,6 +285,8 @@ def to_dense(sparse: SparseLinear) -> nn.Linear:
     linear.weight.requires_grad_(sparse.values.requires_grad)
     if sparse.bias is not None:
         linear.bias = sparse.bias
+    if getattr(sparse, ELIGIBLE, False) is True:
+        setattr(linear, ELIGIBLE, True)
     return linear
 
 
@@ -386,4 +391,20 @@ def sparsify_algorithm(algo, masks: Mapping[str, Mapping[str, torch.Tensor]],
         if name in targets:
             sparsify_(targets[name], net_masks, net_choice)
     swap_optimizer_params(algo.optimizers().values(), swaps)
+    return swaps
+
+
+def densify_algorithm(algo, networks: Iterable[str]) -> list[ParamSwap]:
+    """Inverse of `sparsify_algorithm` for the named networks: every SparseLinear of them and of their
+    target copies becomes a dense-masked nn.Linear, and `algo.optimizers()` train the dense weights
+    with their state scattered back (zeros at pruned entries). What changes a mask during training
+    (`pruning.dynamic.rewire`) runs this first, then converts back with the new patterns."""
+    nets, targets = algo.networks(), algo.target_networks()
+    swaps: list[ParamSwap] = []
+    for name in networks:
+        swaps += densify_(nets[name])
+        if name in targets:
+            densify_(targets[name])
+    if swaps:
+        swap_optimizer_params(algo.optimizers().values(), swaps)
     return swaps

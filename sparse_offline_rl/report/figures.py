@@ -3,6 +3,10 @@
 - score_vs_sparsity.png: one panel per algorithm (rows) and dataset (columns); IQM over seeds per
   pruner with its bootstrap 95% CI band; the dense run as a grey line and band. The x axis is the
   kept fraction on a log scale, labelled with the sparsity, so 0.9 / 0.95 / 0.98 do not pile up.
+- score_vs_training_flops.png: the same panels and scores against the training FLOPs of the run
+  (summary.json `training_flops`, mean over seeds, log scale), one marker per (pruner, sparsity)
+  labelled with the sparsity, so methods compare at equal training cost: GMP pays for its dense
+  phase, RigL for its dense gradients.
 - learning_curves.png: evaluation score during training, mean over seeds with a +-1 standard error
   band, one line per (pruner, sparsity), same panel grid.
 - density_per_layer.png: the achieved density of every pruned layer (mean over seeds and datasets),
@@ -52,11 +56,16 @@ def pruner_colors(pruners: Sequence[str]) -> dict[str, Any]:
     return {p: cmap(i % 10) for i, p in enumerate(sorted(set(pruners)))}
 
 
-def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
+def score_panels(groups: Sequence[Row]) -> tuple[list[str], list[str], dict[str, Any], Any, Any]:
+    """The algorithm x dataset grid the score figures share: algos, datasets, pruner colours, fig, axes."""
     algos = sorted({g["algo"] for g in groups})
     datasets = sorted({g["dataset"] for g in groups})
     colors = pruner_colors([g["pruner"] for g in groups if g["pruner"] != "dense"])
-    fig, axes = panel_grid(algos, datasets)
+    return (algos, datasets, colors, *panel_grid(algos, datasets))
+
+
+def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
+    algos, datasets, colors, fig, axes = score_panels(groups)
     for i, algo in enumerate(algos):
         for j, dataset in enumerate(datasets):
             ax = axes[i][j]
@@ -83,6 +92,33 @@ def score_vs_sparsity(groups: Sequence[Row], path: Path) -> Path:
             ax.grid(alpha=0.3)
             if here:
                 ax.legend(fontsize=7)
+    return atomic_save_figure(fig, path)
+
+
+def score_vs_training_flops(groups: Sequence[Row], path: Path) -> Path:
+    algos, datasets, colors, fig, axes = score_panels(groups)
+    for i, algo in enumerate(algos):
+        for j, dataset in enumerate(datasets):
+            ax = axes[i][j]
+            here = [g for g in groups if g["algo"] == algo and g["dataset"] == dataset
+                    and g.get("training_flops", 0) > 0]  # NaN (summaries without FLOPs) compares False
+            for pruner in sorted({g["pruner"] for g in here}):
+                line = sorted((g for g in here if g["pruner"] == pruner), key=lambda g: g["training_flops"])
+                x = [g["training_flops"] for g in line]
+                y = [g["score_iqm"] for g in line]
+                err = [[g["score_iqm"] - g["iqm_ci_low"] for g in line], [g["iqm_ci_high"] - g["score_iqm"] for g in line]]
+                color = "0.3" if pruner == "dense" else colors[pruner]
+                ax.errorbar(x, y, yerr=err, fmt="o-", color=color, label=pruner, ms=4, capsize=2, lw=1)
+                for g, xi, yi in zip(line, x, y):
+                    ax.annotate(g["sparsity"], (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+            if here:
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # within a decade labels collide
+                ax.legend(fontsize=7)
+            ax.set_title(f"{algo} / {short(dataset)}", fontsize=10)
+            ax.set_xlabel("training FLOPs (model)" if i == len(algos) - 1 else "")
+            ax.set_ylabel("score, dataset's reference returns\n(IQM, 95% CI)" if j == 0 else "")
+            ax.grid(alpha=0.3)
     return atomic_save_figure(fig, path)
 
 

@@ -49,6 +49,9 @@ def run_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
             "data_score": (s.get("dataset_returns") or {}).get("normalized_score", math.nan),
             "score_scale": (s.get("score_scales") or {}).get("normalized_score", ""),
             "steps": s["steps"], "steps_per_sec": s.get("steps_per_sec"), "run_dir": str(job.path),
+            # What the method ended with and what training cost (pruning.density.step_flops); older
+            # summaries have neither.
+            "final_sparsity": s.get("final_sparsity", math.nan), "training_flops": s.get("training_flops", math.nan),
         }
         for net, density in sorted(s.get("density", {}).items()):
             row[f"density_{net}"] = density
@@ -92,7 +95,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]], reps: int = 2000, seed: int = 0
             "score_iqm": point, "iqm_ci_low": low, "iqm_ci_high": high,
         })
         numeric = sorted({c for m in members for c in m
-                          if c.startswith(("density_", "gen_", "return", "d4rl_score", "steps_per_sec"))})
+                          if c.startswith(("density_", "gen_", "return", "d4rl_score", "steps_per_sec", "final_sparsity",
+                                             "training_flops"))})
         for column in numeric:
             values = [m[column] for m in members if isinstance(m.get(column), (int, float))]
             agg[f"{column}_mean" if column in ("return", "d4rl_score") else column] = \
@@ -133,8 +137,10 @@ def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) ->
     extra = extra_columns(groups)
     gen = [c for c in ("gen_generalization_gap", "gen_retention") if any(c in g for g in groups)]
     d4rl = any(not math.isnan(g.get("d4rl_score_mean", math.nan)) for g in groups)
+    flops = any(not math.isnan(g.get("training_flops", math.nan)) for g in groups)
     head = ["algo", "dataset", "pruner", "sparsity", *extra, "seeds", "score mean ± std", "IQM [95% CI]",
-            *(["D4RL-scale mean"] if d4rl else []), "density", *gen]
+            *(["D4RL-scale mean"] if d4rl else []), "density", *(["final sparsity", "training FLOPs"] if flops else []),
+            *gen]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         densities = [v for k, v in g.items() if k.startswith("density_") and isinstance(v, float)]
@@ -143,6 +149,7 @@ def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) ->
                  f"{g['score_iqm']:.1f} [{g['iqm_ci_low']:.1f}, {g['iqm_ci_high']:.1f}]",
                  *([_num(g.get("d4rl_score_mean", math.nan))] if d4rl else []),
                  f"{np.mean(densities):.3f}" if densities else "",
+                 *([_num(g.get("final_sparsity", math.nan), 4), _flops(g.get("training_flops", math.nan))] if flops else []),
                  *(_num(g.get(c, math.nan), 2) for c in gen)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
@@ -154,12 +161,20 @@ def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) ->
         text += (" D4RL-scale mean: the same returns on D4RL's scale (D4RL's random and expert reference returns "
                  "for the task), the scale of published D4RL tables.")
     text += (" IQM: interquartile mean over seeds with a percentile-bootstrap 95% CI; density: mean kept fraction "
-             "over the agent's networks.\n")
+             "over the agent's networks (counted on the weights)."
+             + (" Final sparsity: of all prunable weights, from the masks the run ended with; training FLOPs: "
+                "the FLOP model of the whole run (README, \"Training FLOPs\"), mean over seeds." if flops else "")
+             + "\n")
     if problems:
         text += f"\n## Missing or failed runs ({len(problems)})\n\n" + "\n".join(
             f"- **{job.status}** `{job.label}`: {job.detail}" + (f" ({job.path})" if job.path else "") for job in problems
         ) + "\n"
     return text
+
+
+def _flops(value: Any) -> str:
+    """1.23e+12: FLOP counts differ by orders of magnitude between methods and run lengths."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
 def _num(value: Any, digits: int = 1) -> str:

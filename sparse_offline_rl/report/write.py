@@ -31,6 +31,7 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps:
     atomic_write_text(paths["results_csv"], to_csv(groups))
     atomic_write_text(paths["results_md"], to_markdown(groups, problems))
     paths["score_vs_sparsity"] = figures.score_vs_sparsity(groups, out / "score_vs_sparsity.png")
+    paths["score_vs_training_flops"] = figures.score_vs_training_flops(groups, out / "score_vs_training_flops.png")
     paths["learning_curves"] = figures.learning_curves(runs, out / "learning_curves.png")
     paths["density_per_layer"] = figures.density_per_layer(runs, pruning, out / "density_per_layer.png")
     return {"paths": paths, "groups": groups, "runs": runs, "problems": problems}

@@ -33,6 +33,7 @@ from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
+from sparse_offline_rl.pruning.dynamic import SparseTraining
 from sparse_offline_rl.pruning.sparse_choice import (
     MODES,
     add_to_report,
@@ -65,11 +66,17 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 
 def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
     """The pruner.* keys, checked before the data loads (pruning itself runs after it)."""
+    from sparse_offline_rl.pruning.dynamic import DYNAMIC_DEFAULTS, options
     from sparse_offline_rl.pruning.prune import PRUNER_DEFAULTS
 
-    unknown = sorted(set(pruner) - {"name", *PRUNER_DEFAULTS})
+    unknown = sorted(set(pruner) - {"name", *PRUNER_DEFAULTS, *DYNAMIC_DEFAULTS})
     if unknown:
-        raise ConfigError(f"pruner.{unknown[0]} is not a pruner option; accepted: {', '.join(PRUNER_DEFAULTS)}")
+        raise ConfigError(f"pruner.{unknown[0]} is not a pruner option; accepted: "
+                          f"{', '.join([*PRUNER_DEFAULTS, *DYNAMIC_DEFAULTS])}")
+    try:
+        options(pruner)  # the during-training schedule (pruner=gmp|set|rigl|gibbs), refused for the others
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     check_value("pruner.scope", pruner.get("scope", "global"), str, choices=("global", "layer", "erk"))
     for key in ("num_batches", "batch_size"):
         check_value(f"pruner.{key}", pruner.get(key, PRUNER_DEFAULTS[key]), int, "[1, inf)")
@@ -123,10 +130,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     value and what is accepted."""
     algorithm_config(cfg["algo"])  # a known algorithm (lists them on a miss); every algo.<key>: known, right type, in range
     get_task(cfg["env"])  # lists known envs
-    from sparse_offline_rl.pruning import PRUNERS
+    from sparse_offline_rl.pruning import ALL_PRUNERS
 
-    if cfg["pruner"]["name"] not in PRUNERS:
-        raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(PRUNERS))}")
+    if cfg["pruner"]["name"] not in ALL_PRUNERS:
+        raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(ALL_PRUNERS))}")
     validate_pruner_options(cfg["pruner"])
     sparsity = cfg["sparsity"]
     values = [(f"sparsity.{k}", v) for k, v in sparsity.items()] if isinstance(sparsity, Mapping) else [("sparsity", sparsity)]
@@ -265,6 +272,9 @@ def _train(
                        optim=cfg.get("optim", "adam"))
     algo = make_algorithm(cfg["algo"]["name"], spec, algo_config)
     sparsity = resolve_sparsity(cfg["sparsity"], list(algo.networks()))
+    # Masks over time (GMP, SET, RigL change them during training) and the training FLOPs, any pruner.
+    sparse_training = SparseTraining(cfg["pruner"], steps, sparsity, int(cfg["batch_size"]), seed,
+                                     cfg.get("sparse_kernels", "auto"))
     ckpt_path = run_dir / "checkpoint.pt"
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.get("tensorboard", True)))
     start_step, train_seconds, last_eval = 0, 0.0, None
@@ -278,10 +288,11 @@ def _train(
         torch.set_rng_state(ckpt["torch_rng"])
         start_step, train_seconds, last_eval = ckpt["step"], ckpt["train_seconds"], ckpt["last_eval"]
         pruning_report = ckpt["pruning_report"]
+        sparse_training.load_state_dict(ckpt.get("sparse_training"), algo, masks, kernels)
         logger.truncate_after(start_step)
         print(f"resumed from {ckpt_path} at step {start_step}")
     else:
-        pruner_cfg = {"batch_size": cfg["batch_size"], **cfg["pruner"]}
+        pruner_cfg = {"batch_size": cfg["batch_size"], **sparse_training.initial_pruner()}
         # Pruning batches come from their own generator so they never shift the training batch stream.
         pruning_buffer = data.buffer(seed + 1)
         masks, pruning_report = prune_at_initialization(
@@ -294,6 +305,7 @@ def _train(
         kernels = kernels_of(choices)
         apply_sparse_kernels(algo, masks, kernels)
         add_to_report(pruning_report, choices, mode, int(cfg["batch_size"]))
+        sparse_training.start(algo, masks, kernels)
         if cfg.get("verbose", True):
             from sparse_offline_rl.pruning import format_density_table
 
@@ -302,7 +314,7 @@ def _train(
     def save_checkpoint(step: int) -> None:
         atomic_torch_save(ckpt_path, {
             "step": step, "algo": algo.state_dict(), "masks": masks.state_dict(), "sparse_kernels": kernels,
-            "buffer": buffer.state_dict(),
+            "buffer": buffer.state_dict(), "sparse_training": sparse_training.state_dict(),
             "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds, "last_eval": last_eval,
             "pruning_report": pruning_report, "config": cfg,
         })
@@ -334,7 +346,10 @@ def _train(
     try:
         for step in range(start_step + 1, steps + 1):
             # No masks.apply() here: the MaskSet re-zeroes pruned entries after every optimizer step.
-            metrics = algo.update(buffer.sample(batch_size))
+            batch = buffer.sample(batch_size)
+            metrics = algo.update(batch)
+            # Mask updates of during-training pruners (new kernels when layers were rebuilt), FLOPs.
+            kernels = sparse_training.after_step(step, algo, masks, batch) or kernels
             for callback in callbacks:
                 callback(StepInfo(step, algo, metrics, masks))
             if step % log_every == 0:
@@ -357,6 +372,7 @@ def _train(
     save_checkpoint(steps)
 
     density = {name: network_density(net) for name, net in algo.networks().items()}
+    sparse_training.final_report(pruning_report, algo, masks)  # the masks the run ended with
     summary = {
         "algo": cfg["algo"]["name"],
         "env": cfg["env"],
@@ -365,6 +381,11 @@ def _train(
         "pruner": pruner_label(cfg, density),
         "sparsity": cfg["sparsity"],
         "density": density,
+        # Measured over every prunable weight of every network, and the cost of getting there
+        # (pruning.density.step_flops: the FLOP model), so methods compare at equal sparsity or cost.
+        "final_sparsity": pruning_report["final_sparsity"],
+        "training_flops": sparse_training.training_flops,
+        "sparse_training": sparse_training.report(),
         "steps": steps,
         "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
         "train_seconds": train_seconds,
