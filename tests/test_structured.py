@@ -261,3 +261,14 @@ def test_bad_structure_options_fail_before_data(change, words, tmp_path):
     cfg = units_config("iql", pruner={"name": "snip", **change}, dataset="no-such-dataset")
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         train(cfg, tmp_path)
+
+
+def test_structured_pruning_leaves_every_rng_where_it_was(dataset):
+    """Training after units pruning draws what it draws after no pruning (narrowing included)."""
+    draws = []
+    for pruner in ({"name": "dense"}, {"name": "snip", "batch_size": 32, "structure": "units", "weight_sparsity": 0.3}):
+        built, buffer = setup(dataset)
+        prune_at_initialization(built, buffer.sample, pruner, 0.5, seed=0)
+        draws.append((torch.rand(3), np.random.rand(), random.random(), buffer.sample(4).observations))
+    assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:3] == draws[1][1:3]
+    assert torch.equal(draws[0][3], draws[1][3])

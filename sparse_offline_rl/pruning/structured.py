@@ -221,7 +221,9 @@ def narrow_(module: nn.Module, layout: Mapping[str, Any]) -> list[ParamSwap]:
         cols_t = cols if cols is not None else torch.arange(old.in_features)
         device = old.weight.device
         rows_t, cols_t = rows_t.to(device), cols_t.to(device)
-        new = nn.Linear(len(cols_t), len(rows_t), bias=old.bias is not None, device=device, dtype=old.weight.dtype)
+        # skip_init: the values are copied below, and initialising would draw from training's torch RNG.
+        new = torch.nn.utils.skip_init(nn.Linear, len(cols_t), len(rows_t), bias=old.bias is not None, device=device,
+                                       dtype=old.weight.dtype)
         with torch.no_grad():
             new.weight.copy_(old.weight[rows_t][:, cols_t])
             if old.bias is not None:
