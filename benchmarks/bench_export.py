@@ -40,8 +40,8 @@ from bench_training import synthetic_dataset  # noqa: E402
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm  # noqa: E402
 from sparse_offline_rl.data.buffer import ObsNormalizer  # noqa: E402
 from sparse_offline_rl.evaluation.agent import EvalAgent  # noqa: E402
-from sparse_offline_rl.export import (MAX_ABS_DIFF, REPORTED_BATCHES, ROUNDS, dataset_observations, exportable_policy,  # noqa: E402
-                                      max_abs_diff, measure, pruned_layers, runtime, serialize, with_sparse_storage)
+from sparse_offline_rl.export import (MAX_ABS_DIFF, REPORTED_BATCHES, ROUNDS, candidate_artefacts,  # noqa: E402
+                                      dataset_observations, max_abs_diff, measure, runtime)
 from sparse_offline_rl.io import atomic_save_figure, cpu_model  # noqa: E402
 from sparse_offline_rl.pruning import prune_at_initialization  # noqa: E402
 from sparse_offline_rl.pruning.structured import network_densities  # noqa: E402
@@ -72,16 +72,13 @@ def artefacts(grid: list[tuple[str, float]], dataset: Any) -> tuple[dict[Key, by
     for structure, sparsity in grid:
         agent, kept[structure, sparsity] = pruned_iql_agent(sparsity, dataset, structure)
         observations = dataset_observations(agent)
-        dense = exportable_policy(agent, observations)
-        policies = {"dense": dense, "sparse": with_sparse_storage(dense)}
-        example = torch.from_numpy(observations[:2])
-        for fmt, storage in VARIANTS:
-            if storage == "sparse" and not pruned_layers(dense):
-                continue  # nothing pruned inside the layers (dense, or narrow): no CSR artefact to make
-            data = serialize(policies[storage], fmt, example)
-            diff = max_abs_diff(agent, runtime(fmt, data, threads=1), observations)
-            assert diff <= MAX_ABS_DIFF, f"{structure} {fmt} {storage} s={sparsity}: actions off by {diff}"
-            out[structure, fmt, storage, sparsity] = data
+        for fmt in dict.fromkeys(f for f, _ in VARIANTS):
+            # What the export command would choose between: no CSR artefact when nothing inside the
+            # layers is pruned (dense, or a narrow actor).
+            for storage, data in candidate_artefacts(agent, fmt, observations).items():
+                diff = max_abs_diff(agent, runtime(fmt, data, threads=1), observations)
+                assert diff <= MAX_ABS_DIFF, f"{structure} {fmt} {storage} s={sparsity}: actions off by {diff}"
+                out[structure, fmt, storage, sparsity] = data
     return out, kept
 
 
