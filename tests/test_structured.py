@@ -3,6 +3,7 @@ the kept units are the top-scored ones; every algorithm trains, resumes bit-exac
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
 import types
@@ -272,3 +273,34 @@ def test_structured_pruning_leaves_every_rng_where_it_was(dataset):
         draws.append((torch.rand(3), np.random.rand(), random.random(), buffer.sample(4).observations))
     assert torch.equal(draws[0][0], draws[1][0]) and draws[0][1:3] == draws[1][1:3]
     assert torch.equal(draws[0][3], draws[1][3])
+
+
+def test_return_vs_latency_preset_and_figure_path(tmp_path, dataset):
+    """The sweep preset crosses units with weights; its figure path turns finished runs into a
+    table, JSON and figure with both kinds on the latency axis (tiny runs: the numbers mean nothing)."""
+    import yaml
+
+    from conftest import REPO
+
+    preset = yaml.safe_load((REPO / "configs" / "sweep" / "return_vs_latency.yaml").read_text())
+    params = preset["hydra"]["sweeper"]["params"]
+    assert params["pruner.structure"] == "unstructured,units" and params["algo"] == "iql"
+    assert params["dataset"] == "hopper-medium"
+    path = write_d4rl_hdf5(tmp_path / "hopper.hdf5", dataset)
+    for structure in ("unstructured", "units"):
+        train(units_config("iql", dataset=str(path), sparsity=0.5, steps=10, eval={"every": 10, "episodes": 1, "suite": None},
+                           pruner={"name": "magnitude", "scope": "layer", "structure": structure}),
+              tmp_path / "sweep" / structure)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import return_vs_latency
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = tmp_path / "result"
+    return_vs_latency.main([str(tmp_path / "sweep"), "--rounds", "2", "--out", str(out), "--plot", str(tmp_path / "fig.png")])
+    result = json.loads(out.with_suffix(".json").read_text())
+    labels = {g["label"]: g for g in result["groups"]}
+    assert set(labels) == {"magnitude", "magnitude-units"}
+    assert all(set(g["latency_us"]) == {"1", "256"} for g in labels.values())
+    assert labels["magnitude-units"]["bytes"] < labels["magnitude"]["bytes"]  # narrow layers: a smaller file
+    assert (tmp_path / "fig.png").stat().st_size > 0 and "magnitude-units" in out.with_suffix(".md").read_text()
