@@ -22,9 +22,9 @@ from sparse_offline_rl.export import MAX_ABS_DIFF, dataset_observations, export_
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import count_params_flops, prunable_parameters, prune_at_initialization, saliency
 from sparse_offline_rl.pruning.graph import layer_graph
-from sparse_offline_rl.pruning.structured import UnitCollapseError, layout_of, narrow_, unit_scores
-from sparse_offline_rl.training.trainer import StepInfo, train
-from test_training import assert_same_state
+from sparse_offline_rl.pruning.structured import UnitCollapseError, unit_scores
+from sparse_offline_rl.training.trainer import train
+from test_training import Interrupt, assert_same_state, interrupt_at
 
 HIDDEN = [16, 16]
 
@@ -204,18 +204,6 @@ def units_config(algo: str, **changes) -> dict:
     return cfg
 
 
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_at(step: int):
-    def callback(info: StepInfo) -> None:
-        if info.step == step:
-            raise Interrupt
-
-    return callback
-
-
 @pytest.mark.parametrize("algo", ["iql", "td3bc", "cql"])
 def test_each_algorithm_trains_narrow_and_resumes_bit_exact(algo, tmp_path, dataset):
     cfg = units_config(algo)
@@ -304,3 +292,13 @@ def test_return_vs_latency_preset_and_figure_path(tmp_path, dataset):
     assert all(set(g["latency_us"]) == {"1", "256"} for g in labels.values())
     assert labels["magnitude-units"]["bytes"] < labels["magnitude"]["bytes"]  # narrow layers: a smaller file
     assert (tmp_path / "fig.png").stat().st_size > 0 and "magnitude-units" in out.with_suffix(".md").read_text()
+
+
+def test_the_library_entry_point_checks_the_structure_options_too(dataset):
+    built, buffer = setup(dataset)
+    with pytest.raises(ValueError, match="pruner.structure='channels' is invalid"):
+        prune_at_initialization(built, buffer.sample, {"name": "random", "structure": "channels"}, 0.5)
+    with pytest.raises(ValueError, match="pruner.weight_sparsity applies with pruner.structure=units only"):
+        prune_at_initialization(built, buffer.sample, {"name": "random", "weight_sparsity": 0.5}, 0.5)
+    with pytest.raises(ValueError, match="pruner.scope='erk' is invalid with pruner.structure=units"):
+        prune_at_initialization(built, buffer.sample, {"name": "random", "structure": "units", "scope": "erk"}, 0.5)

@@ -419,14 +419,11 @@ def prune_at_initialization(
         raise ValueError(
             f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
         )
-    if cfg.get("structure") not in (None, "unstructured"):
-        from sparse_offline_rl.pruning.structured import STRUCTURES, prune_units
+    if cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None:
+        from sparse_offline_rl.pruning.structured import check_options, prune_units
 
-        if cfg["structure"] not in STRUCTURES:
-            raise ValueError(f"pruner.structure={cfg['structure']!r} is invalid; accepted: {', '.join(STRUCTURES)}")
+        check_options(cfg)  # a structure it knows; weight_sparsity only with units
         return prune_units(algo, sample_batch, {"name": method, **cfg}, sparsity, seed)
-    if cfg.get("weight_sparsity") is not None:
-        raise ValueError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning reads `sparsity`)")
     cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     scope = cfg["scope"]
     if scope not in SCOPES:

@@ -39,7 +39,6 @@ shapes on a freshly built algorithm before its state is loaded (resume, evaluati
 from __future__ import annotations
 
 import copy
-import numbers
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.checks import check_value
+from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning.allocation import keep_count, top_mask
 from sparse_offline_rl.pruning.density import count_params_flops
 from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, layer_graph
@@ -89,13 +89,9 @@ def check_options(pruner: Mapping[str, Any]) -> None:
     for name, value in (weight_sparsity.items() if isinstance(weight_sparsity, Mapping) else [(None, weight_sparsity)]):
         check_value("pruner.weight_sparsity" + (f".{name}" if name else ""), value, float, "[0, 1)", optional=name is None)
     if structure == "unstructured" and weight_sparsity is not None:
-        from sparse_offline_rl.errors import ConfigError
-
         raise ConfigError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning "
                           "reads `sparsity`)")
     if structure == "units" and pruner.get("scope", "global") not in UNIT_SCOPES:
-        from sparse_offline_rl.errors import ConfigError
-
         raise ConfigError(f"pruner.scope={pruner.get('scope')!r} is invalid with pruner.structure=units: one of "
                           f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
 
@@ -285,11 +281,9 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
     """`prune_at_initialization` for structure=units (it dispatches here): remove units, narrow the
     networks, then prune the narrow weights to `weight_sparsity` with the same pruner. Same RNG
     contract: every RNG is put back after scoring."""
+    check_options(pruner)
     cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in pruner.items() if v is not None}}
     method, scope = cfg.get("name", "dense"), cfg["scope"]
-    if scope not in UNIT_SCOPES:
-        raise ValueError(f"pruner.scope={scope!r} is invalid with pruner.structure=units: one of "
-                         f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
     nets: dict[str, nn.Module] = dict(algo.networks())
     names = list(nets)
     budget_kind = next((k for k in ("budget_params", "budget_flops", "budget_cost") if cfg[k] is not None), None)
@@ -302,6 +296,8 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
     unpruned = {n: {**count_params_flops(net), "weights": sum(p.numel() for p in prunable_parameters(net).values())}
                 for n, net in nets.items()}
     searched = budget_networks(cfg, names)
+    # Units per hidden layer as built (the graphs keep referring to the layers narrowing replaces).
+    sizes = {n: {h: g.layers[g.names.index(h)].out_features for h in hidden_layers(g)} for n, g in graphs.items()}
 
     layouts: dict[str, Any] = {}
     budget_report: dict[str, Any] | None = None
@@ -354,8 +350,8 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
                     return value
 
                 top = max_unit_sparsity(graphs[name], scope)
-                chosen = least_sparsity_within(count_at, limit, top, tol=1 / (4 * sum(
-                    graphs[name].layers[graphs[name].names.index(h)].out_features for h in hidden_layers(graphs[name]))))
+                # Bracketed to a quarter of one unit: the least feasible unit count itself.
+                chosen = least_sparsity_within(count_at, limit, top, tol=1 / (4 * sum(sizes[name].values())))
                 if chosen is None:
                     raise ValueError(f"pruner.{budget_kind}={limit} for network '{name}' is below what one unit per "
                                      f"hidden layer needs ({probes[-1][key]:g} {key}) with pruner.structure=units")
@@ -396,8 +392,7 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
     for name in names:
         info = report["networks"][name]
         layout = layouts.get(name, {"kept_units": {}, "inputs_from": {}})
-        units = {layer: {"kept": len(idx), "total": int(graphs[name].layers[graphs[name].names.index(layer)].out_features)}
-                 for layer, idx in layout["kept_units"].items()}
+        units = {layer: {"kept": len(idx), "total": sizes[name][layer]} for layer, idx in layout["kept_units"].items()}
         kept_n, total_n = sum(u["kept"] for u in units.values()), sum(u["total"] for u in units.values())
         units_report[name] = {
             "target_unit_sparsity": targets[name] if method != "dense" else 0.0,
