@@ -83,6 +83,7 @@ def test_budget_networks_searches_only_the_named_networks(dataset) -> None:
     assert report["budget_cost"]["networks"] == ["actor"] and report["budget_cost"]["cost"] <= total // 2
     assert nets["actor"]["target_sparsity"] == report["budget_cost"]["sparsity"] > 0.4
     assert nets["critic"]["target_sparsity"] == 0.3 and nets["value"]["target_sparsity"] == 0.0
+    assert nets["actor"]["target_from"] == "budget_cost" and nets["critic"]["target_from"] == "sparsity"
     with pytest.raises(ValueError, match="pruner.budget_networks=.*a non-empty list of networks out of actor"):
         prune_at_initialization(setup(dataset)[0], buffer.sample, {**cfg, "budget_networks": ["policy"]}, 0.0)
 

@@ -404,7 +404,9 @@ def prune_at_initialization(
     with `budget_cost_max` replaces it by the least sparsity s, applied to every network, whose
     cost({name: copy of the network with its pruned weights zeroed}) <= budget_cost_max: bisection on
     s to BUDGET_COST_TOL, re-pruning with the configured pruner at each probe; the cost is assumed not
-    to increase with s.
+    to increase with s. `budget_networks` (a list) limits that search to the named networks; the
+    others keep their `sparsity`. `structure="units"` removes whole hidden units instead and makes the
+    networks narrower (`structured.prune_units`, which comes back here for `weight_sparsity`).
 
     Pruning consumes none of training's randomness: every RNG (torch, numpy and Python globals, and
     every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
@@ -545,8 +547,8 @@ def prune_at_initialization(
             torch.manual_seed(seed)
         masks, networks_report = prune_all(targets, cfg["allow_layer_collapse"])
         if cost_report is not None:
-            for info in networks_report.values():
-                info["target_from"] = "budget_cost"
+            for name in searched:
+                networks_report[name]["target_from"] = "budget_cost"
     # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
     # optimizer step must not see such gradients.
     for net in nets.values():
