@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 import sys
 import types
 
@@ -245,10 +246,13 @@ def test_structured_actor_exports_narrow_and_exact(tmp_path, dataset):
     ({"weight_sparsity": 0.5}, "pruner.weight_sparsity applies with pruner.structure=units only"),
     ({"structure": "units", "weight_sparsity": 1.5}, "pruner.weight_sparsity=1.5 is invalid"),
     ({"budget_networks": ["actor"]}, "pruner.budget_networks applies to pruner.budget_cost only"),
+    ({"budget_networks": ["policy"], "budget_cost": "sparse_offline_rl.export:actor_bytes", "budget_cost_max": 1e4},
+     "pruner.budget_networks=['policy'] is invalid: a non-empty list of networks out of actor, critic, value"),
+    ({"structure": "units", "weight_sparsity": {"actor": 0.5, "policy": 0.5}}, "weight_sparsity given for unknown network"),
 ])
 def test_bad_structure_options_fail_before_data(change, words, tmp_path):
     cfg = units_config("iql", pruner={"name": "snip", **change}, dataset="no-such-dataset")
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         train(cfg, tmp_path)
 
 

@@ -107,20 +107,23 @@ def check_network_mappings(cfg: Mapping[str, Any]) -> None:
     built from the env's dimensions (RNG left alone), so a typo fails before data is loaded or downloaded."""
     mappings = {key: value for key, value in (("sparsity", cfg["sparsity"]),
                                                 ("pruner.budget_params", cfg["pruner"].get("budget_params")),
-                                                ("pruner.budget_flops", cfg["pruner"].get("budget_flops")))
+                                                ("pruner.budget_flops", cfg["pruner"].get("budget_flops")),
+                                                ("pruner.weight_sparsity", cfg["pruner"].get("weight_sparsity")))
                 if isinstance(value, Mapping)}
-    if not mappings:
+    if not mappings and cfg["pruner"].get("budget_networks") is None:
         return
     task = get_task(cfg["env"])
     with torch.random.fork_rng(devices=[]):
         names = list(make_algorithm(cfg["algo"]["name"], ProblemSpec(task.obs_dim, task.act_dim), cfg["algo"]).networks())
     from sparse_offline_rl.pruning import per_network
+    from sparse_offline_rl.pruning.prune import budget_networks
 
-    for key, value in mappings.items():
-        try:
+    try:
+        for key, value in mappings.items():
             per_network(value, names, key)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        budget_networks(cfg["pruner"], names)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
