@@ -205,7 +205,7 @@ def narrow_(module: nn.Module, layout: Mapping[str, Any]) -> list[ParamSwap]:
     kept inputs' columns (`layout` as `layout_of` gives). Returns the parameter swaps."""
     kept = {n: torch.as_tensor(idx, dtype=torch.long) for n, idx in layout["kept_units"].items()}
     swaps: list[ParamSwap] = []
-    for wname, linear in prunable_parameters(module).items():
+    for wname in list(prunable_parameters(module)):
         layer_name = wname.rpartition(".")[0]
         old = module.get_submodule(layer_name)
         parent = layout["inputs_from"].get(wname)
