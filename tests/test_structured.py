@@ -205,9 +205,11 @@ def units_config(algo: str, **changes) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("algo", ["iql", "td3bc", "cql"])
-def test_each_algorithm_trains_narrow_and_resumes_bit_exact(algo, tmp_path, dataset):
-    cfg = units_config(algo)
+# "sparse": the narrow layers' pruned weights in compressed SparseLinear layers on top (narrowing,
+# then the kernel layout, are both rebuilt before the checkpoint loads).
+@pytest.mark.parametrize("algo, kernels", [("iql", "auto"), ("td3bc", "auto"), ("cql", "auto"), ("iql", "sparse")])
+def test_each_algorithm_trains_narrow_and_resumes_bit_exact(algo, kernels, tmp_path, dataset):
+    cfg = units_config(algo, sparse_kernels=kernels)
     full = train(cfg, tmp_path / "full", dataset=dataset)
     with pytest.raises(Interrupt):
         train(cfg, tmp_path / "cut", dataset=dataset, callbacks=[interrupt_at(55)])
@@ -218,7 +220,9 @@ def test_each_algorithm_trains_narrow_and_resumes_bit_exact(algo, tmp_path, data
         assert_same_state(a[key], b[key], key)
     assert a["pruning_report"]["units"] == b["pruning_report"]["units"]
     trunk = "trunk" if algo == "cql" else "net"
-    assert sum(a["algo"]["actor"][f"{trunk}.{i}.weight"].shape[0] for i in (0, 2)) == 16  # of 32 hidden units
+    assert sum(a["algo"]["actor"][f"{trunk}.{i}.bias"].shape[0] for i in (0, 2)) == 16  # of 32 hidden units
+    if kernels == "sparse":
+        assert any(name.endswith(".values") for name in a["algo"]["critic"])
     assert full["pruner"] == "snip-units"
     # density against the network as built: half the units, then half the narrow weights
     assert 0 < full["density"]["actor"] < 0.3
