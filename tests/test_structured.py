@@ -242,6 +242,11 @@ def test_structured_actor_exports_narrow_and_exact(tmp_path, dataset):
         expected = agent.algo.act(agent.normalizer(torch.from_numpy(obs))).numpy()
     exported = runtime("torchscript", (run / "export" / record["file"]).read_bytes(), 1)(obs)
     assert np.abs(exported - expected).max() <= MAX_ABS_DIFF
+    # the artefact itself holds the narrow dense weights (frozen TorchScript: graph constants)
+    artefact = torch.jit.load(str(run / "export" / record["file"]))
+    matrices = {tuple(n.t("value").shape) for n in artefact.graph.nodes()
+                if n.kind() == "prim::Constant" and n.hasAttribute("value") and n.kindOf("value") == "t" and n.t("value").dim() == 2}
+    assert matrices == {(8, 11), (8, 8), (3, 8)}
 
 
 @pytest.mark.parametrize("change, words", [
