@@ -247,6 +247,10 @@ def test_structured_actor_exports_narrow_and_exact(tmp_path, dataset):
     matrices = {tuple(n.t("value").shape) for n in artefact.graph.nodes()
                 if n.kind() == "prim::Constant" and n.hasAttribute("value") and n.kindOf("value") == "t" and n.t("value").dim() == 2}
     assert matrices == {(8, 11), (8, 8), (3, 8)}
+    onnx = pytest.importorskip("onnx")
+    export_run(run, "onnx")
+    model = onnx.load(str(run / "export" / "actor.onnx"))
+    assert {tuple(i.dims) for i in model.graph.initializer if len(i.dims) == 2} == {(8, 11), (8, 8), (3, 8)}
 
 
 @pytest.mark.parametrize("change, words", [
