@@ -276,11 +276,10 @@ def dataset_observations(agent: EvalAgent) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def export_agent(agent: EvalAgent, fmt: str, out_dir: Path | str, *, batch: int = 1, threads: int = 1,
-                 storage: str = "auto") -> dict[str, Any]:
-    """Write `out_dir/actor.<ext>` and `out_dir/actor.json`; returns the record written to the latter."""
-    check_format(fmt, storage)
-    observations = dataset_observations(agent)
+def candidate_artefacts(agent: EvalAgent, fmt: str, observations: np.ndarray, storage: str = "auto") -> dict[str, bytes]:
+    """{storage: serialised artefact} that an export times and chooses between: dense, and unless
+    `storage` is dense, CSR where the format has it (TorchScript) and the actor has pruned weights (a
+    narrow actor from pruner.structure=units has none: its layers are small and dense)."""
     dense = exportable_policy(agent, observations)
     policies = {"dense": dense}
     if pruned_layers(dense) and fmt == "torchscript" and storage != "dense":
@@ -288,7 +287,15 @@ def export_agent(agent: EvalAgent, fmt: str, out_dir: Path | str, *, batch: int 
     if storage == "sparse" and "sparse" not in policies:
         raise ConfigError("storage=sparse needs pruned weights; this actor has none")
     example = torch.from_numpy(batch_of(observations, 2))
-    artefacts = {name: serialize(policy, fmt, example) for name, policy in policies.items()}
+    return {name: serialize(policy, fmt, example) for name, policy in policies.items()}
+
+
+def export_agent(agent: EvalAgent, fmt: str, out_dir: Path | str, *, batch: int = 1, threads: int = 1,
+                 storage: str = "auto") -> dict[str, Any]:
+    """Write `out_dir/actor.<ext>` and `out_dir/actor.json`; returns the record written to the latter."""
+    check_format(fmt, storage)
+    observations = dataset_observations(agent)
+    artefacts = candidate_artefacts(agent, fmt, observations, storage)
     latency = measure(artefacts, fmt, observations, threads, sorted({*REPORTED_BATCHES, batch}))
     chosen = storage if storage != "auto" else choose_storage(latency, batch)
     diff = max_abs_diff(agent, runtime(fmt, artefacts[chosen], threads), observations)

@@ -72,6 +72,22 @@ def test_cost_budget_reaches_the_least_sparsity(method, dataset) -> None:
     assert report["budget_cost"]["sparsity"] == 0.0 and not mask_set
 
 
+def test_budget_networks_searches_only_the_named_networks(dataset) -> None:
+    """A cost of the actor alone: only the actor's sparsity is searched, the others keep `sparsity`."""
+    algo, buffer = setup(dataset)
+    total = sum(p.numel() for p in prunable_parameters(algo.networks()["actor"]).values())
+    cfg = {"name": "magnitude", "budget_cost": "budget_cost_fixture:actor_kept", "budget_cost_max": total // 2,
+           "budget_networks": ["actor"]}
+    _, report = prune_at_initialization(algo, buffer.sample, cfg, {"actor": 0.0, "critic": 0.3, "value": 0.0})
+    nets = report["networks"]
+    assert report["budget_cost"]["networks"] == ["actor"] and report["budget_cost"]["cost"] <= total // 2
+    assert nets["actor"]["target_sparsity"] == report["budget_cost"]["sparsity"] > 0.4
+    assert nets["critic"]["target_sparsity"] == 0.3 and nets["value"]["target_sparsity"] == 0.0
+    assert nets["actor"]["target_from"] == "budget_cost" and nets["critic"]["target_from"] == "sparsity"
+    with pytest.raises(ValueError, match="pruner.budget_networks=.*a non-empty list of networks out of actor"):
+        prune_at_initialization(setup(dataset)[0], buffer.sample, {**cfg, "budget_networks": ["policy"]}, 0.0)
+
+
 def test_impossible_budget_and_bad_callables_fail_in_one_line(dataset) -> None:
     cfg = {"name": "magnitude", "budget_cost": "budget_cost_fixture:actor_kept", "budget_cost_max": -1}
     with pytest.raises(ValueError, match="no sparsity below 1 meets budget_cost_max=-1") as err:

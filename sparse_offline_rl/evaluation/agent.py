@@ -15,8 +15,8 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_alg
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
-from sparse_offline_rl.pruning import network_density
 from sparse_offline_rl.pruning.sparse_choice import restore_pruned
+from sparse_offline_rl.pruning.structured import layouts_of, network_densities
 
 
 @dataclass
@@ -35,7 +35,10 @@ class EvalAgent:
 def pruner_label(cfg: Mapping[str, Any], density: Mapping[str, float]) -> str:
     """The pruner a run is labelled with, from what was pruned (measured densities), not from the configured
     sparsity: a parameter/FLOP budget prunes at sparsity 0 too."""
-    return cfg["pruner"]["name"] if any(d < 1.0 for d in density.values()) else "dense"
+    if not any(d < 1.0 for d in density.values()):
+        return "dense"
+    # Units removed is another method than weights removed at the same sparsity: kept apart in comparisons.
+    return cfg["pruner"]["name"] + ("-units" if cfg["pruner"].get("structure") == "units" else "")
 
 
 def run_meta(cfg: Mapping[str, Any], density: Mapping[str, float]) -> dict[str, Any]:
@@ -67,8 +70,9 @@ def load_agent(run_dir: Path | str, dataset: OfflineDataset | None = None, devic
     spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device,
                        optim=cfg.get("optim", "adam"))
     algo = make_algorithm(cfg["algo"]["name"], spec, cfg["algo"])
-    restore_pruned(algo, ckpt["algo"], ckpt["masks"], ckpt.get("sparse_kernels"))
-    density = {name: network_density(net) for name, net in algo.networks().items()}
+    report = ckpt.get("pruning_report")
+    restore_pruned(algo, ckpt["algo"], ckpt["masks"], ckpt.get("sparse_kernels"), units=layouts_of(report))
+    density = network_densities(algo.networks(), report)
     meta = {**run_meta(cfg, density), "step": ckpt.get("step"), "run_dir": str(run_dir)}
     return EvalAgent(algo, data.normalizer, cfg["env"], data.train, data.val,
                      discount=float(cfg["algo"].get("discount", 0.99)), reward_scale=data.reward_scale,

@@ -120,13 +120,20 @@ def format_density_table(report: Mapping[str, Any]) -> str:
             mark = " (dense)" if layer in info.get("dense_layers", ()) else ""
             rows.append((net, layer + mark, "x".join(map(str, li["shape"])), f"{li['kept']:,} / {li['total']:,}", f"{li['density']:.4f}")
                         + ((_kernel_cell(li),) if kernels else ()))
+        # structure=units: `target_sparsity` is the units' target, the weights have their own
+        weight_target = info.get("weight_sparsity_target", info["target_sparsity"])
         if info.get("dense_layers"):
             rows.append((
-                net, "pruned layers", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] != "network" else "",
+                net, "pruned layers", f"target {1 - weight_target:.4f}" if info["target_applies_to"] != "network" else "",
                 "", f"{info['pruned_layers_density']:.4f}",
             ))
+        units = report.get("units", {}).get(net)
+        if units is not None:  # structure=units: the layers above are the narrowed ones
+            kept, total = (sum(u[k] for u in units["units"].values()) for k in ("kept", "total"))
+            rows.append((net, "hidden units", f"target {1 - units['target_unit_sparsity']:.4f}", f"{kept:,} / {total:,}",
+                         f"{kept / total:.4f}" if total else "-"))
         rows.append((
-            net, "all prunable", f"target {1 - info['target_sparsity']:.4f}" if info["target_applies_to"] == "network" or not info.get("dense_layers") else "",
+            net, "all prunable", f"target {1 - weight_target:.4f}" if info["target_applies_to"] == "network" or not info.get("dense_layers") else "",
             f"{info['kept_weights']:,} / {info['prunable_weights']:,}", f"{info['density']:.4f}",
         ))
         if len(info.get("members", ())) > 1:

@@ -54,6 +54,9 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "budget_flops": None,
     "budget_cost": None,
     "budget_cost_max": None,
+    "budget_networks": None,  # the networks whose sparsity a budget_cost search sets (default: all)
+    "structure": "unstructured",  # or "units": whole hidden units removed (pruning/structured.py)
+    "weight_sparsity": None,  # structure=units: unstructured sparsity of the narrowed layers on top
 }
 #: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
 BUDGET_COST_TOL = 1e-3
@@ -278,6 +281,22 @@ def _evaluate_cost(fn: Callable[..., Any], path: str, nets: Mapping[str, nn.Modu
     return value
 
 
+def least_sparsity_within(cost_at: Callable[[float], float], limit: float, top: float = BUDGET_COST_MAX_SPARSITY,
+                          tol: float = BUDGET_COST_TOL) -> float | None:
+    """The least s in [0, top] with cost_at(s) <= limit, assuming the cost does not increase with s:
+    0 if the unpruned cost fits, None if not even `top` does, else bisection until the least feasible
+    probe is bracketed to `tol` (the returned s is always a probed, feasible one)."""
+    if cost_at(0.0) <= limit:
+        return 0.0
+    if cost_at(top) > limit:
+        return None
+    lo, hi = 0.0, top
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost_at(mid) <= limit else (mid, hi)
+    return hi
+
+
 def per_network(value: Any, nets: Sequence[str], what: str) -> dict[str, Any]:
     """A single value for every network, or a mapping {network: value} (key 'default' as fallback)."""
     if not isinstance(value, Mapping):
@@ -329,6 +348,23 @@ def prune_module(
     return masks
 
 
+def budget_networks(cfg: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The networks whose sparsity a pruner.budget_cost search sets: pruner.budget_networks (a list of
+    names), default all; the others keep their configured sparsity."""
+    value = cfg.get("budget_networks")
+    if value is None:
+        return list(names)
+    if cfg.get("budget_cost") is None:
+        raise ValueError("pruner.budget_networks applies to pruner.budget_cost only (budget_params / budget_flops "
+                         "are given per network)")
+    chosen = [value] if isinstance(value, str) else list(value)
+    unknown = [n for n in chosen if n not in names]
+    if not chosen or unknown:
+        raise ValueError(f"pruner.budget_networks={value!r} is invalid: a non-empty list of networks out of "
+                         f"{', '.join(names)} is required")
+    return chosen
+
+
 def _draw_batch(sample_batch: Callable[..., Any], batch_size: int) -> Any:
     """One batch of `batch_size` rows: `sample_batch(batch_size)` if it takes a size (e.g.
     `buffer.sample`), otherwise `sample_batch()` repeated and concatenated / cut to size."""
@@ -368,7 +404,9 @@ def prune_at_initialization(
     with `budget_cost_max` replaces it by the least sparsity s, applied to every network, whose
     cost({name: copy of the network with its pruned weights zeroed}) <= budget_cost_max: bisection on
     s to BUDGET_COST_TOL, re-pruning with the configured pruner at each probe; the cost is assumed not
-    to increase with s.
+    to increase with s. `budget_networks` (a list) limits that search to the named networks; the
+    others keep their `sparsity`. `structure="units"` removes whole hidden units instead and makes the
+    networks narrower (`structured.prune_units`, which comes back here for `weight_sparsity`).
 
     Pruning consumes none of training's randomness: every RNG (torch, numpy and Python globals, and
     every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
@@ -383,6 +421,11 @@ def prune_at_initialization(
         raise ValueError(
             f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
         )
+    if cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None:
+        from sparse_offline_rl.pruning.structured import check_options, prune_units
+
+        check_options(cfg)  # a structure it knows; weight_sparsity only with units
+        return prune_units(algo, sample_batch, {"name": method, **cfg}, sparsity, seed)
     cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     scope = cfg["scope"]
     if scope not in SCOPES:
@@ -408,6 +451,7 @@ def prune_at_initialization(
     targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
     budget_kind = "budget_params" if cfg["budget_params"] is not None else "budget_flops" if cfg["budget_flops"] is not None else None
     budgets = per_network(cfg[budget_kind], names, budget_kind) if budget_kind else {}
+    searched = budget_networks(cfg, names)
 
     start = time.perf_counter()
     devices = sorted({p.device.index or 0 for net in nets.values() for p in net.parameters() if p.device.type == "cuda"})
@@ -484,34 +528,27 @@ def prune_at_initialization(
                 # Every probe starts from the same torch RNG state, so the chosen probe's masks are
                 # the final masks (re-pruned below with the configured collapse check).
                 torch.manual_seed(seed)
-                probe_masks, _ = prune_all({n: s for n in names}, True)
+                probe_masks, _ = prune_all({n: s if n in searched else targets[n] for n in names}, True)
                 value = _evaluate_cost(cost_fn, path, nets, probe_masks)
                 probes.append((s, value))
                 return value
 
-            if cost_at(0.0) <= limit:
-                chosen = 0.0
-            else:
-                top = cost_at(BUDGET_COST_MAX_SPARSITY)
-                if top > limit:
-                    raise ValueError(
-                        f"pruner.budget_cost={path!r}: no sparsity below 1 meets budget_cost_max={limit:g} "
-                        f"(cost {top:g} at sparsity {BUDGET_COST_MAX_SPARSITY}, {probes[0][1]:g} dense)"
-                    )
-                lo, hi = 0.0, BUDGET_COST_MAX_SPARSITY
-                while hi - lo > BUDGET_COST_TOL:
-                    mid = (lo + hi) / 2
-                    lo, hi = (lo, mid) if cost_at(mid) <= limit else (mid, hi)
-                chosen = hi
-            targets = {n: chosen for n in names}
+            chosen = least_sparsity_within(cost_at, limit)
+            if chosen is None:
+                raise ValueError(
+                    f"pruner.budget_cost={path!r}: no sparsity below 1 meets budget_cost_max={limit:g} "
+                    f"(cost {probes[-1][1]:g} at sparsity {BUDGET_COST_MAX_SPARSITY}, {probes[0][1]:g} dense)"
+                )
+            targets = {n: chosen if n in searched else targets[n] for n in names}
             achieved = next(v for s_, v in reversed(probes) if s_ == chosen)
             cost_report = {"budget_cost": path, "budget_cost_max": limit, "cost": achieved, "sparsity": chosen,
+                           "networks": searched,
                            "tolerance": BUDGET_COST_TOL, "probes": [{"sparsity": s_, "cost": v} for s_, v in probes]}
             torch.manual_seed(seed)
         masks, networks_report = prune_all(targets, cfg["allow_layer_collapse"])
         if cost_report is not None:
-            for info in networks_report.values():
-                info["target_from"] = "budget_cost"
+            for name in searched:
+                networks_report[name]["target_from"] = "budget_cost"
     # Scoring never touches `.grad`, but a saliency_loss that calls backward itself would; the first
     # optimizer step must not see such gradients.
     for net in nets.values():

@@ -32,6 +32,7 @@ from torch import nn
 
 from sparse_offline_rl.pruning.masks import MaskSet
 from sparse_offline_rl.pruning.sparse_linear import eligible, sparsify_algorithm, to_sparse
+from sparse_offline_rl.pruning.structured import narrow_algorithm
 
 MODES = ("auto", "sparse", "dense")
 #: In "auto", a layer goes sparse only if its measured call is at most this fraction of the dense one's.
@@ -190,10 +191,13 @@ def apply_sparse_kernels(algo, masks: MaskSet, kernels: Mapping[str, Mapping[str
 
 
 def restore_pruned(algo, state: Mapping[str, Any], masks_state: Mapping[str, Mapping[str, torch.Tensor]],
-                   kernels: Mapping[str, Mapping[str, str]] | None) -> MaskSet:
-    """Load a saved pruned algorithm into a freshly built `algo`: its layers are converted as the
-    saved `kernels` say (None: all dense-masked, as before sparse kernels existed) before the state
-    is loaded, since a sparse layer's parameters have another shape. Returns the bound masks."""
+                   kernels: Mapping[str, Mapping[str, str]] | None,
+                   units: Mapping[str, Mapping[str, Any]] | None = None) -> MaskSet:
+    """Load a saved pruned algorithm into a freshly built `algo`: networks pruned by units are narrowed
+    first (`units`: {network: layout}, `structured.layouts_of(report)`), then its layers are converted
+    as the saved `kernels` say (None: all dense-masked, as before sparse kernels existed), before the
+    state is loaded, since narrow and sparse layers' parameters have other shapes. Returns the bound masks."""
+    narrow_algorithm(algo, units)
     masks = apply_sparse_kernels(algo, MaskSet.from_state_dict(masks_state), kernels or {})
     algo.load_state_dict(state)
     return masks

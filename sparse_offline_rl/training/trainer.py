@@ -32,7 +32,7 @@ from sparse_offline_rl.evaluation.agent import pruner_label
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
-from sparse_offline_rl.pruning import MaskSet, network_density, prune_at_initialization
+from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
 from sparse_offline_rl.pruning.dynamic import SparseTraining
 from sparse_offline_rl.pruning.sparse_choice import (
     MODES,
@@ -42,6 +42,7 @@ from sparse_offline_rl.pruning.sparse_choice import (
     kernels_of,
     restore_pruned,
 )
+from sparse_offline_rl.pruning.structured import check_options, layouts_of, network_densities
 from sparse_offline_rl.training.logger import MetricsLogger
 
 
@@ -87,6 +88,14 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
         budget = pruner.get(key)
         for name, value in (budget.items() if isinstance(budget, Mapping) else [(None, budget)]):
             check_value(f"pruner.{key}" + (f".{name}" if name else ""), value, int, "[1, inf)", optional=name is None)
+    from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
+
+    if pruner.get("name") in DYNAMIC_PRUNERS and (pruner.get("structure") or "unstructured") != "unstructured":
+        # Units are removed once, at initialization; the during-training methods move single weights.
+        raise ConfigError(f"pruner.structure={pruner['structure']!r} is invalid with pruner={pruner['name']}: "
+                          f"{', '.join(DYNAMIC_PRUNERS)} prune single weights during training (structure=unstructured); "
+                          "whole units are pruned at initialization by the PaI pruners")
+    check_options(pruner)  # structure, weight_sparsity
     check_value("pruner.budget_cost", pruner.get("budget_cost"), str, optional=True)
     check_value("pruner.budget_cost_max", pruner.get("budget_cost_max"), float, optional=True)
     if (pruner.get("budget_cost") is None) != (pruner.get("budget_cost_max") is None):
@@ -95,6 +104,9 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
     if len(given) > 1:
         raise ConfigError("give at most one of pruner.budget_params, pruner.budget_flops and pruner.budget_cost; "
                           f"got {', '.join(given)}")
+    if pruner.get("budget_networks") is not None and pruner.get("budget_cost") is None:
+        raise ConfigError("pruner.budget_networks applies to pruner.budget_cost only (budget_params / budget_flops "
+                          "are given per network)")
     if pruner.get("budget_cost") is not None:
         from sparse_offline_rl.pruning.prune import load_cost
 
@@ -109,20 +121,23 @@ def check_network_mappings(cfg: Mapping[str, Any]) -> None:
     built from the env's dimensions (RNG left alone), so a typo fails before data is loaded or downloaded."""
     mappings = {key: value for key, value in (("sparsity", cfg["sparsity"]),
                                                 ("pruner.budget_params", cfg["pruner"].get("budget_params")),
-                                                ("pruner.budget_flops", cfg["pruner"].get("budget_flops")))
+                                                ("pruner.budget_flops", cfg["pruner"].get("budget_flops")),
+                                                ("pruner.weight_sparsity", cfg["pruner"].get("weight_sparsity")))
                 if isinstance(value, Mapping)}
-    if not mappings:
+    if not mappings and cfg["pruner"].get("budget_networks") is None:
         return
     task = get_task(cfg["env"])
     with torch.random.fork_rng(devices=[]):
         names = list(make_algorithm(cfg["algo"]["name"], ProblemSpec(task.obs_dim, task.act_dim), cfg["algo"]).networks())
     from sparse_offline_rl.pruning import per_network
+    from sparse_offline_rl.pruning.prune import budget_networks
 
-    for key, value in mappings.items():
-        try:
+    try:
+        for key, value in mappings.items():
             per_network(value, names, key)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        budget_networks(cfg["pruner"], names)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -283,7 +298,7 @@ def _train(
         # The saved kernels, not a new measurement: they fix the parameters' shapes, and one path
         # keeps the resumed run bit-exact.
         kernels = ckpt.get("sparse_kernels") or {}
-        masks = restore_pruned(algo, ckpt["algo"], ckpt["masks"], kernels)
+        masks = restore_pruned(algo, ckpt["algo"], ckpt["masks"], kernels, units=layouts_of(ckpt["pruning_report"]))
         buffer.load_state_dict(ckpt["buffer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start_step, train_seconds, last_eval = ckpt["step"], ckpt["train_seconds"], ckpt["last_eval"]
@@ -371,8 +386,8 @@ def _train(
         logger.close()
     save_checkpoint(steps)
 
-    density = {name: network_density(net) for name, net in algo.networks().items()}
     sparse_training.final_report(pruning_report, algo, masks)  # the masks the run ended with
+    density = network_densities(algo.networks(), pruning_report)
     summary = {
         "algo": cfg["algo"]["name"],
         "env": cfg["env"],

@@ -1,0 +1,413 @@
+"""Structured pruning at initialization: whole hidden units removed, networks made physically narrower.
+
+`pruner.structure=units` (default `unstructured`) reads `sparsity` as the fraction of each network's
+hidden units removed (per network like any sparsity: a float or {network: fraction}). Hidden units
+are the outputs of Linear layers that another Linear layer reads; network inputs and outputs are
+never removed. Each hidden layer then becomes a smaller nn.Linear (its kept rows), and each layer
+reading it loses the matching input columns, in online and target networks and optimizers alike:
+the network is narrower, not masked. `pruner.weight_sparsity` (float or mapping, default 0) then
+prunes the narrow layers' weights unstructured, with the same pruner and scope
+(`prune_at_initialization` on the narrowed algorithm): units first, weights on top.
+
+Unit scores come from the weight scores of the configured saliency method (SNIP, GraSP, SynFlow,
+magnitude, random): a unit's score is the sum of the scores of every weight its removal deletes,
+its incoming row and its outgoing column in each layer reading it. Why this aggregation: it ranks
+units by exactly the saliency the unstructured pruner would lose with them, so every method keeps
+its meaning without a second implementation (magnitude becomes the L1 norm of the unit's weights,
+the filter-norm criterion; for SynFlow a unit's incoming and outgoing synaptic flow are equal, so
+the sum is twice the flow through the unit; GraSP's signed scores are summed signed, higher still
+better). A per-unit gate gradient was the alternative, but would need a forward hook per method
+and gives SNIP only (|dL/dg| at g = 1). Removed units' scores are summed only over weights still
+alive, and iterative schedules (`rounds`, SynFlow's 100) remove units in the same
+keep^((e+1)/E) steps as weights, rescoring the narrowed-by-masks network each round.
+
+Scopes: `global` ranks the units of all hidden layers of an ensemble member together (each member
+of a twin critic keeps the same fraction, ranked on its own), `layer` removes the same fraction in
+every hidden layer. ERK is a rule for weight densities, not unit counts, and is refused. A hidden
+layer always keeps at least one unit: under `global` each layer's best unit is kept first and the
+rest goes to the top-scored units; a sparsity leaving fewer units than hidden layers (or, under
+`layer`, no unit in some layer) is an error naming the network.
+
+Budgets (`budget_params`, `budget_flops`, `budget_cost`) search the unit fraction instead of the
+weight sparsity, by the bisection `prune.least_sparsity_within`, on the narrowed networks; the cost
+function receives physically narrow copies, so a latency or size cost measures what deploys.
+
+The layout (kept unit indices per layer, and which layer each layer reads) is in the pruning report
+(`report["units"]`), which checkpoints keep: `narrow_algorithm(algo, layout)` rebuilds the narrow
+shapes on a freshly built algorithm before its state is loaded (resume, evaluation, export).
+"""
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparse_offline_rl.checks import check_value
+from sparse_offline_rl.errors import ConfigError
+from sparse_offline_rl.pruning.allocation import keep_count, top_mask
+from sparse_offline_rl.pruning.density import count_params_flops
+from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, layer_graph
+from sparse_offline_rl.pruning.masks import MaskSet, layer_weights, prunable_parameters
+from sparse_offline_rl.pruning.prune import (
+    DATA_DRIVEN,
+    PRUNER_DEFAULTS,
+    _check_sparsity,
+    _draw_batch,
+    _evaluate_cost,
+    _rounds,
+    _scorer,
+    _seed_for,
+    budget_networks,
+    least_sparsity_within,
+    load_cost,
+    per_network,
+    prune_at_initialization,
+)
+from sparse_offline_rl.pruning.rng import untouched_rngs
+from sparse_offline_rl.pruning.sparse_linear import ELIGIBLE, ParamSwap, swap_optimizer_params
+
+STRUCTURES = ("unstructured", "units")
+UNIT_SCOPES = ("global", "layer")
+#: Options only structure=units reads (their defaults are in prune.PRUNER_DEFAULTS).
+UNIT_OPTIONS = ("weight_sparsity",)
+
+Units = dict[str, torch.Tensor]  # hidden layer weight name -> bool (out_features,), True = kept
+
+
+class UnitCollapseError(ValueError):
+    """A structured target would leave a hidden layer with no unit."""
+
+
+def check_options(pruner: Mapping[str, Any]) -> None:
+    """The structure-related pruner.* keys, checked before data loads (ConfigError naming the key)."""
+    structure = pruner.get("structure") or "unstructured"
+    check_value("pruner.structure", structure, str, choices=STRUCTURES)
+    weight_sparsity = pruner.get("weight_sparsity")
+    for name, value in (weight_sparsity.items() if isinstance(weight_sparsity, Mapping) else [(None, weight_sparsity)]):
+        check_value("pruner.weight_sparsity" + (f".{name}" if name else ""), value, float, "[0, 1)", optional=name is None)
+    if structure == "unstructured" and weight_sparsity is not None:
+        raise ConfigError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning "
+                          "reads `sparsity`)")
+    if structure == "units" and pruner.get("scope", "global") not in UNIT_SCOPES:
+        raise ConfigError(f"pruner.scope={pruner.get('scope')!r} is invalid with pruner.structure=units: one of "
+                          f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
+
+
+# -- which units ----------------------------------------------------------------------------------
+def hidden_layers(graph: LayerGraph) -> list[str]:
+    """Weight names of the layers whose outputs are hidden units (some other layer reads them)."""
+    return [n for n, children in zip(graph.names, graph.children) if children]
+
+
+def weight_masks(graph: LayerGraph, units: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights that remain when only `units` are kept: a removed unit loses its incoming row and
+    its outgoing column in each layer reading it."""
+    out = {}
+    for name, layer, parent in zip(graph.names, graph.layers, graph.parents):
+        rows = units.get(name, torch.ones(layer.out_features, dtype=torch.bool, device=layer.weight.device))
+        cols = (units[graph.names[parent]] if parent is not None and graph.names[parent] in units
+                else torch.ones(layer.in_features, dtype=torch.bool, device=layer.weight.device))
+        out[name] = rows[:, None] & cols[None, :]
+    return out
+
+
+def unit_scores(graph: LayerGraph, scores: Mapping[str, torch.Tensor],
+                alive: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per hidden unit: the summed scores of its incoming row and of its outgoing columns, over the
+    weights still alive (`alive`: bool masks; None = all)."""
+    def live(name: str) -> torch.Tensor:
+        s = scores[name].detach().to(torch.float64)
+        return s if alive is None else torch.where(alive[name], s, torch.zeros((), dtype=s.dtype, device=s.device))
+
+    out = {}
+    for i, name in enumerate(graph.names):
+        if graph.children[i]:
+            out[name] = live(name).sum(1) + sum(live(graph.names[c]).sum(0) for c in graph.children[i])
+    return out
+
+
+def select_units(scores: Mapping[str, torch.Tensor], members: Sequence[Sequence[str]], density: float, scope: str,
+                 network: str, sparsity: float) -> Units:
+    """Kept units per hidden layer at `density` (fraction of units kept), per member."""
+    kept: Units = {}
+    for member in members:
+        if scope == "layer":
+            for name in member:
+                k = keep_count(scores[name].numel(), density)
+                if k < 1:
+                    raise UnitCollapseError(
+                        f"pruner.structure=units: sparsity {sparsity:g} (scope layer) leaves layer {name} of network "
+                        f"'{network}' with no unit ({scores[name].numel()} units); a layer keeps at least one: lower it")
+                kept[name] = top_mask(scores[name], k)
+            continue
+        sizes = [scores[n].numel() for n in member]
+        k = keep_count(sum(sizes), density)
+        if k < len(member):
+            raise UnitCollapseError(
+                f"pruner.structure=units: sparsity {sparsity:g} keeps {k} of the {sum(sizes)} hidden units of network "
+                f"'{network}', fewer than its {len(member)} hidden layers; every layer keeps at least one unit: lower "
+                "the sparsity")
+        # Each layer's best unit first (+inf), then the top-scored units of the member.
+        flat = []
+        for n in member:
+            s = scores[n].clone()
+            s[int(torch.argmax(s))] = float("inf")
+            flat.append(s)
+        picked = top_mask(torch.cat(flat), k)
+        kept.update(zip(member, picked.split(sizes)))
+    return kept
+
+
+def _members(graph: LayerGraph) -> list[list[str]]:
+    hidden = set(hidden_layers(graph))
+    return [m for m in ([n for n in member if n in hidden] for member in graph.members()) if m]
+
+
+def max_unit_sparsity(graph: LayerGraph, scope: str) -> float:
+    """The largest unit sparsity that keeps a unit in every hidden layer (the sparsest budget probe)."""
+    units = {n: l.out_features for n, l, c in zip(graph.names, graph.layers, graph.children) if c}
+    if scope == "layer":
+        return 1 - 1 / min(units.values())
+    return min(1 - len(m) / sum(units[n] for n in m) for m in _members(graph))
+
+
+def choose_units(score: Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]], graph: LayerGraph,
+                 sparsity: float, scope: str, rounds: int, network: str) -> tuple[Units, dict[str, torch.Tensor]]:
+    """Kept units at `sparsity` in `rounds` steps (keep ratio d^((e+1)/E) at round e, rescoring with the
+    removed units' weights masked, removed units never revived). Returns the units and last scores."""
+    members = _members(graph)
+    density = 1 - sparsity
+    kept: Units | None = None
+    scores: dict[str, torch.Tensor] = {}
+    for e in range(rounds):
+        alive = None if kept is None else weight_masks(graph, kept)
+        scores = unit_scores(graph, score(alive), alive)
+        if kept is not None:
+            scores = {n: s.masked_fill(~kept[n], float("-inf")) for n, s in scores.items()}
+        kept = select_units(scores, members, density ** ((e + 1) / rounds), scope, network, sparsity)
+    assert kept is not None
+    return kept, scores
+
+
+# -- making networks narrower ---------------------------------------------------------------------
+def layout_of(graph: LayerGraph, kept: Units) -> dict[str, Any]:
+    """The JSON form a report and checkpoint keep: kept unit indices per hidden layer and the layer
+    each layer reads (None: the network input), enough to narrow a fresh network without tracing it."""
+    return {"kept_units": {n: torch.nonzero(m).squeeze(1).tolist() for n, m in kept.items()},
+            "inputs_from": {n: (graph.names[p] if p is not None else None) for n, p in zip(graph.names, graph.parents)}}
+
+
+def narrow_(module: nn.Module, layout: Mapping[str, Any]) -> list[ParamSwap]:
+    """Replace, in place, each Linear of `module` by one holding only the kept units' rows and the
+    kept inputs' columns (`layout` as `layout_of` gives). Returns the parameter swaps."""
+    kept = {n: torch.as_tensor(idx, dtype=torch.long) for n, idx in layout["kept_units"].items()}
+    swaps: list[ParamSwap] = []
+    for wname in list(prunable_parameters(module)):
+        layer_name = wname.rpartition(".")[0]
+        old = module.get_submodule(layer_name)
+        parent = layout["inputs_from"].get(wname)
+        rows = kept.get(wname)
+        cols = kept.get(parent) if parent is not None else None
+        if rows is None and cols is None:
+            continue
+        rows_t = rows if rows is not None else torch.arange(old.out_features)
+        cols_t = cols if cols is not None else torch.arange(old.in_features)
+        device = old.weight.device
+        rows_t, cols_t = rows_t.to(device), cols_t.to(device)
+        # skip_init: the values are copied below, and initialising would draw from training's torch RNG.
+        new = torch.nn.utils.skip_init(nn.Linear, len(cols_t), len(rows_t), bias=old.bias is not None, device=device,
+                                       dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[rows_t][:, cols_t])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[rows_t])
+        for p_new, p_old in zip(new.parameters(), old.parameters()):
+            p_new.requires_grad_(p_old.requires_grad)
+        if getattr(old, ELIGIBLE, False):
+            setattr(new, ELIGIBLE, True)
+        swaps.append(ParamSwap(old.weight, new.weight, lambda t, r=rows_t, c=cols_t: t[r][:, c]))
+        if old.bias is not None:
+            swaps.append(ParamSwap(old.bias, new.bias, lambda t, r=rows_t: t[r]))
+        parent_name, _, child = layer_name.rpartition(".")
+        setattr(module.get_submodule(parent_name), child, new)
+    return swaps
+
+
+def narrow_algorithm(algo: Any, layouts: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Narrow each network of `algo` named in `layouts` ({network: layout}), its target copy alike
+    (Polyak pairs their parameters in order), and swap the replaced parameters in its optimizers."""
+    if not layouts:
+        return
+    nets, targets = algo.networks(), algo.target_networks()
+    swaps: list[ParamSwap] = []
+    for name, layout in layouts.items():
+        swaps += narrow_(nets[name], layout)
+        if name in targets:
+            narrow_(targets[name], layout)
+    swap_optimizer_params(algo.optimizers().values(), swaps)
+
+
+def layouts_of(report: Mapping[str, Any] | None) -> dict[str, Any]:
+    """{network: layout} of a pruning report (empty for unstructured pruning)."""
+    return {n: info["layout"] for n, info in ((report or {}).get("units") or {}).items()}
+
+
+def network_densities(networks: Mapping[str, nn.Module], report: Mapping[str, Any] | None) -> dict[str, float]:
+    """Nonzero prunable weights per network over those of the network as built (before any unit was
+    removed): what `summary.json["density"]` reports, for structured and unstructured runs alike."""
+    units = (report or {}).get("units") or {}
+    out = {}
+    for name, net in networks.items():
+        weights = layer_weights(net).values()
+        nonzero = sum(int((w != 0).sum()) for w in weights)
+        total = units[name]["prunable_weights_unpruned"] if name in units else sum(w.numel() for w in weights)
+        out[name] = nonzero / total if total else 1.0
+    return out
+
+
+# -- the entry point ------------------------------------------------------------------------------
+def _graph(net: nn.Module, name: str) -> LayerGraph:
+    try:
+        return layer_graph(net)
+    except WiringError as err:
+        raise WiringError(f"pruner.structure=units needs the wiring of network '{name}': {err}") from None
+
+
+def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str, Any],
+                sparsity: float | Mapping[str, float], seed: int = 0) -> tuple[MaskSet, dict[str, Any]]:
+    """`prune_at_initialization` for structure=units (it dispatches here): remove units, narrow the
+    networks, then prune the narrow weights to `weight_sparsity` with the same pruner. Same RNG
+    contract: every RNG is put back after scoring."""
+    check_options(pruner)
+    cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in pruner.items() if v is not None}}
+    method, scope = cfg.get("name", "dense"), cfg["scope"]
+    nets: dict[str, nn.Module] = dict(algo.networks())
+    names = list(nets)
+    budget_kind = next((k for k in ("budget_params", "budget_flops", "budget_cost") if cfg[k] is not None), None)
+    if budget_kind and cfg["weight_sparsity"] is not None:
+        raise ValueError(f"pruner.{budget_kind} with pruner.structure=units sets the unit fraction; "
+                         "pruner.weight_sparsity cannot be combined with it")
+    targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
+    rounds = _rounds(method, cfg["rounds"])
+    graphs = {n: _graph(net, n) for n, net in nets.items()} if method != "dense" else {}
+    unpruned = {n: {**count_params_flops(net), "weights": sum(p.numel() for p in prunable_parameters(net).values())}
+                for n, net in nets.items()}
+    searched = budget_networks(cfg, names)
+    # Units per hidden layer as built (the graphs keep referring to the layers narrowing replaces).
+    sizes = {n: {h: g.layers[g.names.index(h)].out_features for h in hidden_layers(g)} for n, g in graphs.items()}
+
+    layouts: dict[str, Any] = {}
+    budget_report: dict[str, Any] | None = None
+    with untouched_rngs(algo, sample_batch):
+        torch.manual_seed(seed)
+        batches = ([_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
+                   if method in DATA_DRIVEN else [])
+        first_round: dict[str, Any] = {}
+
+        def scorer(name: str) -> Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]]:
+            losses = [partial(algo.saliency_loss, name, b) for b in batches]
+            score = _scorer(method, nets[name], losses, None, _seed_for(seed, name), name, graphs[name])
+
+            def cached(alive: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
+                # One-round scores do not depend on the target: computed once per network for a search.
+                if alive is not None:
+                    return score(alive)
+                if name not in first_round:
+                    first_round[name] = score(None)
+                return first_round[name]
+
+            return cached
+
+        scorers = {n: scorer(n) for n in graphs}
+
+        def units_at(name: str, s: float) -> Units | None:
+            if method == "dense" or s <= 0:
+                return None
+            kept, _ = choose_units(scorers[name], graphs[name], s, scope, rounds, name)
+            return kept
+
+        def narrowed(name: str, s: float) -> nn.Module:
+            kept = units_at(name, s)
+            net = copy.deepcopy(nets[name])
+            if kept is not None:
+                narrow_(net, layout_of(graphs[name], kept))
+            return net
+
+        if budget_kind in ("budget_params", "budget_flops") and method != "dense":
+            key = budget_kind.split("_")[1]
+            budgets = per_network(cfg[budget_kind], names, budget_kind)
+            budget_report = {"kind": budget_kind, "networks": {}}
+            for name in names:
+                limit = int(budgets[name])
+                probes: list[dict[str, float]] = []
+
+                def count_at(s: float, name: str = name, probes: list = probes) -> float:
+                    value = count_params_flops(narrowed(name, s))[key]
+                    probes.append({"sparsity": s, key: value})
+                    return value
+
+                top = max_unit_sparsity(graphs[name], scope)
+                # Bracketed to a quarter of one unit: the least feasible unit count itself.
+                chosen = least_sparsity_within(count_at, limit, top, tol=1 / (4 * sum(sizes[name].values())))
+                if chosen is None:
+                    raise ValueError(f"pruner.{budget_kind}={limit} for network '{name}' is below what one unit per "
+                                     f"hidden layer needs ({probes[-1][key]:g} {key}) with pruner.structure=units")
+                targets[name] = chosen
+                budget_report["networks"][name] = {"budget": limit, "unit_sparsity": chosen, key: next(
+                    p[key] for p in reversed(probes) if p["sparsity"] == chosen), "probes": len(probes)}
+        elif budget_kind == "budget_cost" and method != "dense":
+            path, limit = cfg["budget_cost"], float(cfg["budget_cost_max"])
+            fn = load_cost(path)
+            probes = []
+
+            def cost_at(s: float) -> float:
+                value = _evaluate_cost(fn, path, {n: narrowed(n, s if n in searched else targets[n]) for n in names}, {})
+                probes.append({"sparsity": s, "cost": value})
+                return value
+
+            top = min(max_unit_sparsity(graphs[n], scope) for n in searched)
+            chosen = least_sparsity_within(cost_at, limit, top)
+            if chosen is None:
+                raise ValueError(f"pruner.budget_cost={path!r}: no unit sparsity meets budget_cost_max={limit:g} "
+                                 f"(cost {probes[-1]['cost']:g} at unit sparsity {top:.4f}, one unit per hidden layer "
+                                 f"left; {probes[0]['cost']:g} unpruned)")
+            targets.update({n: chosen for n in searched})
+            budget_report = {"kind": "budget_cost", "budget_cost": path, "budget_cost_max": limit, "networks": searched,
+                             "unit_sparsity": chosen, "cost": next(p["cost"] for p in reversed(probes) if p["sparsity"] == chosen),
+                             "probes": probes}
+        for name in names:
+            kept = units_at(name, targets[name])
+            if kept is not None:
+                layouts[name] = layout_of(graphs[name], kept)
+    narrow_algorithm(algo, layouts)
+
+    weight_cfg = {k: v for k, v in pruner.items() if k not in ("structure", *UNIT_OPTIONS, "budget_params", "budget_flops",
+                                                                 "budget_cost", "budget_cost_max", "budget_networks")}
+    weight_sparsity = cfg["weight_sparsity"] if cfg["weight_sparsity"] is not None else 0.0
+    mask_set, report = prune_at_initialization(algo, sample_batch, weight_cfg, weight_sparsity, seed=seed)
+    units_report: dict[str, Any] = {}
+    for name in names:
+        info = report["networks"][name]
+        layout = layouts.get(name, {"kept_units": {}, "inputs_from": {}})
+        units = {layer: {"kept": len(idx), "total": sizes[name][layer]} for layer, idx in layout["kept_units"].items()}
+        kept_n, total_n = sum(u["kept"] for u in units.values()), sum(u["total"] for u in units.values())
+        units_report[name] = {
+            "target_unit_sparsity": targets[name] if method != "dense" else 0.0,
+            "unit_sparsity": 1 - kept_n / total_n if total_n else 0.0,
+            "units": units,
+            "layout": layout,
+            "prunable_weights_unpruned": unpruned[name]["weights"],
+        }
+        # What the network had as built: params / FLOPs in the report and the density table compare to it.
+        info["params_dense"], info["flops_dense"] = unpruned[name]["params_dense"], unpruned[name]["flops_dense"]
+        info["weight_sparsity_target"] = info.pop("target_sparsity")
+        info["target_sparsity"] = units_report[name]["target_unit_sparsity"]
+        info["target_from"] = budget_kind or "sparsity"
+        info["target_applies_to"] = "hidden units"
+    report["total"] = {k: sum(r[k] for r in report["networks"].values()) for k in report["total"]}
+    report.update({"structure": "units", "units": units_report, "unit_budget": budget_report,
+                   "weight_sparsity": cfg["weight_sparsity"]})
+    return mask_set, report
