@@ -98,7 +98,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
         mean = self.mean(obs)
-        log_std = self.log_std.clamp(-20.0, 2.0)
+        log_std = member_rows(self.log_std, mean).clamp(-20.0, 2.0)
         z = (action - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -151,6 +151,27 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(mean) * self.max_action
 
 
+def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
+    """Each member's mean of `x`, whose dimension `dim` holds the members' rows member-major
+    (members * B of them, see `ProblemSpec.members`): shape (members,). A stacked loss is the sum of
+    these, so each member gets exactly its own gradient (a plain mean over all rows would scale it
+    by 1 / members, which Adam's eps does not ignore). One member: exactly `x.mean()`, a 0-dim
+    tensor, so a single run computes what it always did."""
+    if members == 1:
+        return x.mean()
+    return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
+
+
+def member_rows(param: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A per-member parameter lined up with `rows` ((members * B, *shape), member-major). Stacked, the
+    parameter is (members, *shape) (same number of dims as `rows`) and each member's copy is repeated
+    over its B rows; a single run's (*shape) broadcasts as it is."""
+    if param.dim() < rows.dim():
+        return param
+    members = param.shape[0]
+    return param.repeat_interleave(rows.shape[0] // members, dim=0)
+
+
 class Scalar(nn.Module):
     """One learnable number (e.g. SAC's log-alpha) as a module, so it checkpoints like a network."""
 
@@ -185,6 +206,26 @@ class NoiseSource:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class StackedNoise:
+    """The NoiseSources of stacked members as one: a draw of shape (members * B, ...) is each
+    member's own draw of (B, ...) from its own generator, in member order, so every member sees the
+    noise its separate run would. The generators are the members' objects (not copies)."""
+
+    def __init__(self, sources: Sequence[NoiseSource]) -> None:
+        self.sources = list(sources)
+
+    def _draw(self, shape: Sequence[int], draw) -> torch.Tensor:
+        rows, *rest = shape
+        per_member = (rows // len(self.sources), *rest)
+        return torch.cat([draw(per_member, s) for s in self.sources])
+
+    def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        return self._draw(shape, lambda s, src: src.randn(s, like))
+
+    def uniform(self, shape: Sequence[int], low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+        return self._draw(shape, lambda s, src: src.uniform(s, low, high, like))
 
 
 @contextlib.contextmanager
