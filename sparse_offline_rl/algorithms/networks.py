@@ -159,6 +159,7 @@ def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
     tensor, so a single run computes what it always did."""
     if members == 1:
         return x.mean()
+    dim = dim % x.dim()
     return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
 
 

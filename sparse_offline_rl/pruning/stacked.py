@@ -228,8 +228,8 @@ def stack_network(net: nn.Module, members: Sequence[nn.Module], masks: Sequence[
 
 # -- optimizer state, parameters: members <-> stacked ---------------------------------------------
 def join_optimizer_state(stacked: torch.optim.Optimizer, members: Sequence[torch.optim.Optimizer], links: Iterable[Link]) -> None:
-    """The stacked optimizer's state from the members' (after `swap_optimizer_params` put the stacked
-    parameters in its groups): per-weight tensors joined, step counts (equal in all members) taken
+    """The stacked optimizer's state from the members' (once the stacked parameters are in its
+    groups): per-weight tensors joined, step counts (equal in all members) taken
     from the first. Group settings (learning rate after a schedule) come from the first member."""
     by_param = {id(link.stacked): link for link in links}
     state: defaultdict = defaultdict(dict)

@@ -351,8 +351,9 @@ def problem_spec(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str, m
 def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any],
               split_metrics: Callable[[Any], Sequence[Mapping[str, torch.Tensor]]],
               sync: Callable[[], None] = lambda: None, evaluate_runs: Callable[[int], list[dict[str, float]]] | None = None,
-              desc: str = "") -> list[dict[str, float]]:
-    """The loop from `start_step` to the runs' `steps` (the same for all of them): `step_fn(step)` does
+              desc: str = "", stop_step: int | None = None) -> list[dict[str, float]]:
+    """The loop from `start_step` to the runs' `steps` (the same for all of them; `stop_step`: stop
+    there instead, with no final evaluation, returning []): `step_fn(step)` does
     one gradient step of every run and returns its metrics, which `split_metrics` turns into one dict
     per run (only on logging steps). Every `eval.every` and `checkpoint_every` steps (and at the end)
     `sync()` makes the runs' algorithms current (stacked members), then each run evaluates
@@ -371,8 +372,9 @@ def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any
         for run in runs:
             run.train_seconds += elapsed
 
+    stop = steps if stop_step is None else stop_step
     try:
-        for step in range(start_step + 1, steps + 1):
+        for step in range(start_step + 1, stop + 1):
             metrics = step_fn(step)
             if step % log_every == 0:
                 for run, values in zip(runs, split_metrics(metrics)):
@@ -392,12 +394,15 @@ def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any
                 tick = time.perf_counter()
             bar.update(1)
         stop_clock()
+        if stop < steps:
+            return []
         sync()
         final = evaluate_runs(steps)
     finally:
         bar.close()
-        for run in runs:
-            run.logger.close()
+        if stop == steps:
+            for run in runs:
+                run.logger.close()
     for run in runs:
         run.save_checkpoint(steps)
     return final
@@ -410,6 +415,13 @@ def _train(
     callbacks: Sequence[Callback],
 ) -> dict[str, Any]:
     run = setup_run(cfg, run_dir, dataset)
+    final_eval = run_steps([run], run.start_step, single_step(run, callbacks), lambda metrics: [metrics],
+                           desc=f"{run.cfg['algo']['name']} s={run.cfg['sparsity']}")[0]
+    return finish_run(run, final_eval)
+
+
+def single_step(run: Run, callbacks: Sequence[Callback] = ()) -> Callable[[int], dict[str, torch.Tensor]]:
+    """One gradient step of one run on its own batch (the `step_fn` of `run_steps`)."""
     algo, buffer, masks, batch_size = run.algo, run.buffer, run.masks, int(run.cfg["batch_size"])
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
@@ -419,9 +431,7 @@ def _train(
             callback(StepInfo(step, algo, metrics, masks))
         return metrics
 
-    final_eval = run_steps([run], run.start_step, step_fn, lambda metrics: [metrics],
-                           desc=f"{run.cfg['algo']['name']} s={run.cfg['sparsity']}")[0]
-    return finish_run(run, final_eval)
+    return step_fn
 
 
 def finish_run(run: Run, final_eval: dict[str, float], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
