@@ -1,7 +1,7 @@
 """Agent-steps/s of stacked training (many agents in one process) against separate runs.
 
     python benchmarks/bench_stacked.py [--algos iql,td3bc] [--members 1,2,4,8,16] [--sparsity 0.95]
-                                       [--processes 2] [--seconds 6] [--json benchmarks/results/stacked.json]
+                                       [--processes 2] [--seconds 5] [--rounds 2] [--json benchmarks/results/stacked.json]
 
 What is timed is the training step only (`algo.update` on the members' batches), after each
 agent was set up through the trainer's own path (`trainer.setup_run`: SNIP pruning at
@@ -11,14 +11,17 @@ thread; `--processes` of them run at once (the machine's cores), started togethe
 
 Per algorithm, for K agents:
 - `separate dense-masked`: today's way before sparse kernels (`sparse_kernels=dense`), one agent per
-  process, `--processes` processes: agent-steps/s is the sum of the processes' steps/s (a
+  process, min(K, `--processes`) processes: agent-steps/s is the sum of the processes' steps/s (a
   sequence of K such jobs runs at this rate, whatever K).
 - `separate sparse`: the same with `sparse_kernels=auto` (the best separate way on this CPU).
-- `stacked`: the K agents split into `--processes` stacked groups (one per process; K = 1 is one
-  process), agent-steps/s = sum over processes of members x steps/s.
-- `stacked dense`: stacked with every layer dense-masked (one batched product per layer), at the
-  largest K only: what stacking alone gives without the sparse kernels.
+- `stacked`: the K agents split into min(K, `--processes`) stacked groups, one per process;
+  agent-steps/s = sum over processes of members x steps/s. With K <= `--processes` every group has
+  one member, which is exactly `separate sparse` (the launcher trains a group of one as a single run).
+- `stacked dense-masked`: stacked with every layer dense-masked (one batched product per layer), at
+  `--dense-members` only: what stacking alone gives without the sparse kernels.
 
+Timing is interleaved: each round measures every contender once (order rotated per round), so a
+change of machine load hits all of them alike; each figure is the median over `--rounds` rounds.
 The JSON has every figure with the machine (CPU, torch, load average at the start and the end).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -108,9 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algos", default="iql,td3bc")
     parser.add_argument("--members", default="1,2,4,8,16")
+    parser.add_argument("--dense-members", type=int, default=8)
     parser.add_argument("--sparsity", type=float, default=0.95)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -121,29 +127,45 @@ def main(argv: list[str] | None = None) -> None:
     from sparse_offline_rl.io import atomic_write_json
 
     members = [int(k) for k in args.members.split(",")]
+    procs = args.processes
     result: dict[str, Any] = {"machine": machine(1), "load_average_start": load_average(), "sparsity": args.sparsity,
-                              "processes": args.processes, "seconds": args.seconds, "device": args.device, "rows": []}
+                              "processes": procs, "seconds": args.seconds, "rounds": args.rounds, "device": args.device,
+                              "rows": []}
     print(f"load average at start: {result['load_average_start']}", flush=True)
-    header = "| algorithm | K | separate dense-masked | separate sparse | stacked | stacked / separate dense-masked | stacked / separate sparse |"
+    # contender -> (groups of seeds, kernels); separate runs at 1 and at `procs` processes.
+    contenders: dict[str, tuple[list[list[int]], str]] = {}
+    for n in sorted({min(k, procs) for k in members}):
+        contenders[f"separate dense {n}"] = ([[p] for p in range(n)], "dense")
+        contenders[f"separate sparse {n}"] = ([[p] for p in range(n)], "auto")
+    for k in members:
+        if k > procs:
+            contenders[f"stacked {k}"] = (split(k, procs), "auto")
+    contenders[f"stacked dense {args.dense_members}"] = (split(args.dense_members, procs), "dense")
+    header = ("| algorithm | K | separate dense-masked | separate sparse | stacked | stacked / separate dense-masked "
+              "| stacked / separate sparse |")
     lines = [header, "|" + "---|" * 7]
     for algo in args.algos.split(","):
-        separate = {kernels: agent_steps_per_sec(algo, [[p] for p in range(args.processes)], args.sparsity, kernels,
-                                                 args.device, args.seconds) for kernels in ("dense", "auto")}
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        names = list(contenders)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                groups, kernels = contenders[name]
+                rates[name].append(agent_steps_per_sec(algo, groups, args.sparsity, kernels, args.device, args.seconds))
+                print(f"  {algo} round {r}: {name}: {rates[name][-1]:.0f} agent-steps/s", flush=True)
+        med = {name: statistics.median(v) for name, v in rates.items()}
         for k in members:
-            stacked = agent_steps_per_sec(algo, split(k, args.processes), args.sparsity, "auto", args.device, args.seconds)
-            # K = 1 runs one process: the separate figures for one job are half of the 2-process ones.
-            scale = min(k, args.processes) / args.processes
-            row = {"algo": algo, "members": k, "separate_dense": separate["dense"] * scale,
-                   "separate_sparse": separate["auto"] * scale, "stacked": stacked}
+            n = min(k, procs)
+            stacked = med[f"stacked {k}"] if k > procs else med[f"separate sparse {n}"]
+            row = {"algo": algo, "members": k, "separate_dense": med[f"separate dense {n}"],
+                   "separate_sparse": med[f"separate sparse {n}"], "stacked": stacked}
             result["rows"].append(row)
             lines.append(f"| {algo} | {k} | {row['separate_dense']:.0f} | {row['separate_sparse']:.0f} | {stacked:.0f} | "
                          f"{stacked / row['separate_dense']:.2f}x | {stacked / row['separate_sparse']:.2f}x |")
-            print(lines[-1], flush=True)
-        k = members[-1]
-        dense = agent_steps_per_sec(algo, split(k, args.processes), args.sparsity, "dense", args.device, args.seconds)
-        result["rows"].append({"algo": algo, "members": k, "stacked_dense_masked": dense})
-        print(f"{algo}: stacked dense-masked, K={k}: {dense:.0f} agent-steps/s "
-              f"({dense / separate['dense']:.2f}x separate dense-masked)", flush=True)
+        dense = med[f"stacked dense {args.dense_members}"]
+        result["rows"].append({"algo": algo, "members": args.dense_members, "stacked_dense_masked": dense,
+                               "all_rounds": rates})
+        lines.append(f"| {algo} | {args.dense_members}, stacked dense-masked | | | {dense:.0f} | "
+                     f"{dense / med[f'separate dense {procs}']:.2f}x | |")
     result["load_average_end"] = load_average()
     result["table"] = "\n".join(lines)
     print("\n".join(lines))

@@ -69,13 +69,13 @@ class StackedSparse(SparseLinear):
         self.nnz_per_member = nnz
 
     def forward(self, ht: torch.Tensor) -> torch.Tensor:
-        # SparseLinear's kernels take (B, in) rows and multiply their transpose: ht.t() is a view
-        # whose transpose is contiguous, so no copy is made either way. The bias enters as its
-        # flattened (K * out) view, so its gradient lands in the (K, out) parameter.
-        x, bias = ht.t(), self.bias.reshape(-1)
+        # SparseLinear's kernels multiply the transpose of (B, in) rows: ht is that transpose, so no
+        # copy is made. The bias enters as its flattened (K * out) view, so its gradient lands in
+        # the (K, out) parameter.
+        bias = self.bias.reshape(-1)
         if torch.is_grad_enabled() and (ht.requires_grad or self.values.requires_grad or self.bias.requires_grad):
-            return _SparseLinearFunction.apply(x, self.values, bias, self).t()
-        return _forward(x, self.values, bias, self)[0].t()
+            return _SparseLinearFunction.apply(ht, self.values, bias, self, True)
+        return _forward(ht.t(), self.values, bias, self)[0].t()
 
 
 class StackedMLP(nn.Sequential):
@@ -182,6 +182,10 @@ def stack_mlp(seqs: Sequence[nn.Sequential], masks: Sequence[Mapping[str, torch.
             if mask is not None:
                 stacked_masks[f"{index}.weight"] = mask
             modules.append(layer)
+        elif isinstance(first, nn.ReLU):
+            # Out of place: the stacked layers' outputs are views ((K * out, B) of (K, out, B)), and an
+            # in-place op on a view costs autograd a zero-filled buffer and a copy in backward.
+            modules.append(nn.ReLU())
         else:
             modules.append(first)  # the activation: no parameters, the same function for every member
     return StackedMLP(len(seqs), modules), links, stacked_masks
