@@ -47,14 +47,17 @@ def assert_close_state(a: dict, b: dict) -> None:
             assert torch.equal(value, tb[key]), key
 
 
-def config(fast_config: dict, algo: str, kernels: str, steps: int = 150) -> dict:
-    return {**fast_config, "algo": {"name": algo, "hidden": [32, 32]}, "steps": steps, "sparse_kernels": kernels,
+def config(fast_config: dict, algo: str, kernels: str, steps: int = 150, options: dict | None = None) -> dict:
+    return {**fast_config, "algo": {"name": algo, "hidden": [32, 32], **(options or {})}, "steps": steps, "sparse_kernels": kernels,
             "checkpoint_every": 50, "log_every": 25, "eval": {**fast_config["eval"], "every": 75, "episodes": 2}}
 
 
-@pytest.mark.parametrize("algo, kernels", [("iql", "dense"), ("iql", "sparse"), ("td3bc", "dense"), ("td3bc", "auto")])
-def test_members_follow_their_separate_runs(tmp_path, fast_config, hopper_data, algo, kernels):
-    cfgs = members(config(fast_config, algo, kernels))
+# CQL with its Lagrange multiplier and the entropy backup: per-member learned scalars beside the networks.
+@pytest.mark.parametrize("algo, kernels, options", [
+    ("iql", "dense", {}), ("iql", "sparse", {}), ("td3bc", "dense", {}), ("td3bc", "auto", {}), ("cql", "sparse", {}),
+    ("cql", "dense", {"lagrange_threshold": 1.0, "backup_entropy": True})])
+def test_members_follow_their_separate_runs(tmp_path, fast_config, hopper_data, algo, kernels, options):
+    cfgs = members(config(fast_config, algo, kernels, options=options))
     separate = [train(cfg, tmp_path / f"alone{k}", dataset=hopper_data) for k, cfg in enumerate(cfgs)]
     kinds: dict[tuple[str, str], str] = {}
 
@@ -89,7 +92,7 @@ def test_members_follow_their_separate_runs(tmp_path, fast_config, hopper_data, 
     chosen = [load_checkpoint(tmp_path / f"alone{k}" / "checkpoint.pt")["sparse_kernels"] for k in range(3)]
     assert kinds == {(net, name): "sparse" if all(c[net][name] == "sparse" for c in chosen) else "dense"
                      for net, layers in chosen[0].items() for name in layers}
-    assert len(kinds) == {"iql": 12, "td3bc": 9}[algo]
+    assert len(kinds) == {"iql": 12, "td3bc": 9, "cql": 9}[algo]
     if kernels == "sparse":
         assert "sparse" in kinds.values()
 
@@ -169,8 +172,12 @@ def test_a_group_must_share_everything_but_the_member_keys(fast_config, change, 
         check_group([fast_config, {**fast_config, **change}])
 
 
-def test_what_cannot_be_stacked_is_refused_in_one_line(fast_config):
-    with pytest.raises(ConfigError, match="algo=cql cannot be stacked"):
-        check_group([{**fast_config, "algo": {"name": "cql"}}])
+def test_what_cannot_be_stacked_is_refused_in_one_line(fast_config, monkeypatch):
+    from sparse_offline_rl.algorithms.iql import IQL
+
+    monkeypatch.setattr(IQL, "stackable", False)  # as a plug-in that does not declare it
+    with pytest.raises(ConfigError, match="algo=iql cannot be stacked"):
+        check_group([fast_config])
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="optim='lamb' cannot be stacked.*accepted: adam"):
         check_group([{**fast_config, "optim": "lamb"}])

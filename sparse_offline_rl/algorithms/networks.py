@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.sparse_linear import allow_sparse_kernels
+from sparse_offline_rl.pruning.stacked import STACKED_MEMBERS
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -124,13 +125,15 @@ class TanhGaussianActor(nn.Module):
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         if self.log_std_multiplier is not None:
-            log_std = self.log_std_multiplier() * log_std
+            log_std = member_rows(self.log_std_multiplier(), log_std) * log_std
         if self.log_std_offset is not None:
-            log_std = log_std + self.log_std_offset()
+            log_std = log_std + member_rows(self.log_std_offset(), log_std)
         return mean, log_std.clamp(-20.0, 2.0)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-probability (summed over action dims).
+    def sample(self, obs: torch.Tensor, noise: "NoiseSource | StackedNoise | None" = None,
+               n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-probability (summed over action dims), with the noise
+        drawn from `noise` (None: torch's global RNG).
 
         `n > 1` draws n actions per state, rows ordered like `obs.repeat_interleave(n, 0)` (same
         noise stream as sampling that repeated batch) with the network run once per state."""
@@ -138,7 +141,10 @@ class TanhGaussianActor(nn.Module):
         if n > 1:
             mean, log_std = mean.repeat_interleave(n, 0), log_std.repeat_interleave(n, 0)
         std = log_std.exp()
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if noise is None:
+            noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+        else:
+            noise = noise.randn(mean.shape, like=mean)
         pre_tanh = mean + std * noise
         action = torch.tanh(pre_tanh)
         log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -163,14 +169,16 @@ def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
     return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
 
 
-def member_rows(param: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """A per-member parameter lined up with `rows` ((members * B, *shape), member-major). Stacked, the
-    parameter is (members, *shape) (same number of dims as `rows`) and each member's copy is repeated
-    over its B rows; a single run's (*shape) broadcasts as it is."""
-    if param.dim() < rows.dim():
-        return param
-    members = param.shape[0]
-    return param.repeat_interleave(rows.shape[0] // members, dim=0)
+def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int | None = None) -> torch.Tensor:
+    """A per-member value lined up with `rows` ((members * B, ...), member-major), for elementwise
+    use. Stacked, `value` is (members, *shape) and each member's copy is repeated over its B rows
+    (shape (members * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
+    returned as it is. `members`: the count, else read from a stacked parameter's mark."""
+    members = members or getattr(value, STACKED_MEMBERS, 1)
+    if members == 1:
+        return value
+    repeated = value.repeat_interleave(rows.shape[0] // members, dim=0)
+    return repeated.view(*repeated.shape, *[1] * (rows.dim() - value.dim()))
 
 
 class Scalar(nn.Module):

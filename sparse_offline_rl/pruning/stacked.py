@@ -35,6 +35,10 @@ from torch import nn
 from sparse_offline_rl.pruning.sparse_linear import SparseLinear, _forward, _SparseLinearFunction, eligible
 
 
+#: Marks a parameter that holds one copy per member ((K, *shape)), with K as its value.
+STACKED_MEMBERS = "stacked_members"
+
+
 class StackedDense(nn.Module):
     """K dense(-masked) Linear layers of equal shape; input and output feature-major (K * features, B)."""
 
@@ -222,6 +226,7 @@ def stack_network(net: nn.Module, members: Sequence[nn.Module], masks: Sequence[
             continue
         member_params = [dict(member.named_parameters())[name] for member in members]
         new = nn.Parameter(torch.stack([p.detach() for p in member_params]), requires_grad=param.requires_grad)
+        setattr(new, STACKED_MEMBERS, len(members))  # how algorithms.networks.member_rows lines it up with rows
         replaced[id(param)] = new
         links.append(_stack_link(new, member_params))
         _set(net, name, new)

@@ -56,8 +56,8 @@ def group_key(cfg: Mapping[str, Any]) -> str:
 
 
 def stackable(cfg: Mapping[str, Any]) -> bool:
-    """Whether this run's algorithm can be stacked: it declares `stackable = True` (built-in IQL and
-    TD3+BC; a plug-in opts in by writing its losses with `member_mean`) and trains with Adam."""
+    """Whether this run's algorithm can be stacked: it declares `stackable = True` (the built-in IQL,
+    TD3+BC and CQL; a plug-in opts in by writing its losses with `member_mean`) and trains with Adam."""
     factory = get_algorithm(cfg["algo"]["name"]).factory
     return getattr(factory, "stackable", False) is True and cfg.get("optim", "adam") == "adam"
 
@@ -71,7 +71,8 @@ def check_group(cfgs: Sequence[Mapping[str, Any]]) -> None:
     name = cfgs[0]["algo"]["name"]
     if not getattr(get_algorithm(name).factory, "stackable", False) is True:
         raise ConfigError(f"algo={name} cannot be stacked (its losses are not written per member); stackable: "
-                          "iql, td3bc; run its jobs one per process (hydra/launcher=local)")
+                          "iql, td3bc, cql and plug-ins that set `stackable = True`; run its jobs one per process "
+                          "(hydra/launcher=local)")
     if cfgs[0].get("optim", "adam") != "adam":
         raise ConfigError(f"optim={cfgs[0]['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a "
                           "stacked tensor would share one ratio across members; accepted: adam")
@@ -111,6 +112,13 @@ class StackedAlgorithm:
             replaced.update(net_replaced)
             if name in targets:
                 self.target_links += stack_network(targets[name], [m.target_networks()[name] for m in members], member_masks)[0]
+        # Other learned modules of the algorithm (CQL's temperature and Lagrange multiplier): one per member.
+        networks = {id(net) for net in (*algo.networks().values(), *targets.values())}
+        for attr, value in list(vars(algo).items()):
+            if isinstance(value, torch.nn.Module) and id(value) not in networks and any(True for _ in value.parameters()):
+                links, _, module_replaced = stack_network(value, [getattr(m, attr) for m in members], [{}] * len(members))
+                self.links += links
+                replaced.update(module_replaced)
         self.optimizer_names = list(algo.optimizers())
         for opt_name, opt in algo.optimizers().items():
             for group in opt.param_groups:  # the optimizers keep the replaced parameters alive until here
