@@ -15,9 +15,11 @@ sparsity, sparse kernels) as one. How:
    (`StackedNoise`). The algorithm's losses are per member (`networks.member_mean`), summed.
 3. Each step the batch is the members' own batches (each from its own buffer generator) one after
    the other, and the algorithm's update runs once on it.
-4. Before every evaluation and checkpoint the stacked state is written back into the member
-   algorithms, which then evaluate, checkpoint and summarise through the single-run code: each
-   member's run directory is what its separate run would write (plus `summary.json["stacked"]`).
+4. Evaluation runs all members' episodes in one pool of environments, the stacked actor acting for
+   every member in one call per env step (`evaluation.rollout.MembersPolicy`). Before every
+   evaluation and checkpoint the stacked state is written back into the member algorithms, which
+   log, checkpoint and summarise through the single-run code: each member's run directory is what
+   its separate run would write (plus `summary.json["stacked"]`).
 
 So member k follows its separate run up to float rounding (products summed in another order),
 tested in tests/test_stacked.py. A member's checkpoint is a separate run's checkpoint: `resume`,
@@ -37,11 +39,25 @@ from sparse_offline_rl.algorithms import algorithm_config, get_algorithm, make_a
 from sparse_offline_rl.algorithms.networks import NoiseSource, StackedNoise
 from sparse_offline_rl.data.buffer import Batch
 from sparse_offline_rl.data.dataset import OfflineDataset
+from sparse_offline_rl.data.envs import make_env
+from sparse_offline_rl.evaluation.rollout import EpisodeStats, MembersPolicy, run_episodes
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import MaskSet
 from sparse_offline_rl.pruning.sparse_choice import restore_pruned
 from sparse_offline_rl.pruning.stacked import Link, join_optimizer_state, split_optimizer_state, split_parameters, stack_network
-from sparse_offline_rl.training.trainer import Callback, Run, StepInfo, finish_run, problem_spec, run_steps, setup_run, single_step, to_dict, validate_config
+from sparse_offline_rl.training.trainer import (
+    Callback,
+    Run,
+    StepInfo,
+    finish_run,
+    problem_spec,
+    run_steps,
+    setup_run,
+    single_step,
+    summarize_episodes,
+    to_dict,
+    validate_config,
+)
 
 #: What members of one group may differ in.
 MEMBER_KEYS = ("seed", "pruner", "sparsity", "sparse_kernels")
@@ -156,6 +172,24 @@ class StackedAlgorithm:
     def split_metrics(self, metrics: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return [{k: v[i] for k, v in metrics.items()} for i in range(len(self.members))]
 
+    def evaluate(self, step: int) -> list[dict[str, float]]:
+        """Every member's evaluation episodes in one pool of environments, the stacked actor choosing
+        all members' actions in one call per env step; each member logs its own results. The
+        actions are those of the member's own actor up to float rounding (see module docstring)."""
+        runs, cfg = self.runs, self.runs[0].cfg
+        per_member = len(runs[0].seeds_for_eval)
+        seeds = [seed for run in runs for seed in run.seeds_for_eval]
+        policy = MembersPolicy(self.algo, [run.normalizer for run in runs], per_member, runs[0].device)
+        stats = run_episodes(policy, lambda: make_env(cfg["env"]), seeds, discount=runs[0].discount,
+                             max_parallel=len(seeds), policy_gets_episodes=True)
+        results = []
+        for k, run in enumerate(runs):
+            rows = slice(k * per_member, (k + 1) * per_member)
+            episodes = EpisodeStats(stats.returns[rows], stats.discounted_returns[rows], stats.lengths[rows],
+                                    stats.first_observations[rows])
+            results.append(run.log_eval(step, summarize_episodes(episodes, run.dataset, cfg["env"]), episodes))
+        return results
+
 
 def _share_data(runs: Sequence[Run]) -> None:
     """Members prepared from the same data hold equal buffers: keep one copy (a 1M-transition buffer
@@ -201,7 +235,7 @@ def train_stacked(cfgs: Sequence[Mapping[str, Any] | DictConfig], run_dirs: Sequ
                 callback(StepInfo(step, algo, metrics, masks))
             return metrics
 
-        final = run_steps(runs, start, step_fn, stacked.split_metrics, sync=stacked.sync,
+        final = run_steps(runs, start, step_fn, stacked.split_metrics, sync=stacked.sync, evaluate_runs=stacked.evaluate,
                           desc=f"{cfgs[0]['algo']['name']} x{len(runs)} stacked")
         group = {"members": len(runs), "run_dirs": [str(run.run_dir) for run in runs]}
         return [finish_run(run, result, extra={"stacked": group}) for run, result in zip(runs, final)]

@@ -179,8 +179,13 @@ def resolve_device(name: str) -> str:
 def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
              seeds: Sequence[int], device: str, discount: float) -> tuple[dict[str, float], EpisodeStats]:
     """One deterministic episode per reset seed: the summary row and the raw episodes."""
-    episodes = len(seeds)
     stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env), seeds=seeds, discount=discount)
+    return summarize_episodes(stats, dataset, env), stats
+
+
+def summarize_episodes(stats: EpisodeStats, dataset: OfflineDataset, env: str) -> dict[str, float]:
+    """An evaluation's summary row from its episodes."""
+    episodes = len(stats.returns)
     scores = np.asarray(dataset.normalized_score(stats.returns))
     d4rl_scores = d4rl_normalized_score(env, stats.returns)
     return {
@@ -192,7 +197,7 @@ def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: Offline
         "d4rl_score_std": float(d4rl_scores.std()),
         "episode_length_mean": float(stats.lengths.mean()),
         "episodes": episodes,
-    }, stats
+    }
 
 
 def score_scales(dataset: OfflineDataset, env: str) -> dict[str, str]:
