@@ -178,7 +178,9 @@ class CQL:
         info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(0), "q_data": q_data.detach().mean((0, 2))}
         if alpha_prime_loss is not None:
             info["alpha_prime_loss"] = alpha_prime_loss
-        return td_loss + cql_loss, info
+        # One value per member; a single run's are scalars, as the protocol's metrics are.
+        shape = () if k == 1 else (k,)
+        return (td_loss + cql_loss).reshape(shape), {name: v.reshape(shape) for name, v in info.items()}
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "critic":
