@@ -358,7 +358,7 @@ def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any
               sync: Callable[[], None] = lambda: None, evaluate_runs: Callable[[int], list[dict[str, float]]] | None = None,
               desc: str = "", stop_step: int | None = None) -> list[dict[str, float]]:
     """The loop from `start_step` to the runs' `steps` (the same for all of them; `stop_step`: stop
-    there instead, with no final evaluation, returning []): `step_fn(step)` does
+    there, even at `steps`, with no final evaluation, returning []): `step_fn(step)` does
     one gradient step of every run and returns its metrics, which `split_metrics` turns into one dict
     per run (only on logging steps). Every `eval.every` and `checkpoint_every` steps (and at the end)
     `sync()` makes the runs' algorithms current (stacked members), then each run evaluates
@@ -377,6 +377,7 @@ def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any
         for run in runs:
             run.train_seconds += elapsed
 
+    partial = stop_step is not None  # bringing a run level with others: no final evaluation, logger kept open
     stop = steps if stop_step is None else stop_step
     try:
         for step in range(start_step + 1, stop + 1):
@@ -399,13 +400,13 @@ def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any
                 tick = time.perf_counter()
             bar.update(1)
         stop_clock()
-        if stop < steps:
+        if partial:
             return []
         sync()
         final = evaluate_runs(steps)
     finally:
         bar.close()
-        if stop == steps:
+        if not partial:
             for run in runs:
                 run.logger.close()
     for run in runs:
