@@ -179,5 +179,20 @@ def test_what_cannot_be_stacked_is_refused_in_one_line(fast_config, monkeypatch)
     with pytest.raises(ConfigError, match="algo=iql cannot be stacked"):
         check_group([fast_config])
     monkeypatch.undo()
+    with pytest.raises(ConfigError, match="pruner=gmp cannot be stacked: only pruning at initialization"):
+        check_group([{**fast_config, "pruner": {"name": "gmp"}}])  # a during-training pruner (issue 16's branch)
+
+
+def test_members_whose_layers_differ_in_shape_are_refused(tmp_path, fast_config, hopper_data):
+    cfgs = [fast_config, {**fast_config, "seed": 1}]
+    from sparse_offline_rl.training.stacked import StackedAlgorithm
+    from sparse_offline_rl.training.trainer import setup_run
+
+    runs = [setup_run(cfg, tmp_path / str(k), hopper_data) for k, cfg in enumerate(cfgs)]
+    torch.nn.init.zeros_(runs[1].algo.actor.log_std)  # same shapes: fine
+    StackedAlgorithm(runs)
+    runs[1].algo.actor.log_std = torch.nn.Parameter(torch.zeros(7))
+    with pytest.raises(ConfigError, match="network 'actor' has other layer shapes"):
+        StackedAlgorithm(runs)
     with pytest.raises(ConfigError, match="optim='lamb' cannot be stacked.*accepted: adam"):
         check_group([{**fast_config, "optim": "lamb"}])

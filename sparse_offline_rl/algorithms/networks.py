@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.sparse_linear import allow_sparse_kernels
-from sparse_offline_rl.pruning.stacked import STACKED_MEMBERS
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -87,6 +86,8 @@ class DeterministicActor(nn.Module):
 class GaussianActor(nn.Module):
     """IQL's actor: Normal with tanh-squashed mean and a state-independent, clamped log-std."""
 
+    members = 1  # stacked agents (pruning.stacked.stack_network sets it): log_std is then (members, act_dim)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden)
@@ -99,7 +100,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
         mean = self.mean(obs)
-        log_std = member_rows(self.log_std, mean).clamp(-20.0, 2.0)
+        log_std = member_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
         z = (action - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -113,6 +114,8 @@ class TanhGaussianActor(nn.Module):
     The log-std is `multiplier * head + offset` before clamping, both learned scalars (CORL's CQL
     actor, which starts them at 1 and -1: a smaller initial std); None keeps the plain head."""
 
+    members = 1  # stacked agents (pruning.stacked.stack_network sets it): the two scalars are then (members,)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float,
                  log_std_multiplier: float | None = None, log_std_offset: float | None = None) -> None:
         super().__init__()
@@ -125,9 +128,9 @@ class TanhGaussianActor(nn.Module):
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         if self.log_std_multiplier is not None:
-            log_std = member_rows(self.log_std_multiplier(), log_std) * log_std
+            log_std = member_rows(self.log_std_multiplier(), log_std, self.members) * log_std
         if self.log_std_offset is not None:
-            log_std = log_std + member_rows(self.log_std_offset(), log_std)
+            log_std = log_std + member_rows(self.log_std_offset(), log_std, self.members)
         return mean, log_std.clamp(-20.0, 2.0)
 
     def sample(self, obs: torch.Tensor, noise: "NoiseSource | StackedNoise | None" = None,
@@ -169,12 +172,12 @@ def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
     return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
 
 
-def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int | None = None) -> torch.Tensor:
+def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int) -> torch.Tensor:
     """A per-member value lined up with `rows` ((members * B, ...), member-major), for elementwise
     use. Stacked, `value` is (members, *shape) and each member's copy is repeated over its B rows
     (shape (members * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
-    returned as it is. `members`: the count, else read from a stacked parameter's mark."""
-    members = members or getattr(value, STACKED_MEMBERS, 1)
+    returned as it is. `members` is a plain int (a module's `members`), so torch.fx can still trace
+    the networks that call this."""
     if members == 1:
         return value
     repeated = value.repeat_interleave(rows.shape[0] // members, dim=0)

@@ -35,10 +35,6 @@ from torch import nn
 from sparse_offline_rl.pruning.sparse_linear import SparseLinear, _forward, _SparseLinearFunction, eligible
 
 
-#: Marks a parameter that holds one copy per member ((K, *shape)), with K as its value.
-STACKED_MEMBERS = "stacked_members"
-
-
 class StackedDense(nn.Module):
     """K dense(-masked) Linear layers of equal shape; input and output feature-major (K * features, B)."""
 
@@ -195,6 +191,16 @@ def stack_mlp(seqs: Sequence[nn.Sequential], masks: Sequence[Mapping[str, torch.
     return StackedMLP(len(seqs), modules), links, stacked_masks
 
 
+def layout(net: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shapes that must match for networks to stack: each Linear layer's (out, in), however it is
+    stored, and every other parameter's shape."""
+    shapes = {name: (m.out_features, m.in_features) for name, m in net.named_modules()
+              if isinstance(m, (nn.Linear, SparseLinear))}
+    linear = {f"{name}.{leaf}" if name else leaf for name in shapes for leaf in ("weight", "values", "bias")}
+    shapes.update({name: tuple(p.shape) for name, p in net.named_parameters() if name not in linear})
+    return shapes
+
+
 def _set(root: nn.Module, path: str, value: nn.Module | nn.Parameter) -> None:
     parent, _, leaf = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, value)
@@ -226,12 +232,14 @@ def stack_network(net: nn.Module, members: Sequence[nn.Module], masks: Sequence[
             continue
         member_params = [dict(member.named_parameters())[name] for member in members]
         new = nn.Parameter(torch.stack([p.detach() for p in member_params]), requires_grad=param.requires_grad)
-        setattr(new, STACKED_MEMBERS, len(members))  # how algorithms.networks.member_rows lines it up with rows
         replaced[id(param)] = new
         links.append(_stack_link(new, member_params))
         _set(net, name, new)
     for link in links:  # target networks stay frozen
         link.stacked.requires_grad_(link.members[0].requires_grad)
+    for module in net.modules():  # modules that line per-member parameters up with rows read their count here
+        if isinstance(getattr(module, "members", None), int):
+            module.members = len(members)
     return links, stacked_masks, replaced
 
 

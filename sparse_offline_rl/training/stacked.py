@@ -44,7 +44,14 @@ from sparse_offline_rl.evaluation.rollout import EpisodeStats, MembersPolicy, ru
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import MaskSet
 from sparse_offline_rl.pruning.sparse_choice import restore_pruned
-from sparse_offline_rl.pruning.stacked import Link, join_optimizer_state, split_optimizer_state, split_parameters, stack_network
+from sparse_offline_rl.pruning.stacked import (
+    Link,
+    join_optimizer_state,
+    layout,
+    split_optimizer_state,
+    split_parameters,
+    stack_network,
+)
 from sparse_offline_rl.training.trainer import (
     Callback,
     Run,
@@ -71,11 +78,29 @@ def group_key(cfg: Mapping[str, Any]) -> str:
     return json.dumps(rest, sort_keys=True, default=str)
 
 
+def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
+    """Why this run cannot be a member of a stacked group, in one line; None when it can."""
+    from sparse_offline_rl.pruning import PRUNERS
+
+    name, pruner = cfg["algo"]["name"], cfg.get("pruner") or {}
+    if getattr(get_algorithm(name).factory, "stackable", False) is not True:
+        return (f"algo={name} cannot be stacked (its losses are not written per member); stackable: iql, td3bc, cql "
+                "and plug-ins that set `stackable = True`; run its jobs one per process (hydra/launcher=local)")
+    if cfg.get("optim", "adam") != "adam":
+        return (f"optim={cfg['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a stacked tensor "
+                "would share one ratio across members; accepted: adam")
+    if pruner.get("name") not in PRUNERS:
+        # Masks that change during training would have to change inside the stacked layers too.
+        return f"pruner={pruner.get('name')} cannot be stacked: only pruning at initialization is ({', '.join(PRUNERS)})"
+    if (pruner.get("structure") or "unstructured") != "unstructured":
+        return (f"pruner.structure={pruner['structure']} cannot be stacked: removing whole units gives each member "
+                "layers of its own width; accepted: unstructured")
+    return None
+
+
 def stackable(cfg: Mapping[str, Any]) -> bool:
-    """Whether this run's algorithm can be stacked: it declares `stackable = True` (the built-in IQL,
-    TD3+BC and CQL; a plug-in opts in by writing its losses with `member_mean`) and trains with Adam."""
-    factory = get_algorithm(cfg["algo"]["name"]).factory
-    return getattr(factory, "stackable", False) is True and cfg.get("optim", "adam") == "adam"
+    """Whether this run can be trained stacked with others (`unstackable_reason` says why not)."""
+    return unstackable_reason(cfg) is None
 
 
 def check_group(cfgs: Sequence[Mapping[str, Any]]) -> None:
@@ -83,15 +108,10 @@ def check_group(cfgs: Sequence[Mapping[str, Any]]) -> None:
     if not cfgs:
         raise ConfigError("a stacked group needs at least one run")
     for cfg in cfgs:
+        reason = unstackable_reason(cfg)
+        if reason:
+            raise ConfigError(reason)
         validate_config(cfg)
-    name = cfgs[0]["algo"]["name"]
-    if not getattr(get_algorithm(name).factory, "stackable", False) is True:
-        raise ConfigError(f"algo={name} cannot be stacked (its losses are not written per member); stackable: "
-                          "iql, td3bc, cql and plug-ins that set `stackable = True`; run its jobs one per process "
-                          "(hydra/launcher=local)")
-    if cfgs[0].get("optim", "adam") != "adam":
-        raise ConfigError(f"optim={cfgs[0]['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a "
-                          "stacked tensor would share one ratio across members; accepted: adam")
     first = group_key(cfgs[0])
     for cfg in cfgs[1:]:
         if group_key(cfg) != first:
@@ -109,6 +129,11 @@ class StackedAlgorithm:
         self.runs = list(runs)
         members = [run.algo for run in runs]
         cfg = runs[0].cfg
+        for run in runs[1:]:  # e.g. units removed at initialization give layers of other widths
+            for name, net in run.algo.networks().items():
+                if layout(net) != layout(members[0].networks()[name]):
+                    raise ConfigError(f"{run.run_dir}: its network '{name}' has other layer shapes than "
+                                      f"{runs[0].run_dir}'s, so the two cannot be stacked")
         with torch.random.fork_rng(devices=[]):  # building it must not move any member's randomness
             algo = make_algorithm(cfg["algo"]["name"], problem_spec(cfg, runs[0].dataset, runs[0].device, len(runs)),
                                   algorithm_config(cfg["algo"]))
