@@ -27,7 +27,7 @@ from sparse_offline_rl.checks import check_same_config
 from sparse_offline_rl.errors import USER_ERRORS
 from sparse_offline_rl.io import atomic_write_json, load_checkpoint
 from sparse_offline_rl.training.stacked import stackable, train_stacked
-from sparse_offline_rl.training.trainer import to_dict, train
+from sparse_offline_rl.training.trainer import to_dict, train, validate_config
 
 FAILED_FILE = "failed.json"
 
@@ -95,6 +95,7 @@ def run_group(cfgs: list[Any], run_dirs: list[str]) -> list[float | BaseExceptio
         config = to_dict(cfg)
         try:
             import_plugins(config.get("plugins"))  # a launcher's worker process starts without them
+            validate_config(config)  # a bad config fails its own job, not its group's
             done = prepare_job(run_dir, config, hydra_cfg, multirun=True)
         except Exception as err:
             results[i] = _failed(run_dir, err)

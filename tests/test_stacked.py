@@ -196,3 +196,28 @@ def test_members_whose_layers_differ_in_shape_are_refused(tmp_path, fast_config,
         StackedAlgorithm(runs)
     with pytest.raises(ConfigError, match="optim='lamb' cannot be stacked.*accepted: adam"):
         check_group([{**fast_config, "optim": "lamb"}])
+
+
+def test_run_group_skips_finished_members_and_records_a_bad_one(tmp_path, fast_config, hopper_data, monkeypatch):
+    """The launcher's per-group entry (cli.run_group): a finished member is skipped with its stored
+    score, a member with an invalid config fails alone (failed.json), the others train stacked."""
+    import sparse_offline_rl.training.stacked as stacked_module
+    from sparse_offline_rl.cli import JobError, run_group
+
+    real = stacked_module.train_stacked
+    monkeypatch.setattr("sparse_offline_rl.cli.train_stacked",
+                        lambda cfgs, dirs: real(cfgs, dirs, dataset=hopper_data))
+    monkeypatch.setattr("sparse_offline_rl.cli.train", lambda cfg, run_dir: train(cfg, run_dir, dataset=hopper_data))
+    cfgs = [{**config(fast_config, "td3bc", "auto", steps=50), "seed": k, "pruner": {"name": "random", "scope": "layer"}}
+            for k in range(4)]
+    cfgs[3]["sparsity"] = 1.5
+    dirs = [str(tmp_path / str(k)) for k in range(4)]
+    done = train(cfgs[0], dirs[0], dataset=hopper_data)
+    results = run_group(cfgs, dirs)
+    assert results[0] == done["eval"]["normalized_score_mean"]
+    assert isinstance(results[3], JobError) and "sparsity=1.5 is invalid" in str(results[3])
+    assert "sparsity=1.5 is invalid" in json.loads((tmp_path / "3" / "failed.json").read_text())["error"]
+    for k in (1, 2):
+        summary = json.loads((tmp_path / str(k) / "summary.json").read_text())
+        assert summary["stacked"]["members"] == 2 and results[k] == summary["eval"]["normalized_score_mean"]
+    assert run_group(cfgs[:3], dirs[:3]) == results[:3]  # a re-launch skips them all
