@@ -163,3 +163,25 @@ def test_threads_per_job_follow_the_launcher():
     assert threads_per_job({"cpus_per_task": 6, "tasks_per_node": 1}) == 6
     assert threads_per_job({"cpus_per_task": None}) is None  # no hint: torch's default
     assert threads_per_job({}) is None  # the basic (sequential) launcher
+
+
+def test_stacked_launcher_groups_the_jobs_that_can_share_a_process(tmp_path, sweep_conf):
+    """IQL's four Adam jobs train as one stacked group; LAMB cannot be stacked, so its jobs run one by
+    one. Every job has its own directory and summary; a re-launch skips them all."""
+    out = tmp_path / "sweep"
+    grid = ["algo=iql", "optim=adam,lamb", "env=hopper", "sparsity=0.5,0.9", "seed=0,1"]
+    first = sweep(sweep_conf, out, *grid, launcher="stacked")
+    assert first.returncode == 0, first.stderr[-3000:]
+    expected = sorted(d for d in (f"algo=iql,env=hopper,optim={o},seed={s},sparsity={p}" for o in ("adam", "lamb")
+                                  for p in (0.5, 0.9) for s in (0, 1)))
+    assert job_dirs(out) == expected
+    assert first.stdout.count("stacked: 4 runs in one process") == 1
+    for name, summary in summaries(out).items():
+        assert summary["steps"] == 100 and f"seed={summary['seed']}" in name
+        assert summary.get("stacked", {}).get("members") == (4 if summary["config"]["optim"] == "adam" else None)
+        assert (out / name / ".hydra" / "overrides.yaml").exists()
+    again = sweep(sweep_conf, out, *grid, launcher="stacked")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip: ") == 8
+    report = write_report(out, reps=100)
+    assert len(report["runs"]) == 8 and not report["problems"]

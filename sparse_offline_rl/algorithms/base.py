@@ -32,6 +32,10 @@ class ProblemSpec:
     total_steps: int = 1_000_000  # for schedules (e.g. IQL's cosine actor lr)
     device: str = "cpu"
     optim: str = "adam"  # the networks' optimizer: adam | lamb (networks.make_optimizer)
+    # Agents trained together in one object (training.stacked): a batch holds each member's B rows
+    # in turn ([members * B, ...], member-major) and a loss is the sum of the members' own losses.
+    # 1 for every single run.
+    members: int = 1
 
 
 @runtime_checkable

@@ -29,6 +29,8 @@ from sparse_offline_rl.algorithms.networks import (
     frozen_copy,
     frozen_params,
     make_optimizer,
+    member_mean,
+    member_rows,
     polyak_update,
 )
 from sparse_offline_rl.checks import within
@@ -72,11 +74,13 @@ class CQLConfig:
 @register_algorithm("cql")
 class CQL:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
 
     Config = CQLConfig
 
     def __init__(self, config: CQLConfig, spec: ProblemSpec) -> None:
         self.config = config
+        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
         self.act_dim = spec.act_dim
         self.max_action = spec.max_action
         dev = torch.device(spec.device)
@@ -116,65 +120,73 @@ class CQL:
     # -- losses (each touches only the network it trains) --------------------------------------
     def actor_loss(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """SAC actor loss with the critic frozen; also returns log pi for the temperature loss."""
-        action, log_pi = self.actor.sample(b.observations, self.noise.generator)
+        action, log_pi = self.actor.sample(b.observations, self.noise)
         with frozen_params(self.critic):
             q = self.critic(b.observations, action).min(0).values
-        alpha = self.log_alpha().exp().detach()
-        return (alpha * log_pi - q).mean(), log_pi.detach()
+        alpha = member_rows(self.log_alpha().exp().detach(), log_pi, self.members)
+        return member_mean(alpha * log_pi - q, self.members), log_pi.detach()
 
     def alpha_loss(self, log_pi: torch.Tensor) -> torch.Tensor:
-        return -(self.log_alpha() * (log_pi + self.target_entropy)).mean()
+        log_alpha = member_rows(self.log_alpha(), log_pi, self.members)
+        return -member_mean(log_alpha * (log_pi + self.target_entropy), self.members)
 
     def critic_loss(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, n = self.config, self.config.cql_n_actions
+        cfg, n, k = self.config, self.config.cql_n_actions, self.members
         batch, act_dim = b.actions.shape
+        batch //= k  # rows per member: stacked members' rows come one member after the other
+
+        def per_member(*parts: torch.Tensor) -> torch.Tensor:
+            """Row blocks (each member-major) joined member by member, keeping the rows member-major."""
+            return torch.cat([part.view(k, -1, *part.shape[1:]) for part in parts], 1).flatten(0, 1)
+
         with torch.no_grad():
-            next_action, next_log_pi = self.actor.sample(b.next_observations, self.noise.generator)
+            next_action, next_log_pi = self.actor.sample(b.next_observations, self.noise)
             next_q = self.critic_target(b.next_observations, next_action).min(0).values
             if cfg.backup_entropy:
-                next_q = next_q - self.log_alpha().exp() * next_log_pi
+                next_q = next_q - member_rows(self.log_alpha().exp(), next_log_pi, k) * next_log_pi
             target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
 
             # Out-of-distribution proposals, n per state: uniform, pi(.|s) and pi(.|s'), in that order.
             obs_rep = b.observations.repeat_interleave(n, 0)  # row b * n + j is state b
-            rand_a = self.noise.uniform((batch * n, act_dim), -self.max_action, self.max_action, like=b.actions)
+            rand_a = self.noise.uniform((k * batch * n, act_dim), -self.max_action, self.max_action, like=b.actions)
             # The actor runs once per state (not per proposal): n samples of each of the 2B states.
-            pol_a, pol_log_pi = self.actor.sample(torch.cat([b.observations, b.next_observations]), self.noise.generator, n=n)
+            pol_a, pol_log_pi = self.actor.sample(per_member(b.observations, b.next_observations), self.noise, n=n)
             # Log-densities of the proposals: uniform on [-m, m]^|A|; the actor's log pi is that of
             # the tanh sample, so the scaling by max_action (m) adds -|A| log m.
-            rand_log_mu = torch.full((batch * n,), -act_dim * math.log(2.0 * self.max_action), device=b.actions.device)
-            log_mu = torch.cat([rand_log_mu, pol_log_pi - act_dim * math.log(self.max_action)]).view(3, batch, n)
+            rand_log_mu = torch.full((k * batch * n,), -act_dim * math.log(2.0 * self.max_action), device=b.actions.device)
+            log_mu = per_member(rand_log_mu, pol_log_pi - act_dim * math.log(self.max_action)).view(k, 3, batch, n)
 
         # One critic forward for the data actions and all 3 * B * n proposals (all scored at s).
-        q_all = self.critic(
-            torch.cat([b.observations, obs_rep.repeat(3, 1)]), torch.cat([b.actions, rand_a, pol_a])
-        )  # (2, B + 3 * B * n)
-        q_data, q_ood = q_all[:, :batch], q_all[:, batch:].view(-1, 3, batch, n)
-        td_loss = (q_data - target).pow(2).mean(1).sum()  # sum over the critics of each one's MSE
+        q_all = self.critic(per_member(b.observations, obs_rep, obs_rep, obs_rep),
+                            per_member(b.actions, rand_a, pol_a)).view(2, k, -1)  # (2, K, B + 3 * B * n)
+        q_data, q_ood = q_all[:, :, :batch], q_all[:, :, batch:].view(2, k, 3, batch, n)
+        td_loss = (q_data - target.view(k, batch)).pow(2).mean(-1).sum(0)  # (K,): sum over the critics of each one's MSE
 
         q_ood = q_ood - log_mu  # importance weights for the logsumexp
         t = cfg.cql_temperature
-        logsumexp = t * torch.logsumexp(q_ood / t, dim=(1, 3))  # (2, B): over the 3 * n proposals
-        gap = (logsumexp - q_data).mean(1)  # (2,): how far above the data the OOD values sit
+        logsumexp = t * torch.logsumexp(q_ood / t, dim=(2, 4))  # (2, K, B): over the 3 * n proposals
+        gap = (logsumexp - q_data).mean(-1)  # (2, K): how far above the data the OOD values sit
 
         if cfg.lagrange_threshold is None:
-            cql_loss = cfg.cql_alpha * gap.sum()
+            cql_loss = cfg.cql_alpha * gap.sum(0)
             alpha_prime_loss = None
         else:
             alpha_prime = self.log_alpha_prime().exp().clamp(0.0, 1e6)
-            cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gap - cfg.lagrange_threshold).sum()
+            cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gap - cfg.lagrange_threshold).sum(0)
             # The multiplier grows while the gap exceeds the threshold (dual ascent, CORL's form).
-            alpha_prime_loss = -alpha_prime * cfg.cql_alpha * (gap.detach() - cfg.lagrange_threshold).sum() * 0.5
-        info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(), "q_data": q_data.detach().mean()}
+            alpha_prime_loss = -alpha_prime * cfg.cql_alpha * (gap.detach() - cfg.lagrange_threshold).sum(0) * 0.5
+        info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(0), "q_data": q_data.detach().mean((0, 2))}
         if alpha_prime_loss is not None:
             info["alpha_prime_loss"] = alpha_prime_loss
-        return td_loss + cql_loss, info
+        # One value per member; a single run's are scalars, as the protocol's metrics are.
+        shape = () if k == 1 else (k,)
+        return (td_loss + cql_loss).reshape(shape), {name: v.reshape(shape) for name, v in info.items()}
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "critic":
-            return self.critic_loss(batch)[0]
+            return self.critic_loss(batch)[0].sum()
         if network == "actor":
-            return self.actor_loss(batch)[0]
+            return self.actor_loss(batch)[0].sum()
         raise KeyError(f"CQL has no network '{network}'; networks: actor, critic")
 
     # -- one gradient step ---------------------------------------------------------------------
@@ -185,21 +197,22 @@ class CQL:
         q_loss, info = self.critic_loss(b)
         alpha_prime_loss = info.pop("alpha_prime_loss", None)
 
+        # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
+        alpha_loss.sum().backward()
         self.alpha_opt.step()
 
         self.actor_opt.zero_grad(set_to_none=True)
-        a_loss.backward()
+        a_loss.sum().backward()
         self.actor_opt.step()
 
         self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
+        q_loss.sum().backward()
         self.critic_opt.step()
 
         if alpha_prime_loss is not None:
             self.alpha_prime_opt.zero_grad(set_to_none=True)
-            alpha_prime_loss.backward()
+            alpha_prime_loss.sum().backward()
             self.alpha_prime_opt.step()
             info["alpha_prime"] = self.log_alpha_prime().detach().exp()
 

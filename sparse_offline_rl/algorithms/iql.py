@@ -12,7 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
-from sparse_offline_rl.algorithms.networks import OPTIMIZERS, GaussianActor, TwinQ, ValueNet, frozen_copy, make_optimizer, polyak_update
+from sparse_offline_rl.algorithms.networks import (
+    OPTIMIZERS,
+    GaussianActor,
+    TwinQ,
+    ValueNet,
+    frozen_copy,
+    make_optimizer,
+    member_mean,
+    polyak_update,
+)
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -33,19 +42,21 @@ class IQLConfig:
     normalize_reward: bool = True  # r * 1000 / (max episode return - min episode return)
 
 
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+def expectile_loss(diff: torch.Tensor, expectile: float, members: int = 1) -> torch.Tensor:
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.pow(2)).mean()
+    return member_mean(weight * diff.pow(2), members)
 
 
 @register_algorithm("iql")
 class IQL:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
 
     Config = IQLConfig
 
     def __init__(self, config: IQLConfig, spec: ProblemSpec) -> None:
         self.config = config
+        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
         dev = torch.device(spec.device)
         self.actor = GaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
@@ -73,7 +84,7 @@ class IQL:
         with torch.no_grad():
             target_q = self.critic_target(b.observations, b.actions).min(0).values
         adv = target_q - self.value(b.observations)
-        return expectile_loss(adv, self.config.expectile), adv.detach()
+        return expectile_loss(adv, self.config.expectile, self.members), adv.detach()
 
     @torch.no_grad()
     def td_target(self, b: Batch) -> torch.Tensor:
@@ -81,40 +92,42 @@ class IQL:
 
     def critic_loss(self, b: Batch, target: torch.Tensor) -> torch.Tensor:
         qs = self.critic(b.observations, b.actions)
-        return F.mse_loss(qs, target.expand_as(qs))  # mean over critics of each critic's MSE
+        # Mean over critics of each critic's MSE.
+        return member_mean(F.mse_loss(qs, target.expand_as(qs), reduction="none"), self.members)
 
     def actor_loss(self, b: Batch, adv: torch.Tensor) -> torch.Tensor:
         weights = torch.exp(self.config.beta * adv).clamp(max=self.config.max_exp_adv)
-        return -(weights * self.actor.log_prob(b.observations, b.actions)).mean()
+        return -member_mean(weights * self.actor.log_prob(b.observations, b.actions), self.members)
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "value":
-            return self.value_loss(batch)[0]
+            return self.value_loss(batch)[0].sum()
         if network == "critic":
-            return self.critic_loss(batch, self.td_target(batch))
+            return self.critic_loss(batch, self.td_target(batch)).sum()
         if network == "actor":
             with torch.no_grad():
                 _, adv = self.value_loss(batch)
-            return self.actor_loss(batch, adv)
+            return self.actor_loss(batch, adv).sum()
         raise KeyError(f"IQL has no network '{network}'; networks: actor, critic, value")
 
     # -- one gradient step ---------------------------------------------------------------------
+    # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
     def update(self, b: Batch) -> dict[str, torch.Tensor]:
         q_target = self.td_target(b)  # before the value step (CORL)
         v_loss, adv = self.value_loss(b)
         self.value_opt.zero_grad(set_to_none=True)
-        v_loss.backward()
+        v_loss.sum().backward()
         self.value_opt.step()
 
         q_loss = self.critic_loss(b, q_target)
         self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
+        q_loss.sum().backward()
         self.critic_opt.step()
         polyak_update(self.critic_target, self.critic, self.config.tau)
 
         a_loss = self.actor_loss(b, adv)
         self.actor_opt.zero_grad(set_to_none=True)
-        a_loss.backward()
+        a_loss.sum().backward()
         self.actor_opt.step()
         self.actor_schedule.step()
         return {"value_loss": v_loss.detach(), "critic_loss": q_loss.detach(), "actor_loss": a_loss.detach()}

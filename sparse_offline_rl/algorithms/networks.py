@@ -86,6 +86,8 @@ class DeterministicActor(nn.Module):
 class GaussianActor(nn.Module):
     """IQL's actor: Normal with tanh-squashed mean and a state-independent, clamped log-std."""
 
+    members = 1  # stacked agents (pruning.stacked.stack_network sets it): log_std is then (members, act_dim)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden)
@@ -98,7 +100,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
         mean = self.mean(obs)
-        log_std = self.log_std.clamp(-20.0, 2.0)
+        log_std = member_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
         z = (action - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -112,6 +114,8 @@ class TanhGaussianActor(nn.Module):
     The log-std is `multiplier * head + offset` before clamping, both learned scalars (CORL's CQL
     actor, which starts them at 1 and -1: a smaller initial std); None keeps the plain head."""
 
+    members = 1  # stacked agents (pruning.stacked.stack_network sets it): the two scalars are then (members,)
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float,
                  log_std_multiplier: float | None = None, log_std_offset: float | None = None) -> None:
         super().__init__()
@@ -124,13 +128,15 @@ class TanhGaussianActor(nn.Module):
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         if self.log_std_multiplier is not None:
-            log_std = self.log_std_multiplier() * log_std
+            log_std = member_rows(self.log_std_multiplier(), log_std, self.members) * log_std
         if self.log_std_offset is not None:
-            log_std = log_std + self.log_std_offset()
+            log_std = log_std + member_rows(self.log_std_offset(), log_std, self.members)
         return mean, log_std.clamp(-20.0, 2.0)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-probability (summed over action dims).
+    def sample(self, obs: torch.Tensor, noise: "NoiseSource | StackedNoise | None" = None,
+               n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-probability (summed over action dims), with the noise
+        drawn from `noise` (None: torch's global RNG).
 
         `n > 1` draws n actions per state, rows ordered like `obs.repeat_interleave(n, 0)` (same
         noise stream as sampling that repeated batch) with the network run once per state."""
@@ -138,7 +144,10 @@ class TanhGaussianActor(nn.Module):
         if n > 1:
             mean, log_std = mean.repeat_interleave(n, 0), log_std.repeat_interleave(n, 0)
         std = log_std.exp()
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        if noise is None:
+            noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype)
+        else:
+            noise = noise.randn(mean.shape, like=mean)
         pre_tanh = mean + std * noise
         action = torch.tanh(pre_tanh)
         log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
@@ -149,6 +158,30 @@ class TanhGaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         mean, _ = self._mean_log_std(obs)
         return torch.tanh(mean) * self.max_action
+
+
+def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
+    """Each member's mean of `x`, whose dimension `dim` holds the members' rows member-major
+    (members * B of them, see `ProblemSpec.members`): shape (members,). A stacked loss is the sum of
+    these, so each member gets exactly its own gradient (a plain mean over all rows would scale it
+    by 1 / members, which Adam's eps does not ignore). One member: exactly `x.mean()`, a 0-dim
+    tensor, so a single run computes what it always did."""
+    if members == 1:
+        return x.mean()
+    dim = dim % x.dim()
+    return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
+
+
+def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int) -> torch.Tensor:
+    """A per-member value lined up with `rows` ((members * B, ...), member-major), for elementwise
+    use. Stacked, `value` is (members, *shape) and each member's copy is repeated over its B rows
+    (shape (members * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
+    returned as it is. `members` is a plain int (a module's `members`), so torch.fx can still trace
+    the networks that call this."""
+    if members == 1:
+        return value
+    repeated = value.repeat_interleave(rows.shape[0] // members, dim=0)
+    return repeated.view(*repeated.shape, *[1] * (rows.dim() - value.dim()))
 
 
 class Scalar(nn.Module):
@@ -185,6 +218,26 @@ class NoiseSource:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class StackedNoise:
+    """The NoiseSources of stacked members as one: a draw of shape (members * B, ...) is each
+    member's own draw of (B, ...) from its own generator, in member order, so every member sees the
+    noise its separate run would. The generators are the members' objects (not copies)."""
+
+    def __init__(self, sources: Sequence[NoiseSource]) -> None:
+        self.sources = list(sources)
+
+    def _draw(self, shape: Sequence[int], draw) -> torch.Tensor:
+        rows, *rest = shape
+        per_member = (rows // len(self.sources), *rest)
+        return torch.cat([draw(per_member, s) for s in self.sources])
+
+    def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        return self._draw(shape, lambda s, src: src.randn(s, like))
+
+    def uniform(self, shape: Sequence[int], low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+        return self._draw(shape, lambda s, src: src.uniform(s, low, high, like))
 
 
 @contextlib.contextmanager

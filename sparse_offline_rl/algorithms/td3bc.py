@@ -21,6 +21,7 @@ from sparse_offline_rl.algorithms.networks import (
     frozen_copy,
     frozen_params,
     make_optimizer,
+    member_mean,
     polyak_update,
 )
 from sparse_offline_rl.checks import within
@@ -45,11 +46,13 @@ class TD3BCConfig:
 @register_algorithm("td3bc")
 class TD3BC:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
+    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
 
     Config = TD3BCConfig
 
     def __init__(self, config: TD3BCConfig, spec: ProblemSpec) -> None:
         self.config = config
+        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
         self.max_action = spec.max_action
         dev = torch.device(spec.device)
         self.actor = DeterministicActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
@@ -82,27 +85,31 @@ class TD3BC:
             next_q = self.critic_target(b.next_observations, next_action).min(0).values
             target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
         qs = self.critic(b.observations, b.actions)  # (2, B)
-        return F.mse_loss(qs, target.expand_as(qs), reduction="none").mean(1).sum()  # sum of both critics' MSE
+        mse = F.mse_loss(qs, target.expand_as(qs), reduction="none")
+        return sum(member_mean(q_mse, self.members) for q_mse in mse)  # sum of both critics' MSE
 
     def actor_loss(self, b: Batch) -> torch.Tensor:
         pi = self.actor(b.observations)
         with frozen_params(self.critic):  # gradient flows through the action into the actor only
             q = self.critic.q1(b.observations, pi)
-        lmbda = self.config.alpha / q.abs().mean().detach()
-        return -lmbda * q.mean() + F.mse_loss(pi, b.actions)
+        # lambda = alpha / mean|Q1| over each member's own batch.
+        lmbda = self.config.alpha / member_mean(q.abs(), self.members).detach()
+        bc = member_mean(F.mse_loss(pi, b.actions, reduction="none"), self.members, dim=0)
+        return -lmbda * member_mean(q, self.members) + bc
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "critic":
-            return self.critic_loss(batch)
+            return self.critic_loss(batch).sum()
         if network == "actor":
-            return self.actor_loss(batch)
+            return self.actor_loss(batch).sum()
         raise KeyError(f"TD3BC has no network '{network}'; networks: actor, critic")
 
     # -- one gradient step ---------------------------------------------------------------------
+    # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
     def update(self, b: Batch) -> dict[str, torch.Tensor]:
         q_loss = self.critic_loss(b)
         self.critic_opt.zero_grad(set_to_none=True)
-        q_loss.backward()
+        q_loss.sum().backward()
         self.critic_opt.step()
         self.step += 1
         metrics = {"critic_loss": q_loss.detach()}
@@ -110,7 +117,7 @@ class TD3BC:
         if self.step % self.config.policy_freq == 0:  # delayed actor and target updates
             a_loss = self.actor_loss(b)
             self.actor_opt.zero_grad(set_to_none=True)
-            a_loss.backward()
+            a_loss.sum().backward()
             self.actor_opt.step()
             polyak_update(self.critic_target, self.critic, self.config.tau)
             polyak_update(self.actor_target, self.actor, self.config.tau)

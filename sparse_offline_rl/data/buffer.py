@@ -110,8 +110,11 @@ class TransitionBuffer:
         self.generator.manual_seed(seed)
 
     def sample(self, batch_size: int) -> Batch:
-        idx = torch.randint(0, self.size, (batch_size,), generator=self.generator, device=self.device)
-        return self.gather(idx)
+        return self.gather(self.sample_indices(batch_size))
+
+    def sample_indices(self, batch_size: int) -> torch.Tensor:
+        """The rows `sample` gathers (drawn from this buffer's generator)."""
+        return torch.randint(0, self.size, (batch_size,), generator=self.generator, device=self.device)
 
     def gather(self, idx: torch.Tensor) -> Batch:
         return Batch(*self._fields(self.data.index_select(0, idx)))

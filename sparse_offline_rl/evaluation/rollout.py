@@ -52,6 +52,32 @@ class AgentPolicy:
         return self.algo.act(self.normalizer(obs)).cpu().numpy()
 
 
+class MembersPolicy:
+    """The policies of K stacked members as one batched call (training.stacked): episode i belongs to
+    member i // `episodes_per_member`. Each call gives every member the same number of rows (its live
+    episodes, padded with zeros), since the stacked actor takes K * M member-major rows, normalises
+    each member's rows with its own normaliser and returns the live episodes' actions. Used with
+    `run_episodes(..., policy_gets_episodes=True)`."""
+
+    def __init__(self, algo: Any, normalizers: Sequence[ObsNormalizer], episodes_per_member: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.algo, self.episodes_per_member, self.device = algo, episodes_per_member, torch.device(device)
+        self.mean = torch.stack([n.mean for n in normalizers]).to(self.device).unsqueeze(1)  # (K, 1, obs_dim)
+        self.std = torch.stack([n.std for n in normalizers]).to(self.device).unsqueeze(1)
+
+    @torch.no_grad()
+    def __call__(self, observations: np.ndarray, episodes: Sequence[int]) -> np.ndarray:
+        members = len(self.mean)
+        member = np.asarray(episodes) // self.episodes_per_member
+        # Episodes come sorted, so each member's rows are contiguous: a row's place among its member's.
+        first = np.searchsorted(member, np.arange(members))
+        place = np.arange(len(member)) - first[member]
+        padded = torch.zeros((members, max(1, int(place.max()) + 1), observations.shape[1]), device=self.device)
+        padded[member, place] = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        actions = self.algo.act(((padded - self.mean) / self.std).flatten(0, 1))
+        return actions.view(members, padded.shape[1], -1)[member, place].cpu().numpy()
+
+
 def eval_seeds(run_seed: int, episodes: int) -> list[int]:
     """The reset seeds of a run's evaluation episodes (the same at every evaluation of the run)."""
     if not 0 <= episodes <= MAX_EVAL_EPISODES:
@@ -68,6 +94,7 @@ def run_episodes(
     action_transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
     max_parallel: int = 16,
     on_episode_end: Callable[[int], None] | None = None,
+    policy_gets_episodes: bool = False,
 ) -> EpisodeStats:
     """Run one episode per seed.
 
@@ -76,7 +103,8 @@ def run_episodes(
     `obs_transform(obs, episode_index)` / `action_transform(action, episode_index)` let the harness
     add noise or stickiness per episode without touching the policy; each is called exactly once per
     step of its episode. `on_episode_end(episode_index)` is called as each episode finishes
-    (progress bars).
+    (progress bars). `policy_gets_episodes`: the policy is called as `policy(observations, episode
+    indices)` (sorted), for policies that act differently per episode (`MembersPolicy`).
     """
     seeds = [int(s) for s in seeds]
     n = len(seeds)
@@ -100,7 +128,7 @@ def run_episodes(
 
     def act(live: list[int], observations: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         seen = observations if obs_transform is None else [obs_transform(o, i) for o, i in zip(observations, live)]
-        actions = policy(np.stack(seen))
+        actions = policy(np.stack(seen), live) if policy_gets_episodes else policy(np.stack(seen))
         if action_transform is None:
             return actions
         # Transformed here, so before this step's env.step calls: still once per step of each episode and

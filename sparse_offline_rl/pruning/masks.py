@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.sparse_linear import SparseLinear, sparse_layers
+from sparse_offline_rl.pruning.stacked import StackedDense
 
 # The group whose hook enforces masks on each optimizer: binding a new MaskSet to an algorithm
 # replaces the old one's hooks instead of stacking a second set of masks on top. Weak both ways, so
@@ -39,10 +40,11 @@ _BOUND: "weakref.WeakKeyDictionary[torch.optim.Optimizer, weakref.ref[_Optimizer
 
 def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
     """Weight matrices of Linear layers, by parameter name. Biases and norm parameters are not pruned.
-    A SparseLinear has none: its pruned entries no longer exist (see `layer_weights`)."""
+    A SparseLinear has none: its pruned entries no longer exist (see `layer_weights`). A member-stacked
+    dense layer's (K, out, in) weight counts too, so stacked members' masks are enforced alike."""
     out: dict[str, nn.Parameter] = {}
     for mod_name, mod in module.named_modules():
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, (nn.Linear, StackedDense)):
             out[f"{mod_name}.weight" if mod_name else "weight"] = mod.weight
     return out
 

@@ -108,17 +108,27 @@ def _product(w: torch.Tensor, dense: torch.Tensor, out: torch.Tensor, bias: torc
 
 
 class _SparseLinearFunction(torch.autograd.Function):
+    """y = x W^T + b. `feature_major`: x is given, and y returned, transposed ((in, B) and (out, B),
+    contiguous), the layout member-stacked networks keep between layers (pruning/stacked.py). The
+    transposes happen inside the Function, so its output is no view and in-place activations after
+    it stay cheap (an in-place op on a view of a Function's output makes autograd zero-fill and copy
+    a whole buffer in backward)."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: "SparseLinear") -> torch.Tensor:
-        y, xt = _forward(x, values, bias, layer)
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: "SparseLinear",
+                feature_major: bool = False) -> torch.Tensor:
+        y, xt = _forward(x.t() if feature_major else x, values, bias, layer)
         ctx.layer = layer
         ctx.has_bias = bias is not None
+        ctx.feature_major = feature_major
         ctx.save_for_backward(xt, values)
-        return y
+        return y.t() if feature_major else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
+        if ctx.feature_major:
+            grad_y = grad_y.t()
         xt, values = ctx.saved_tensors
         layer: SparseLinear = ctx.layer
         need_x, need_values, need_bias = ctx.needs_input_grad[:3]
@@ -136,7 +146,9 @@ class _SparseLinearFunction(torch.autograd.Function):
             grad_values = torch.sparse.sampled_addmm(k.pattern, gt, xt.t(), beta=0.0).values()
         if need_bias and ctx.has_bias:
             grad_bias = gt.sum(1)
-        return grad_x, grad_values, grad_bias, None
+        if ctx.feature_major and grad_x is not None:
+            grad_x = grad_x.t()
+        return grad_x, grad_values, grad_bias, None, None
 
 
 class SparseLinear(nn.Module):

@@ -201,8 +201,13 @@ def resolve_device(name: str) -> str:
 def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: OfflineDataset, env: str,
              seeds: Sequence[int], device: str, discount: float) -> tuple[dict[str, float], EpisodeStats]:
     """One deterministic episode per reset seed: the summary row and the raw episodes."""
-    episodes = len(seeds)
     stats = run_episodes(AgentPolicy(algo, normalizer, device), lambda: make_env(env), seeds=seeds, discount=discount)
+    return summarize_episodes(stats, dataset, env), stats
+
+
+def summarize_episodes(stats: EpisodeStats, dataset: OfflineDataset, env: str) -> dict[str, float]:
+    """An evaluation's summary row from its episodes."""
+    episodes = len(stats.returns)
     scores = np.asarray(dataset.normalized_score(stats.returns))
     d4rl_scores = d4rl_normalized_score(env, stats.returns)
     return {
@@ -214,7 +219,7 @@ def evaluate(algo: OfflineAlgorithm, normalizer: ObsNormalizer, dataset: Offline
         "d4rl_score_std": float(d4rl_scores.std()),
         "episode_length_mean": float(stats.lengths.mean()),
         "episodes": episodes,
-    }, stats
+    }
 
 
 def score_scales(dataset: OfflineDataset, env: str) -> dict[str, str]:
@@ -246,12 +251,55 @@ def train(
         torch.set_num_threads(threads)  # `threads=` is this run's setting, not one for the caller's process
 
 
-def _train(
-    cfg: Mapping[str, Any] | DictConfig,
-    run_dir: Path | str,
-    dataset: OfflineDataset | None,
-    callbacks: Sequence[Callback],
-) -> dict[str, Any]:
+@dataclass
+class Run:
+    """One run between its set-up and its summary: what the loop, evaluations and checkpoints use.
+    `train` drives one; `training.stacked` drives several members of a group through one algorithm."""
+
+    cfg: dict[str, Any]
+    run_dir: Path
+    dataset: OfflineDataset
+    train_data: OfflineDataset
+    val_data: OfflineDataset | None
+    normalizer: ObsNormalizer
+    reward_scale: float
+    device: str
+    algo: OfflineAlgorithm
+    masks: MaskSet
+    kernels: dict[str, dict[str, str]]
+    buffer: Any
+    pruning_report: dict[str, Any]
+    logger: MetricsLogger
+    diagnostics: TrainingDiagnostics
+    seeds_for_eval: list[int]
+    discount: float
+    sparse_training: SparseTraining
+    start_step: int = 0
+    train_seconds: float = 0.0
+    last_eval: dict[str, float] | None = None
+
+    def save_checkpoint(self, step: int) -> None:
+        atomic_torch_save(self.run_dir / "checkpoint.pt", {
+            "step": step, "algo": self.algo.state_dict(), "masks": self.masks.state_dict(), "sparse_kernels": self.kernels,
+            "buffer": self.buffer.state_dict(), "sparse_training": self.sparse_training.state_dict(),
+            "torch_rng": torch.get_rng_state(), "train_seconds": self.train_seconds, "last_eval": self.last_eval,
+            "pruning_report": self.pruning_report, "config": self.cfg,
+        })
+
+    def run_eval(self, step: int) -> dict[str, float]:
+        result, episodes = evaluate(self.algo, self.normalizer, self.dataset, self.cfg["env"], self.seeds_for_eval,
+                                    self.device, self.discount)
+        return self.log_eval(step, result, episodes)
+
+    def log_eval(self, step: int, result: dict[str, float], episodes: EpisodeStats) -> dict[str, float]:
+        self.logger.log(step, "eval", result)
+        self.logger.log(step, "diagnostics", self.diagnostics(step, episodes))
+        return result
+
+
+def setup_run(cfg: Mapping[str, Any] | DictConfig, run_dir: Path | str, dataset: OfflineDataset | None) -> Run:
+    """Everything of a run before its first step: checks, data, the algorithm pruned at
+    initialization (or restored from the checkpoint with `resume`), logger and diagnostics."""
     cfg = to_dict(cfg)
     validate_config(cfg)
     suite_name = cfg["eval"].get("suite")
@@ -276,19 +324,14 @@ def _train(
     task = get_task(cfg["env"])
     dataset.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
     data = prepare_data(cfg, dataset, device)
-    train_data, val_data, normalizer, reward_scale = data.train, data.val, data.normalizer, data.reward_scale
     algo_config = algorithm_config(cfg["algo"])
-    steps = int(cfg["steps"])
     buffer = data.buffer(seed)
 
     # -- algorithm, then pruning at initialization (or the masks of the run we resume) -----------
-    # MuJoCo v5 locomotion actions all lie in [-1, 1].
-    spec = ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=steps, device=device,
-                       optim=cfg.get("optim", "adam"))
-    algo = make_algorithm(cfg["algo"]["name"], spec, algo_config)
+    algo = make_algorithm(cfg["algo"]["name"], problem_spec(cfg, dataset, device), algo_config)
     sparsity = resolve_sparsity(cfg["sparsity"], list(algo.networks()))
     # Masks over time (GMP, SET, RigL change them during training) and the training FLOPs, any pruner.
-    sparse_training = SparseTraining(cfg["pruner"], steps, sparsity, int(cfg["batch_size"]), seed,
+    sparse_training = SparseTraining(cfg["pruner"], int(cfg["steps"]), sparsity, int(cfg["batch_size"]), seed,
                                      cfg.get("sparse_kernels", "auto"))
     ckpt_path = run_dir / "checkpoint.pt"
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.get("tensorboard", True)))
@@ -326,68 +369,121 @@ def _train(
 
             print(format_density_table(pruning_report))
 
-    def save_checkpoint(step: int) -> None:
-        atomic_torch_save(ckpt_path, {
-            "step": step, "algo": algo.state_dict(), "masks": masks.state_dict(), "sparse_kernels": kernels,
-            "buffer": buffer.state_dict(), "sparse_training": sparse_training.state_dict(),
-            "torch_rng": torch.get_rng_state(), "train_seconds": train_seconds, "last_eval": last_eval,
-            "pruning_report": pruning_report, "config": cfg,
-        })
-
-    eval_cfg = cfg["eval"]
     discount = float(cfg["algo"].get("discount", 0.99))
     # Start states follow the run seed, so the spread over seeds includes the spread over start states.
-    seeds_for_eval = eval_seeds(seed, int(eval_cfg["episodes"]))
+    seeds_for_eval = eval_seeds(seed, int(cfg["eval"]["episodes"]))
     if start_step == 0:
         logger.log(0, "eval_seeds", {"seeds": seeds_for_eval})
     # Overfitting diagnostics: fixed probe sets and their own generator, so training is unaffected.
     diagnostics = TrainingDiagnostics(
-        algo, buffer, val_data, normalizer, reward_scale, cfg["env"], discount, start_state_seeds=seeds_for_eval,
+        algo, buffer, data.val, data.normalizer, data.reward_scale, cfg["env"], discount, start_state_seeds=seeds_for_eval,
         device=device, run_dir=run_dir, start_step=start_step, seed=seed,
     )
+    return Run(cfg, run_dir, dataset, data.train, data.val, data.normalizer, data.reward_scale, device, algo, masks, kernels, buffer, pruning_report,
+               logger, diagnostics, seeds_for_eval, discount, sparse_training, start_step, train_seconds, last_eval)
 
-    def run_eval(step: int) -> dict[str, float]:
-        result, episodes = evaluate(algo, normalizer, dataset, cfg["env"], seeds_for_eval, device, discount)
-        logger.log(step, "eval", result)
-        logger.log(step, "diagnostics", diagnostics(step, episodes))
-        return result
 
-    # -- the loop ------------------------------------------------------------------------------
-    batch_size, log_every = int(cfg["batch_size"]), int(cfg["log_every"])
-    eval_every, ckpt_every = int(eval_cfg["every"]), int(cfg["checkpoint_every"])
-    bar = tqdm(total=steps, initial=start_step, desc=f"{cfg['algo']['name']} s={cfg['sparsity']}",
-               unit="step", disable=not cfg.get("progress", True), dynamic_ncols=True)
+def problem_spec(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str, members: int = 1) -> ProblemSpec:
+    # MuJoCo v5 locomotion actions all lie in [-1, 1].
+    return ProblemSpec(dataset.obs_dim, dataset.act_dim, max_action=1.0, total_steps=int(cfg["steps"]), device=device,
+                       optim=cfg.get("optim", "adam"), members=members)
+
+
+def run_steps(runs: Sequence[Run], start_step: int, step_fn: Callable[[int], Any],
+              split_metrics: Callable[[Any], Sequence[Mapping[str, torch.Tensor]]],
+              sync: Callable[[], None] = lambda: None, evaluate_runs: Callable[[int], list[dict[str, float]]] | None = None,
+              desc: str = "", stop_step: int | None = None) -> list[dict[str, float]]:
+    """The loop from `start_step` to the runs' `steps` (the same for all of them; `stop_step`: stop
+    there, even at `steps`, with no final evaluation, returning []): `step_fn(step)` does
+    one gradient step of every run and returns its metrics, which `split_metrics` turns into one dict
+    per run (only on logging steps). Every `eval.every` and `checkpoint_every` steps (and at the end)
+    `sync()` makes the runs' algorithms current (stacked members), then each run evaluates
+    (`evaluate_runs`, default: one after the other) and saves its checkpoint. Returns the final
+    evaluations."""
+    cfg = runs[0].cfg
+    steps, log_every = int(cfg["steps"]), int(cfg["log_every"])
+    eval_every, ckpt_every = int(cfg["eval"]["every"]), int(cfg["checkpoint_every"])
+    evaluate_runs = evaluate_runs or (lambda step: [run.run_eval(step) for run in runs])
+    bar = tqdm(total=steps, initial=start_step, desc=desc, unit="step", disable=not cfg.get("progress", True),
+               dynamic_ncols=True)
     tick = time.perf_counter()
+
+    def stop_clock() -> None:
+        elapsed = time.perf_counter() - tick
+        for run in runs:
+            run.train_seconds += elapsed
+
+    partial = stop_step is not None  # bringing a run level with others: no final evaluation, logger kept open
+    stop = steps if stop_step is None else stop_step
     try:
-        for step in range(start_step + 1, steps + 1):
-            # No masks.apply() here: the MaskSet re-zeroes pruned entries after every optimizer step.
-            batch = buffer.sample(batch_size)
-            metrics = algo.update(batch)
-            # Mask updates of during-training pruners (new kernels when layers were rebuilt), FLOPs.
-            kernels = sparse_training.after_step(step, algo, masks, batch) or kernels
-            for callback in callbacks:
-                callback(StepInfo(step, algo, metrics, masks))
+        for step in range(start_step + 1, stop + 1):
+            metrics = step_fn(step)
             if step % log_every == 0:
-                logger.log(step, "train", {k: float(v) for k, v in metrics.items()})
+                for run, values in zip(runs, split_metrics(metrics)):
+                    run.logger.log(step, "train", {k: float(v) for k, v in values.items()})
             if step % eval_every == 0 and step != steps:
-                train_seconds += time.perf_counter() - tick
-                last_eval = run_eval(step)
-                bar.set_postfix(score=f"{last_eval['normalized_score_mean']:.1f}")
+                stop_clock()
+                sync()
+                for run, result in zip(runs, evaluate_runs(step)):
+                    run.last_eval = result
+                bar.set_postfix(score=f"{runs[0].last_eval['normalized_score_mean']:.1f}")
                 tick = time.perf_counter()
             if step % ckpt_every == 0 and step != steps:
-                train_seconds += time.perf_counter() - tick
-                save_checkpoint(step)
+                stop_clock()
+                sync()
+                for run in runs:
+                    run.save_checkpoint(step)
                 tick = time.perf_counter()
             bar.update(1)
-        train_seconds += time.perf_counter() - tick
-        final_eval = run_eval(steps)
+        stop_clock()
+        if partial:
+            return []
+        sync()
+        final = evaluate_runs(steps)
     finally:
         bar.close()
-        logger.close()
-    save_checkpoint(steps)
+        if not partial:
+            for run in runs:
+                run.logger.close()
+    for run in runs:
+        run.save_checkpoint(steps)
+    return final
 
-    sparse_training.final_report(pruning_report, algo, masks)  # the masks the run ended with
-    density = network_densities(algo.networks(), pruning_report)
+
+def _train(
+    cfg: Mapping[str, Any] | DictConfig,
+    run_dir: Path | str,
+    dataset: OfflineDataset | None,
+    callbacks: Sequence[Callback],
+) -> dict[str, Any]:
+    run = setup_run(cfg, run_dir, dataset)
+    final_eval = run_steps([run], run.start_step, single_step(run, callbacks), lambda metrics: [metrics],
+                           desc=f"{run.cfg['algo']['name']} s={run.cfg['sparsity']}")[0]
+    return finish_run(run, final_eval)
+
+
+def single_step(run: Run, callbacks: Sequence[Callback] = ()) -> Callable[[int], dict[str, torch.Tensor]]:
+    """One gradient step of one run on its own batch (the `step_fn` of `run_steps`)."""
+    algo, buffer, masks, batch_size = run.algo, run.buffer, run.masks, int(run.cfg["batch_size"])
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        # No masks.apply() here: the MaskSet re-zeroes pruned entries after every optimizer step.
+        batch = buffer.sample(batch_size)
+        metrics = algo.update(batch)
+        # Mask updates of during-training pruners (new kernels when layers were rebuilt), FLOPs.
+        run.kernels = run.sparse_training.after_step(step, algo, masks, batch) or run.kernels
+        for callback in callbacks:
+            callback(StepInfo(step, algo, metrics, masks))
+        return metrics
+
+    return step_fn
+
+
+def finish_run(run: Run, final_eval: dict[str, float], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """summary.json (and, with `eval.suite`, the generalization suite) of a trained run."""
+    cfg, algo, steps = run.cfg, run.algo, int(run.cfg["steps"])
+    run.sparse_training.final_report(run.pruning_report, algo, run.masks)  # the masks the run ended with
+    density = network_densities(algo.networks(), run.pruning_report)
     summary = {
         "algo": cfg["algo"]["name"],
         "env": cfg["env"],
@@ -398,28 +494,30 @@ def _train(
         "density": density,
         # Measured over every prunable weight of every network, and the cost of getting there
         # (pruning.density.step_flops: the FLOP model), so methods compare at equal sparsity or cost.
-        "final_sparsity": pruning_report["final_sparsity"],
-        "training_flops": sparse_training.training_flops,
-        "sparse_training": sparse_training.report(),
+        "final_sparsity": run.pruning_report["final_sparsity"],
+        "training_flops": run.sparse_training.training_flops,
+        "sparse_training": run.sparse_training.report(),
         "steps": steps,
-        "steps_per_sec": steps / train_seconds if train_seconds > 0 else math.nan,
-        "train_seconds": train_seconds,
-        "eval": {**final_eval, "seeds": seeds_for_eval},
-        "score_scales": score_scales(train_data, cfg["env"]),
-        "dataset_returns": dataset_returns(dataset, cfg["env"]),
-        "seed": seed,
-        "pruning": pruning_report,
+        "steps_per_sec": steps / run.train_seconds if run.train_seconds > 0 else math.nan,
+        "train_seconds": run.train_seconds,
+        "eval": {**final_eval, "seeds": run.seeds_for_eval},
+        "score_scales": score_scales(run.train_data, cfg["env"]),
+        "dataset_returns": dataset_returns(run.dataset, cfg["env"]),
+        "seed": int(cfg["seed"]),
+        "pruning": run.pruning_report,
         "config": cfg,
+        **(extra or {}),
     }
+    suite_name = cfg["eval"].get("suite")
     if suite_name:  # the generalization suite on the final agent: generalization.json + figure
         from sparse_offline_rl.evaluation.agent import EvalAgent, run_meta
         from sparse_offline_rl.evaluation.suite import run_suite, write_result
 
-        agent = EvalAgent(algo, normalizer, cfg["env"], train_data, val_data, discount, reward_scale, device,
-                          meta={**run_meta(cfg, density), "step": steps, "run_dir": str(run_dir)})
+        agent = EvalAgent(algo, run.normalizer, cfg["env"], run.train_data, run.val_data, run.discount, run.reward_scale, run.device,
+                          meta={**run_meta(cfg, density), "step": steps, "run_dir": str(run.run_dir)})
         # Default noise seed: every run is scored on the same episodes, whatever its own seed.
         result = run_suite(agent, suite_name, progress=bool(cfg.get("progress", True)))
-        write_result(run_dir, result)
+        write_result(run.run_dir, result)
         summary["generalization"] = result["summary"]
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run.run_dir / "summary.json", summary)
     return summary
