@@ -231,6 +231,11 @@ def test_minari_flat_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch: 
 
 def test_unknown_id_lists_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    from sparse_offline_rl.data import loaders
+
+    # Neither the repo's datasets/minari nor ~/.minari: a machine that made hopper-medium-replay has it there.
+    monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")
+    monkeypatch.setattr(loaders, "MINARI_HOME", tmp_path / "home")
     with pytest.raises(DatasetError) as err:
         load_dataset("mujoco/hopper/nothing-v0")
     assert "hopper-medium" in str(err.value) and "walker2d-medium-expert" in str(err.value)
