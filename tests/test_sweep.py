@@ -5,6 +5,8 @@ turns the sweep into tables and figures.
 The joblib test runs the full 2 algos x 2 tasks x 2 sparsities x 2 seeds grid (16 jobs, 100 steps).
 submitit's local executor starts every job as a fresh Python process (~3 s of imports each), so its
 test runs 2 x 2 x 1 x 1 = 4 jobs; SORL_FULL_SWEEP_TESTS=1 makes it run the 16-job grid too.
+The stacked launchers group the jobs that can share a process: locally (joblib), and one group per
+submitit job (stacked_submitit_local, the code path of stacked_slurm).
 """
 from __future__ import annotations
 
@@ -185,3 +187,64 @@ def test_stacked_launcher_groups_the_jobs_that_can_share_a_process(tmp_path, swe
     assert again.stdout.count("skip: ") == 8
     report = write_report(out, reps=100)
     assert len(report["runs"]) == 8 and not report["problems"]
+
+
+def test_stacked_submitit_launcher_submits_one_job_per_group(tmp_path, sweep_conf):
+    """hydra/launcher=stacked_submitit_local (stacked_slurm's code path on this machine): the four IQL
+    Adam jobs are one submitit job, each LAMB job its own; every member writes its summary, and a
+    re-launch submits the same groups again, which skip every member."""
+    out = tmp_path / "sweep"
+    grid = ["algo=iql", "optim=adam,lamb", "env=hopper", "sparsity=0.5,0.9", "seed=0,1"]
+    first = sweep(sweep_conf, out, *grid, launcher="stacked_submitit_local")
+    assert first.returncode == 0, first.stderr[-3000:]
+    expected = sorted(f"algo=iql,env=hopper,optim={o},seed={s},sparsity={p}" for o in ("adam", "lamb")
+                      for p in (0.5, 0.9) for s in (0, 1))
+    assert job_dirs(out) == expected
+    jobs = sorted((out / ".submitit").glob("*/*_result.pkl"))
+    assert len(jobs) == 5  # one group of 4 + 4 groups of one
+    logs = [p.read_text() for p in (out / ".submitit").glob("*/*_log.out")]
+    assert sum(text.count("stacked: 4 runs in one process") for text in logs) == 1
+    for name, summary in summaries(out).items():
+        assert summary["steps"] == 100 and f"seed={summary['seed']}" in name
+        assert summary["config"]["threads"] == 1  # cpus_per_task of the preset
+        assert summary.get("stacked", {}).get("members") == (4 if summary["config"]["optim"] == "adam" else None)
+        assert (out / name / ".hydra" / "overrides.yaml").exists()
+    stamps = {name: (out / name / "summary.json").stat().st_mtime_ns for name in expected}
+    again = sweep(sweep_conf, out, *grid, launcher="stacked_submitit_local")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(list((out / ".submitit").glob("*/*_result.pkl"))) == 10
+    logs = [p.read_text() for p in (out / ".submitit").glob("*/*_log.out")]
+    assert sum(text.count("skip: ") for text in logs) == 8
+    assert {name: (out / name / "summary.json").stat().st_mtime_ns for name in expected} == stamps
+
+
+def test_stacked_slurm_launcher_settings_reach_sbatch(tmp_path, monkeypatch):
+    """stacked_slurm.yaml's settings, as submitit writes them into the sbatch script of a group; a group
+    that times out resubmits itself with the same members; a bad cluster is one clear line."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sorl_stacked_launcher.stacked_submitit_launcher import (
+        GroupJob, StackedSubmititConf, StackedSubmititLauncher)
+
+    (tmp_path / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit's SLURM executor wants srun on PATH
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    preset = OmegaConf.load(REPO / "configs" / "hydra" / "launcher" / "stacked_slurm.yaml")
+    preset.pop("defaults")
+    conf = OmegaConf.merge(OmegaConf.structured(StackedSubmititConf), preset,
+                           {"partition": "cpu", "account": "lab", "setup": ["source venv/bin/activate"],
+                            "submitit_folder": str(tmp_path / "%j"), "name": "run"})
+    params = OmegaConf.to_container(conf)
+    params.pop("_target_")
+    executor = StackedSubmititLauncher(**params).executor()
+    assert executor.cluster == "slurm" and executor._executor.max_num_timeout == 3
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit", "uid")
+    for line in ("--partition=cpu", "--account=lab", "--cpus-per-task=4", "--mem=16GB", "--time=720",
+                 "--signal=USR2@120", "\nsource venv/bin/activate\n"):
+        assert line in sbatch, sbatch
+    assert executor._executor.parameters["array_parallelism"] == 64
+    job = GroupJob(hydra_context=None, config=None)  # type: ignore[arg-type]
+    again = job.checkpoint([3, 4], [["seed=0"], ["seed=1"]], {})
+    assert again.function is job and again.args == ([3, 4], [["seed=0"], ["seed=1"]], {})
+    with pytest.raises(ValueError, match=r"hydra.launcher.cluster='pbs': accepted: slurm, local"):
+        StackedSubmititLauncher(cluster="pbs")

@@ -8,7 +8,8 @@ cannot change a result) form a group (`sparse_offline_rl.training.stacked.group_
 runs in its own worker process (joblib's loky backend, as `hydra/launcher=local`), `n_jobs` groups
 at a time, through `sparse_offline_rl.cli.run_group`: finished jobs are skipped, interrupted ones
 resume, the others train together. Every job still gets its own directory, `.hydra/` files and
-JobReturn, exactly as with the other launchers.
+JobReturn, exactly as with the other launchers. `hydra/launcher=stacked_slurm`
+(stacked_submitit_launcher.py) groups the jobs the same way and submits one group per SLURM job.
 
 Hydra finds launchers only in the `hydra_plugins` namespace package: this folder sits at the
 repository root, which is on `sys.path` when running `python run.py` from a checkout, and setup.cfg
@@ -40,11 +41,13 @@ class StackedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="stacked_plugin", node=StackedLauncherConf, provider="sorl")
 
 
-class StackedLauncher(Launcher):
-    def __init__(self, n_jobs: int = 2, max_members: int = 16) -> None:
-        if int(n_jobs) < 1 or int(max_members) < 1:
-            raise ValueError(f"hydra.launcher.n_jobs={n_jobs} and max_members={max_members} must be positive integers")
-        self.n_jobs, self.max_members = int(n_jobs), int(max_members)
+class GroupLauncher(Launcher):
+    """What the stacked launchers share: the sweep's jobs grouped (`groups`), each group run by `execute_group`."""
+
+    def __init__(self, max_members: int = 16) -> None:
+        if int(max_members) < 1:
+            raise ValueError(f"hydra.launcher.max_members={max_members}: accepted: a positive integer")
+        self.max_members = int(max_members)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -52,9 +55,9 @@ class StackedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from joblib import Parallel, delayed  # type: ignore
-
+    def groups(self, job_overrides: Sequence[Sequence[str]]) -> list[list[int]]:
+        """The jobs (indices into job_overrides) of each group, logged; also sets up Hydra's globals,
+        logging and the sweep directory, as every launcher does before running jobs."""
         from sparse_offline_rl.training.stacked import group_key, stackable
 
         setup_globals()
@@ -73,16 +76,36 @@ class StackedLauncher(Launcher):
             groups.setdefault(key, []).append(idx)
         batches = [members[i:i + self.max_members] for members in groups.values()
                    for i in range(0, len(members), self.max_members)]
-        log.info(f"Stacked launcher: {len(job_overrides)} jobs in {len(batches)} groups, {self.n_jobs} at a time")
+        log.info(f"{type(self).__name__}: {len(job_overrides)} jobs in {len(batches)} groups")
         for batch in batches:
             log.info("\tgroup: " + " | ".join(" ".join(filter_overrides(job_overrides[i])) for i in batch))
+        return batches
+
+
+class StackedLauncher(GroupLauncher):
+    def __init__(self, n_jobs: int = 2, max_members: int = 16) -> None:
+        if int(n_jobs) < 1:
+            raise ValueError(f"hydra.launcher.n_jobs={n_jobs}: accepted: a positive integer")
+        super().__init__(max_members)
+        self.n_jobs = int(n_jobs)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from joblib import Parallel, delayed  # type: ignore
+
+        batches = self.groups(job_overrides)
+        log.info(f"Stacked launcher: {self.n_jobs} groups at a time")
         state = Singleton.get_state()
         results = Parallel(n_jobs=self.n_jobs, backend="loky")(
             delayed(execute_group)([initial_job_idx + i for i in batch], [list(job_overrides[i]) for i in batch],
                                    self.hydra_context, self.config, state)
             for batch in batches)
-        by_index = {i: ret for batch, rets in zip(batches, results) for i, ret in zip(batch, rets)}
-        return [by_index[i] for i in range(len(job_overrides))]
+        return in_job_order(batches, results)
+
+
+def in_job_order(batches: list[list[int]], results: Sequence[Sequence[JobReturn]]) -> list[JobReturn]:
+    """The groups' JobReturns back in the sweep's job order, as Hydra expects them."""
+    by_index = {i: ret for batch, rets in zip(batches, results) for i, ret in zip(batch, rets)}
+    return [by_index[i] for i in range(len(by_index))]
 
 
 def execute_group(indices: list[int], overrides: list[list[str]], hydra_context: HydraContext, config: DictConfig,
