@@ -102,6 +102,11 @@ def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("budget_params", "budget_flops", "budget_cost"):
         if pruner.get(key) is not None:
             raise ValueError(f"pruner.{key} is not supported by pruner={method}: give the target as sparsity")
+    if (pruner.get("structure") or "unstructured") != "unstructured":
+        # Units are removed once, at initialization; the during-training methods move single weights.
+        raise ValueError(f"pruner.structure={pruner['structure']!r} is invalid with pruner={method}: "
+                         f"{', '.join(DYNAMIC_PRUNERS)} prune single weights during training (structure=unstructured); "
+                         "whole units are pruned at initialization by the PaI pruners")
     return out
 
 

@@ -88,13 +88,6 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
         budget = pruner.get(key)
         for name, value in (budget.items() if isinstance(budget, Mapping) else [(None, budget)]):
             check_value(f"pruner.{key}" + (f".{name}" if name else ""), value, int, "[1, inf)", optional=name is None)
-    from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
-
-    if pruner.get("name") in DYNAMIC_PRUNERS and (pruner.get("structure") or "unstructured") != "unstructured":
-        # Units are removed once, at initialization; the during-training methods move single weights.
-        raise ConfigError(f"pruner.structure={pruner['structure']!r} is invalid with pruner={pruner['name']}: "
-                          f"{', '.join(DYNAMIC_PRUNERS)} prune single weights during training (structure=unstructured); "
-                          "whole units are pruned at initialization by the PaI pruners")
     check_options(pruner)  # structure, weight_sparsity
     check_value("pruner.budget_cost", pruner.get("budget_cost"), str, optional=True)
     check_value("pruner.budget_cost_max", pruner.get("budget_cost_max"), float, optional=True)
