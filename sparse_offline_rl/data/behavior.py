@@ -407,7 +407,8 @@ def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY
     expert_name = max(candidates, key=lambda n: candidates[n]["mean"])
     expert_stats = candidates[expert_name]
     target = random_stats["mean"] + MEDIUM_FRACTION * (expert_stats["mean"] - random_stats["mean"])
-    expert_step = next(c["step"] for c in ckpts if c["name"] == expert_name)
+    step_of = {c["name"]: c["step"] for c in ckpts}
+    expert_step = step_of[expert_name]
     # Medium: a policy half-way through learning is erratic (walker2d at ~1/3 of the expert: 10-episode
     # means off by 1000), so the few checkpoints nearest the target are re-measured and the closest kept.
     before = [c for c in ckpts if c["step"] <= expert_step]
@@ -415,7 +416,7 @@ def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY
     medium_candidates = {c["name"]: measure(policy_of(c["name"]), c["name"]) for c in near}
     medium_name = min(medium_candidates, key=lambda n: abs(medium_candidates[n]["mean"] - target))
     medium_stats = medium_candidates[medium_name]
-    medium_step = next(c["step"] for c in ckpts if c["name"] == medium_name)
+    medium_step = step_of[medium_name]
     replay = [c["name"] for c in ckpts if c["step"] <= medium_step and c["step"] % replay_every == 0]
 
     out = policy_dir / task.name
