@@ -99,11 +99,50 @@ def test_members_follow_their_separate_runs(tmp_path, fast_config, hopper_data, 
         assert "sparse" in kinds.values()
 
 
-def test_pruned_weights_are_zero_in_every_forward(tmp_path, fast_config, hopper_data):
+# Masks that change during training: every member updates at steps 40, 80, 120 (GMP and Gibbs also at
+# its end, 120), so the group is stacked again three times; sparse kernels are rebuilt at the new patterns.
+@pytest.mark.parametrize("algo, kernels", [("iql", "sparse"), ("td3bc", "auto")])
+def test_members_with_changing_masks_follow_their_separate_runs(tmp_path, fast_config, hopper_data, algo, kernels):
+    base = {**config(fast_config, algo, kernels), "sparsity": 0.9}
+    schedule = {"update_every": 40, "end": 0.8}
+    cfgs = [{**base, "seed": 0, "pruner": {"name": "rigl", **schedule}},
+            {**base, "seed": 1, "pruner": {"name": "set", **schedule}},
+            {**base, "seed": 2, "pruner": {"name": "gmp", "begin": 0.2, **schedule}},
+            {**base, "seed": 3, "sparsity": 0.8, "pruner": {"name": "gibbs", **schedule}},
+            {**base, "seed": 4, "pruner": {"name": "snip"}}]  # a PaI member beside them: its masks stay
+    separate = [train(cfg, tmp_path / f"alone{k}", dataset=hopper_data) for k, cfg in enumerate(cfgs)]
+    restacked = []
+
+    def count_restacks(info: StepInfo) -> None:
+        if not restacked or restacked[-1][1] is not info.algo:
+            restacked.append((info.step, info.algo))
+
+    stacked = train_stacked(cfgs, [tmp_path / f"stacked{k}" for k in range(len(cfgs))], dataset=hopper_data,
+                            callbacks=[count_restacks])
+    assert [step for step, _ in restacked] == [1, 40, 80, 120]
+    for k, cfg in enumerate(cfgs):
+        a, b = (load_checkpoint(tmp_path / f"{kind}{k}" / "checkpoint.pt") for kind in ("alone", "stacked"))
+        for net, layers in a["masks"].items():
+            for name, mask in layers.items():
+                assert torch.equal(mask, b["masks"][net][name]), (cfg["pruner"]["name"], net, name)
+        assert a["sparse_kernels"] == b["sparse_kernels"]
+        assert_close_state(a["algo"], b["algo"])
+        for key in ("training_flops", "final_sparsity", "sparse_training", "density"):
+            assert stacked[k][key] == separate[k][key], (cfg["pruner"]["name"], key)
+        assert stacked[k]["eval"]["return_mean"] == pytest.approx(separate[k]["eval"]["return_mean"], rel=1e-4)
+        updates = separate[k]["sparse_training"].get("updates", [])
+        assert [u["step"] for u in updates] == ([] if k == 4 else [40, 80, 120])
+    assert stacked[0]["final_sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+@pytest.mark.parametrize("changing", [False, True])
+def test_pruned_weights_are_zero_in_every_forward(tmp_path, fast_config, hopper_data, changing):
     """Dense-masked stacked layers (online and target) never see a pruned weight; compressed ones
-    have none."""
+    have none. With masks changing during training, also in every stacking after an update."""
     cfgs = members({**config(fast_config, "td3bc", "dense", steps=40)})
-    seen = {"dense": 0, "sparse": 0}
+    if changing:
+        cfgs = [{**cfg, "pruner": {"name": name, "update_every": 10}} for cfg, name in zip(cfgs, ("rigl", "set", "gibbs"))]
+    seen = {"dense": 0, "sparse": 0, "stackings": 0}
 
     def check(module, args):
         if isinstance(module, StackedDense):
@@ -111,32 +150,40 @@ def test_pruned_weights_are_zero_in_every_forward(tmp_path, fast_config, hopper_
             assert torch.count_nonzero(module.weight.detach()[~mask]) == 0
             seen["dense"] += 1
 
-    hooked = []
+    hooked: dict[int, list] = {}
 
     def install(info: StepInfo) -> None:
-        if hooked:
+        if id(info.algo) in hooked:
             return
+        for handle in (h for handles in hooked.values() for h in handles):
+            handle.remove()
+        hooked[id(info.algo)] = handles = []
+        seen["stackings"] += 1
         nets = {**{f"t.{n}": m for n, m in info.algo.target_networks().items()}, **info.algo.networks()}
         masks = {n: info.masks.masks[n.removeprefix("t.")] for n in nets}
         for name, net in nets.items():
             for layer_name, layer in net.named_modules():
-                if isinstance(layer, StackedDense):
+                if isinstance(layer, StackedDense) and f"{layer_name}.weight" in masks[name]:  # else kept dense
                     layer._stacked_mask = masks[name][f"{layer_name}.weight"].bool()
-                    hooked.append(layer.register_forward_pre_hook(check))
+                    handles.append(layer.register_forward_pre_hook(check))
                 elif isinstance(layer, StackedSparse):
                     seen["sparse"] += 1
 
     train_stacked(cfgs, [tmp_path / str(k) for k in range(3)], dataset=hopper_data, callbacks=[install])
     assert seen["dense"] > 100 and seen["sparse"] == 0
-    for handle in hooked:
+    assert seen["stackings"] == (5 if changing else 1)  # at steps 1, 10, 20, 30 and Gibbs' end, 0.8 x 40 = 32
+    for handle in (h for handles in hooked.values() for h in handles):
         handle.remove()
 
 
-def test_kill_then_resume_continues_every_member(tmp_path, fast_config, hopper_data):
+@pytest.mark.parametrize("changing", [False, True])
+def test_kill_then_resume_continues_every_member(tmp_path, fast_config, hopper_data, changing):
     """A group killed at step 130 resumes: members that checkpointed at different steps (here member
     1 at 50, the others at 100) are brought level alone, then stacked again; every member ends as its
-    separate run does."""
+    separate run does. With masks changing every 40 steps, member 1 updates alone at 80 on the way."""
     cfgs = members(config(fast_config, "iql", "auto"))
+    if changing:
+        cfgs = [{**cfg, "pruner": {"name": name, "update_every": 40}} for cfg, name in zip(cfgs, ("gibbs", "rigl", "set"))]
     dirs = [tmp_path / f"cut{k}" for k in range(3)]
     saved = tmp_path / "member1_step50.pt"
 
@@ -155,6 +202,7 @@ def test_kill_then_resume_continues_every_member(tmp_path, fast_config, hopper_d
         alone = train(cfg, tmp_path / f"alone{k}", dataset=hopper_data)
         a, b = (load_checkpoint(d / "checkpoint.pt") for d in (tmp_path / f"alone{k}", dirs[k]))
         assert_close_state(a["algo"], b["algo"])
+        assert_close_state(a["masks"], b["masks"])  # booleans: equal
         assert resumed[k]["eval"]["return_mean"] == pytest.approx(alone["eval"]["return_mean"], rel=1e-4)
         steps = [json.loads(line)["step"] for line in (dirs[k] / "metrics.jsonl").read_text().splitlines()
                  if json.loads(line)["kind"] == "train"]
@@ -181,8 +229,7 @@ def test_what_cannot_be_stacked_is_refused_in_one_line(fast_config, monkeypatch)
     with pytest.raises(ConfigError, match="algo=iql cannot be stacked"):
         check_group([fast_config])
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="pruner=gmp cannot be stacked: only pruning at initialization"):
-        check_group([{**fast_config, "pruner": {"name": "gmp"}}])  # a during-training pruner (issue 16's branch)
+    check_group([{**fast_config, "pruner": {"name": "gmp"}}])  # masks that change during training stack
 
 
 def test_members_whose_layers_differ_in_shape_are_refused(tmp_path, fast_config, hopper_data):

@@ -377,10 +377,14 @@ class SparseTraining:
         elif self.method == "rigl":
             self.rule = RigL(self.opts, self.seed)
 
+    def updates_masks(self, step: int, masks: MaskSet) -> bool:
+        """Whether `after_step(step, ...)` changes the masks (it needs the step's batch then)."""
+        return self.rule is not None and self.rule.is_update(self.schedule, step) and bool(masks)
+
     def after_step(self, step: int, algo: Any, masks: MaskSet, batch: Any) -> dict[str, dict[str, str]] | None:
         """Count the step's FLOPs; at an update step change the masks. Returns the kernels if they changed."""
         self.training_flops += self.step_flops
-        if self.rule is None or not self.rule.is_update(self.schedule, step) or not masks:
+        if not self.updates_masks(step, masks):
             return None
         extra = 0
         if self.method == "rigl":  # the dense gradient: one dense forward + backward per network

@@ -15,7 +15,12 @@ sparsity, sparse kernels) as one. How:
    (`StackedNoise`). The algorithm's losses are per member (`networks.member_mean`), summed.
 3. Each step the batch is the members' own batches (each from its own buffer generator) one after
    the other, and the algorithm's update runs once on it.
-4. Evaluation runs all members' episodes in one pool of environments, the stacked actor acting for
+4. Masks that change during training (gmp, set, rigl, gibbs) change through the single-run code: at
+   a step where any member updates its masks, the stacked state is written back into the members,
+   each member's `SparseTraining.after_step` changes its masks on its own algorithm (RigL scores on
+   the member's own rows of the batch), and the group is stacked again from the members, so new
+   patterns, rebuilt sparse kernels and reset optimizer state carry over as they are.
+5. Evaluation runs all members' episodes in one pool of environments, the stacked actor acting for
    every member in one call per env step (`evaluation.rollout.MembersPolicy`). Before every
    evaluation and checkpoint the stacked state is written back into the member algorithms, which
    log, checkpoint and summarise through the single-run code: each member's run directory is what
@@ -80,8 +85,6 @@ def group_key(cfg: Mapping[str, Any]) -> str:
 
 def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     """Why this run cannot be a member of a stacked group, in one line; None when it can."""
-    from sparse_offline_rl.pruning import PRUNERS
-
     name, pruner = cfg["algo"]["name"], cfg.get("pruner") or {}
     if getattr(get_algorithm(name).factory, "stackable", False) is not True:
         return (f"algo={name} cannot be stacked (its losses are not written per member); stackable: iql, td3bc, cql "
@@ -89,9 +92,6 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     if cfg.get("optim", "adam") != "adam":
         return (f"optim={cfg['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a stacked tensor "
                 "would share one ratio across members; accepted: adam")
-    if pruner.get("name") not in PRUNERS:
-        # Masks that change during training would have to change inside the stacked layers too.
-        return f"pruner={pruner.get('name')} cannot be stacked: only pruning at initialization is ({', '.join(PRUNERS)})"
     if (pruner.get("structure") or "unstructured") != "unstructured":
         return (f"pruner.structure={pruner['structure']} cannot be stacked: removing whole units gives each member "
                 "layers of its own width; accepted: unstructured")
@@ -250,19 +250,32 @@ def train_stacked(cfgs: Sequence[Mapping[str, Any] | DictConfig], run_dirs: Sequ
             if run.start_step < start:
                 run_steps([run], run.start_step, single_step(run), lambda m: [m], stop_step=start,
                           desc=f"catch up {run.run_dir.name}")
-        stacked = StackedAlgorithm(runs)
+        # Rebuilt from the members after a mask update, so the closures below read it from here.
+        current = {"stacked": StackedAlgorithm(runs)}
         batch_size = int(cfgs[0]["batch_size"])
-        algo, masks = stacked.algo, stacked.masks
 
         def step_fn(step: int) -> dict[str, torch.Tensor]:
-            metrics = algo.update(stacked.batch(batch_size))
-            for run in runs:  # each member's training FLOPs (stacking refuses pruners that change masks)
-                run.sparse_training.after_step(step, run.algo, run.masks, None)
+            stacked = current["stacked"]
+            batch = stacked.batch(batch_size)
+            metrics = stacked.algo.update(batch)
+            if any(run.sparse_training.updates_masks(step, run.masks) for run in runs):
+                # Masks change per member, through the single-run code: the stacked state goes back
+                # into the members, each changes its masks (RigL on its own rows of the batch), and
+                # the group is stacked again from them (new patterns, kernels, optimizer state).
+                stacked.sync()
+                for k, run in enumerate(runs):
+                    member_batch = Batch(*(field[k * batch_size:(k + 1) * batch_size] for field in batch))
+                    run.kernels = run.sparse_training.after_step(step, run.algo, run.masks, member_batch) or run.kernels
+                stacked = current["stacked"] = StackedAlgorithm(runs)
+            else:
+                for run in runs:  # each member's training FLOPs
+                    run.sparse_training.after_step(step, run.algo, run.masks, None)
             for callback in callbacks:
-                callback(StepInfo(step, algo, metrics, masks))
+                callback(StepInfo(step, stacked.algo, metrics, stacked.masks))
             return metrics
 
-        final = run_steps(runs, start, step_fn, stacked.split_metrics, sync=stacked.sync, evaluate_runs=stacked.evaluate,
+        final = run_steps(runs, start, step_fn, current["stacked"].split_metrics, sync=lambda: current["stacked"].sync(),
+                          evaluate_runs=lambda step: current["stacked"].evaluate(step),
                           desc=f"{cfgs[0]['algo']['name']} x{len(runs)} stacked")
         group = {"members": len(runs), "run_dirs": [str(run.run_dir) for run in runs]}
         return [finish_run(run, result, extra={"stacked": group}) for run, result in zip(runs, final)]
