@@ -1,7 +1,7 @@
 """Wall time to a target return: Adam at batch 256 against LAMB at large batches (issue 17, item 3).
 
     python benchmarks/bench_lamb.py --target-return 350 --max-steps 200000 \\
-        --lamb-batches 2048,4096,8192 --lamb-lr 3e-3 [--algo iql] [--sparsity 0.95] [--json out.json]
+        --lamb-batches 2048,4096,8192 --lamb-lr 3e-3 --seeds 0,1,2 [--algo iql] [--sparsity 0.95] [--json out.json]
 
 Each contender is one ordinary run through the trainer (`optim=`, `batch_size=` and, for LAMB, every
 network's learning rate set to `--lamb-lr`), on `--dataset` (default hopper-medium), evaluated every
@@ -9,12 +9,15 @@ network's learning rate set to `--lamb-lr`), on `--dataset` (default hopper-medi
 time reported is training time only: evaluations, diagnostics and checkpoints are left out (a step
 that follows one is counted at the previous step's duration). On a CPU a large batch makes each
 update do more work per call overhead, so fewer, slower steps can still reach the target sooner;
-the table says whether they do.
+the table says whether they do. With several `--seeds` every contender runs once per seed (the
+seed sets pruning, initialisation and batches alike) and a last table gives, per contender, how many
+seeds reached the target and the median and range of their times.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -98,7 +101,7 @@ def main() -> None:
     ap.add_argument("--env", default="hopper")
     ap.add_argument("--sparsity", type=float, default=0.95)
     ap.add_argument("--pruner", default="snip")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated; every contender runs once per seed")
     ap.add_argument("--eval-every", type=int, default=5000)
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
@@ -107,7 +110,7 @@ def main() -> None:
     args = ap.parse_args()
 
     overrides = [f"algo={args.algo}", f"pruner={args.pruner}", f"env={args.env}", f"dataset={args.dataset}",
-                 f"sparsity={args.sparsity}", f"seed={args.seed}", f"steps={args.max_steps}",
+                 f"sparsity={args.sparsity}", f"steps={args.max_steps}",
                  f"eval.every={args.eval_every}", f"eval.episodes={args.episodes}",
                  f"checkpoint_every={args.max_steps}", "tensorboard=false", "progress=false", "verbose=false"]
     if args.threads:
@@ -117,13 +120,24 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_lamb_"))
     contenders = [("adam", args.adam_batch, None)] + [("lamb", int(b), args.lamb_lr) for b in args.lamb_batches.split(",")]
     rows = []
-    for optim, batch, lr in contenders:
-        row = run_contender(base, optim, batch, lr, args.target_return, out / f"{optim}-b{batch}")
-        rows.append(row)
-        print(f"{optim:5s} batch {batch:5d} lr {lr or 'default':>8}: "
-              f"{'reached' if row['reached'] else 'NOT reached'} {args.target_return:g} after {row['steps']} steps, "
-              f"{row['train_seconds']} s of training ({row['steps_per_sec']} steps/s), best return {row['best_return']}",
-              flush=True)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for optim, batch, lr in contenders:
+            row = {"seed": seed, **run_contender({**base, "seed": seed}, optim, batch, lr, args.target_return,
+                                                 out / f"{optim}-b{batch}-seed{seed}")}
+            rows.append(row)
+            print(f"seed {seed} {optim:5s} batch {batch:5d} lr {lr or 'default':>8}: "
+                  f"{'reached' if row['reached'] else 'NOT reached'} {args.target_return:g} after {row['steps']} steps, "
+                  f"{row['train_seconds']} s of training ({row['steps_per_sec']} steps/s), best return {row['best_return']}",
+                  flush=True)
+    print(f"\n| optimizer | batch | seeds reaching {args.target_return:g} | median seconds (reached) | range | median steps |")
+    print("|---|---|---|---|---|---|")
+    for optim, batch, _ in contenders:
+        mine = [r for r in rows if r["optim"] == optim and r["batch_size"] == batch]
+        done = [r for r in mine if r["reached"]]
+        secs, steps = [r["train_seconds"] for r in done], [r["steps"] for r in done]
+        print(f"| {optim} | {batch} | {len(done)} / {len(mine)} | "
+              + (f"{statistics.median(secs):.1f} | {min(secs):.1f}-{max(secs):.1f} | {statistics.median(steps):g} |"
+                 if done else "- | - | - |"))
     if args.json:
         meta = {"args": vars(args), "loadavg": os.getloadavg(), "threads": args.threads}
         atomic_write_json(Path(args.json), {"meta": meta, "rows": rows})
