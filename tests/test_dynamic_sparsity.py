@@ -16,6 +16,7 @@ from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.allocation import keep_count
 from sparse_offline_rl.pruning.graph import layer_graph
+from sparse_offline_rl.pruning.masks import layer_weights
 from sparse_offline_rl.pruning.density import count_params_flops
 from sparse_offline_rl.pruning.dynamic import (
     Gibbs,
@@ -327,6 +328,7 @@ def test_unit_gibbs_masks_whole_units_and_ends_at_the_target_unit_count(tmp_path
     columns kept or pruned together), exactly the target unit count at `end`, and no forward sees
     a pruned weight; the report says units."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+    from sparse_offline_rl.evaluation.agent import load_agent
 
     cfg = copy.deepcopy(fast_config)
     cfg.update(sparsity=0.5, steps=60, log_every=10, sparse_kernels=kernels,
@@ -360,6 +362,10 @@ def test_unit_gibbs_masks_whole_units_and_ends_at_the_target_unit_count(tmp_path
     assert updates[-1]["unit_sparsity"] == 0.5 and all(0 < u["unit_sparsity"] < 1 for u in updates)
     assert summary["pruner"] == "gibbs-units" and summary["pruning"]["structure"] == "units"
     assert summary["sparse_training"]["structure"] == "units"
+    agent = load_agent(tmp_path, dataset=hopper_data)  # masked, not narrowed: loads at the widths as built
+    assert agent.meta["pruner"] == "gibbs-units"
+    actor = layer_weights(agent.algo.networks()["actor"])
+    assert actor["net.0.weight"].shape == (32, 11) and actor["net.2.weight"].shape == (32, 32)
     assert summary["final_sparsity"] == pytest.approx(1 - sum(
         n["kept_weights"] for n in summary["pruning"]["networks"].values()) / sum(
         n["prunable_weights"] for n in summary["pruning"]["networks"].values()))
