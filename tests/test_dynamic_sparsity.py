@@ -1,4 +1,4 @@
-"""Sparsity during training (pruner=gmp|set|rigl): schedules, mask updates on the one mask mechanism,
+"""Sparsity during training (pruner=gmp|set|rigl|gibbs, gibbs also by units): schedules, mask updates on the one mask mechanism,
 dense and compressed layers, resume across an update, training FLOPs."""
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+import sparse_offline_rl.pruning.dynamic as dynamic_module
 import sparse_offline_rl.training.trainer as trainer_module
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.allocation import keep_count
+from sparse_offline_rl.pruning.graph import layer_graph
+from sparse_offline_rl.pruning.masks import layer_weights
 from sparse_offline_rl.pruning.density import count_params_flops
 from sparse_offline_rl.pruning.dynamic import (
     Gibbs,
@@ -27,6 +30,7 @@ from sparse_offline_rl.pruning.dynamic import (
     options,
 )
 from sparse_offline_rl.pruning.sparse_linear import SparseLinear
+from sparse_offline_rl.pruning.structured import UnitCollapseError, hidden_members, unit_scores, weight_masks
 from sparse_offline_rl.training.trainer import StepInfo, train
 from test_mask_enforcement import DirectStep
 from test_training import Interrupt, assert_same_state, interrupt_at
@@ -70,6 +74,12 @@ def test_schedules_follow_the_references():
     ({"name": "gmp", "drop_fraction": 0.2}, r"pruner.drop_fraction applies to set and rigl, not to pruner=gmp"),
     ({"name": "rigl", "temperature_end": 0.1}, r"pruner.temperature_end applies to gibbs, not to pruner=rigl"),
     ({"name": "gibbs", "temperature_start": 0}, r"pruner.temperature_start=0 is invalid: a number in \(0, inf\)"),
+    *[({"name": p, "structure": "units"}, rf"pruner.structure='units' is invalid with pruner={p}: {p} prunes single "
+       "weights during training .* whole units are pruned during training by pruner=gibbs") for p in ("gmp", "set", "rigl")],
+    ({"name": "gibbs", "structure": "units", "scope": "erk"},
+     r"pruner.scope='erk' is invalid with pruner.structure=units: one of global, layer is required"),
+    ({"name": "gibbs", "structure": "units", "keep_last_layer_dense": True},
+     r"pruner.keep_last_layer_dense is not supported by pruner=gibbs with pruner.structure=units"),
 ])
 def test_bad_schedule_options_fail_in_one_line(fast_config, pruner, message):
     with pytest.raises(ConfigError, match=message):
@@ -197,17 +207,9 @@ class ForwardCheck:
             self.violations.append(where)
 
 
-@pytest.mark.parametrize("pruner, kernels, optim", [("gmp", "dense", "adam"), ("set", "sparse", "adam"), ("rigl", "dense", "adam"),
-                                                    ("rigl", "sparse", "lamb"), ("gibbs", "sparse", "adam")])
-def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch, fast_config, hopper_data, pruner, kernels,
-                                                          optim):
-    """Updates every 10 steps; the final masks hold exactly the target count per network; between
-    updates every forward, in training and evaluation, sees zeros at the pruned entries (LAMB: its
-    state and gradient masking follow the new masks too)."""
-    cfg = copy.deepcopy(fast_config)
-    cfg.update(algo={"name": "iql", "hidden": [32, 32]}, sparsity=0.9, steps=60, log_every=10, sparse_kernels=kernels,
-               pruner={"name": pruner, "update_every": 10, "scope": "erk"}, optim=optim)
-    cfg["eval"].update(every=30, episodes=1)
+@pytest.fixture
+def forward_check(monkeypatch):
+    """A ForwardCheck on the trainer's algorithm and masks from the moment SparseTraining starts."""
     check = ForwardCheck()
     real_start = SparseTraining.start
 
@@ -216,16 +218,29 @@ def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch,
         check.algo, check.masks = algo, masks
 
     monkeypatch.setattr(SparseTraining, "start", start_then_check)
+    yield check
+    check.handle.remove()
+
+
+@pytest.mark.parametrize("pruner, kernels, optim", [("gmp", "dense", "adam"), ("set", "sparse", "adam"), ("rigl", "dense", "adam"),
+                                                    ("rigl", "sparse", "lamb"), ("gibbs", "sparse", "adam")])
+def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, forward_check, fast_config, hopper_data, pruner, kernels,
+                                                          optim):
+    """Updates every 10 steps; the final masks hold exactly the target count per network; between
+    updates every forward, in training and evaluation, sees zeros at the pruned entries (LAMB: its
+    state and gradient masking follow the new masks too)."""
+    cfg = copy.deepcopy(fast_config)
+    cfg.update(algo={"name": "iql", "hidden": [32, 32]}, sparsity=0.9, steps=60, log_every=10, sparse_kernels=kernels,
+               pruner={"name": pruner, "update_every": 10, "scope": "erk"}, optim=optim)
+    cfg["eval"].update(every=30, episodes=1)
+    check = forward_check
     moved: list[int] = []
 
     def count_changes(info: StepInfo) -> None:
         if info.step % 10 == 0:
             moved.append(sum(int(m.sum()) for pm in info.masks.masks.values() for m in pm.values()))
 
-    try:
-        summary = train(cfg, tmp_path, dataset=hopper_data, callbacks=[count_changes])
-    finally:
-        check.handle.remove()
+    summary = train(cfg, tmp_path, dataset=hopper_data, callbacks=[count_changes])
     assert check.forwards > 0 and check.violations == [], check.violations[:5]
     if kernels == "sparse":
         assert check.sparse_forwards > 0
@@ -255,13 +270,16 @@ def test_masks_change_and_no_forward_sees_a_pruned_weight(tmp_path, monkeypatch,
         n["prunable_weights"] for n in summary["pruning"]["networks"].values()))
 
 
-@pytest.mark.parametrize("pruner, kernels", [("set", "sparse"), ("rigl", "dense"), ("gmp", "sparse"), ("gibbs", "dense")])
-def test_resume_across_a_mask_update_is_bit_exact(tmp_path, fast_config, hopper_data, pruner, kernels):
+@pytest.mark.parametrize("pruner, kernels, structure", [("set", "sparse", "unstructured"), ("rigl", "dense", "unstructured"),
+                                                       ("gmp", "sparse", "unstructured"), ("gibbs", "dense", "unstructured"),
+                                                       ("gibbs", "sparse", "units")])
+def test_resume_across_a_mask_update_is_bit_exact(tmp_path, fast_config, hopper_data, pruner, kernels, structure):
     """Checkpoints every 25 steps, updates every 20: the run cut at 55 resumes from 50 (after the
     updates at 20 and 40, before those at 60 and 80), SET's regrowth generator included."""
     cfg = {**fast_config, "algo": {"name": "td3bc", "hidden": [16, 16]}, "sparsity": 0.8, "steps": 100,
            "batch_size": 32, "checkpoint_every": 25, "log_every": 10, "sparse_kernels": kernels,
-           "pruner": {"name": pruner, "update_every": 20}, "eval": {**fast_config["eval"], "every": 50, "episodes": 1}}
+           "pruner": {"name": pruner, "update_every": 20, "structure": structure},
+           "eval": {**fast_config["eval"], "every": 50, "episodes": 1}}
     full = train(cfg, tmp_path / "full", dataset=hopper_data)
     with pytest.raises(Interrupt):
         train(cfg, tmp_path / "cut", dataset=hopper_data, callbacks=[interrupt_at(55)])
@@ -294,3 +312,98 @@ def test_training_flops_follow_the_flop_model(tmp_path, fast_config, hopper_data
     assert runs["rigl"]["training_flops"] == 40 * flops_per_step(runs["rigl"]) + 3 * dense_grad  # updates at 10, 20, 30
     assert runs["gmp"]["training_flops"] > runs["rigl"]["training_flops"] > runs["random"]["training_flops"]
     assert runs["gmp"]["final_sparsity"] == pytest.approx(runs["random"]["final_sparsity"], abs=1e-3)
+
+
+# -- structured Gibbs: whole hidden units ----------------------------------------------------------
+def unit_masks_of(net: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The kept units (rows with a kept weight) of `net`'s hidden layers under `masks`."""
+    graph = layer_graph(net)
+    return {h: masks[h].bool().any(1) for members in hidden_members(graph) for h in members}
+
+
+@pytest.mark.parametrize("scope, kernels", [("global", "sparse"), ("layer", "dense")])
+def test_unit_gibbs_masks_whole_units_and_ends_at_the_target_unit_count(tmp_path, forward_check, fast_config, hopper_data,
+                                                                        scope, kernels):
+    """pruner=gibbs pruner.structure=units: every mask is whole units (a unit's row and its outgoing
+    columns kept or pruned together), exactly the target unit count at `end`, and no forward sees
+    a pruned weight; the report says units."""
+    from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
+    from sparse_offline_rl.evaluation.agent import load_agent
+
+    cfg = copy.deepcopy(fast_config)
+    cfg.update(sparsity=0.5, steps=60, log_every=10, sparse_kernels=kernels,
+               pruner={"name": "gibbs", "structure": "units", "scope": scope, "update_every": 10})
+    cfg["eval"].update(every=60, episodes=1)
+    seen: list[dict[str, dict[str, torch.Tensor]]] = []
+
+    def keep_masks(info: StepInfo) -> None:
+        if info.step % 10 == 0:
+            seen.append({n: {p: m.bool().clone() for p, m in pm.items()} for n, pm in info.masks.masks.items()})
+
+    summary = train(cfg, tmp_path, dataset=hopper_data, callbacks=[keep_masks])
+    assert forward_check.forwards > 0 and forward_check.violations == [], forward_check.violations[:5]
+    if kernels == "sparse":
+        assert forward_check.sparse_forwards > 0
+    nets = make_algorithm("iql", ProblemSpec(11, 3), cfg["algo"]).networks()
+    for masks in seen:  # after every update (and between them): whole units only
+        for name, net in nets.items():
+            units = unit_masks_of(net, masks[name])
+            assert all(bool(u.any()) for u in units.values()), name  # no layer emptied
+            assert all(torch.equal(m, masks[name][p]) for p, m in weight_masks(layer_graph(net), units).items()), name
+    final = load_checkpoint(tmp_path / "checkpoint.pt")["masks"]
+    for name, net in nets.items():
+        units = unit_masks_of(net, {p: m.bool() for p, m in final[name].items()})
+        for member in hidden_members(layer_graph(net)):  # 32 + 32 units per member (twin critic: each Q)
+            kept = [int(units[h].sum()) for h in member]
+            assert (kept == [16, 16]) if scope == "layer" else (sum(kept) == keep_count(64, 0.5)), (name, kept)
+        assert summary["pruning"]["networks"][name]["unit_sparsity"] == 0.5
+    updates = summary["sparse_training"]["updates"]
+    assert [u["step"] for u in updates] == [10, 20, 30, 40, 48] and updates[-1]["temperature"] == 0.0
+    assert updates[-1]["unit_sparsity"] == 0.5 and all(0 < u["unit_sparsity"] < 1 for u in updates)
+    assert summary["pruner"] == "gibbs-units" and summary["pruning"]["structure"] == "units"
+    assert summary["sparse_training"]["structure"] == "units"
+    agent = load_agent(tmp_path, dataset=hopper_data)  # masked, not narrowed: loads at the widths as built
+    assert agent.meta["pruner"] == "gibbs-units"
+    actor = layer_weights(agent.algo.networks()["actor"])
+    assert actor["net.0.weight"].shape == (32, 11) and actor["net.2.weight"].shape == (32, 32)
+    assert summary["final_sparsity"] == pytest.approx(1 - sum(
+        n["kept_weights"] for n in summary["pruning"]["networks"].values()) / sum(
+        n["prunable_weights"] for n in summary["pruning"]["networks"].values()))
+
+
+class UnitAlgo(TinyAlgo):
+    """TinyAlgo with two hidden layers of 8 units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.target = copy.deepcopy(self.net).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-2)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_a_unit_draw_never_empties_a_layer(monkeypatch, scope):
+    """A draw keeping no unit of a layer keeps its highest-energy unit: the sum of w^2 over the unit's
+    row and outgoing column. Hot draws at a high sparsity keep one unit or more in every layer."""
+    algo = UnitAlgo()
+    masks = MaskSet({})
+    training = SparseTraining({"name": "gibbs", "structure": "units", "scope": scope, "update_every": 1}, 100,
+                              {"net": 0.8}, 16, seed=0)
+    training.start(algo, masks, {})
+    graph = layer_graph(algo.net)
+    energy = unit_scores(graph, {n: p.detach().pow(2) for n, p in prunable_parameters(algo.net).items()})
+    with monkeypatch.context() as m:
+        m.setattr(dynamic_module, "gibbs_sample", lambda e, *args: torch.zeros(e.shape, dtype=torch.bool))
+        training.after_step(1, algo, masks, None)
+    units = unit_masks_of(algo.net, masks.masks["net"])
+    assert {h: torch.nonzero(u).flatten().tolist() for h, u in units.items()} == {
+        h: [int(e.argmax())] for h, e in energy.items()}
+    for step in range(2, 40):  # hot draws (T from 1 down), 2 of 8 units per layer in expectation
+        algo.update(torch.randn(16, 4))
+        training.after_step(step, algo, masks, None)
+        units = unit_masks_of(algo.net, masks.masks["net"])
+        assert all(bool(u.any()) for u in units.values()), step
+        assert all(torch.equal(w, masks.masks["net"][p].bool()) for p, w in weight_masks(graph, units).items())
+    too_sparse = SparseTraining({"name": "gibbs", "structure": "units", "scope": scope}, 100, {"net": 0.95}, 16, seed=0)
+    with pytest.raises(UnitCollapseError, match="every layer keeps at least one unit" if scope == "global" else "with no unit"):
+        too_sparse.start(UnitAlgo(), MaskSet({}), {})  # at the start, not at `end`

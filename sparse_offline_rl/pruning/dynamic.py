@@ -15,7 +15,9 @@ sparse training in deep RL", and the google-research rigl code they use):
 - `gibbs`: Gibbs pruning (Labach & Valaee 2020). Training starts dense; from the first update the
   masks are drawn from a Gibbs measure over masks whose energy favours large |w|, with the target
   count in expectation and a temperature annealed towards zero; the update at `end` is the zero-
-  temperature limit (exactly the target, by magnitude).
+  temperature limit (exactly the target, by magnitude). With `pruner.structure=units` the measure is
+  over whole hidden units instead (`UnitGibbs`): `sparsity` is the fraction of hidden units removed,
+  a removed unit's incoming row and outgoing columns masked (the layers keep their width).
 
 f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant.
 SET and RigL keep each layer's count, so the ERK densities of the start hold the whole run.
@@ -31,6 +33,7 @@ updates after each step, and the training FLOPs (`density.step_flops`), with a s
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -40,12 +43,21 @@ from torch import nn
 
 from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, layer_counts, pin_pruned, top_mask
 from sparse_offline_rl.pruning.density import count_params_flops, step_flops
-from sparse_offline_rl.pruning.graph import network_members
+from sparse_offline_rl.pruning.graph import LayerGraph, network_members
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.prune import _wiring
 from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.pruning.sparse_choice import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
-from sparse_offline_rl.pruning.sparse_linear import densify_algorithm
+from sparse_offline_rl.pruning.sparse_linear import densify_, densify_algorithm
+from sparse_offline_rl.pruning.structured import (
+    check_options,
+    hidden_layers,
+    hidden_members,
+    select_units,
+    unit_graph,
+    unit_scores,
+    weight_masks,
+)
 
 DYNAMIC_PRUNERS = ("gmp", "set", "rigl", "gibbs")
 #: pruner.* options of the during-training pruners (the PaI options apply too: scope, keep_*_layer_dense).
@@ -103,10 +115,14 @@ def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
         if pruner.get(key) is not None:
             raise ValueError(f"pruner.{key} is not supported by pruner={method}: give the target as sparsity")
     if (pruner.get("structure") or "unstructured") != "unstructured":
-        # Units are removed once, at initialization; the during-training methods move single weights.
-        raise ValueError(f"pruner.structure={pruner['structure']!r} is invalid with pruner={method}: "
-                         f"{', '.join(DYNAMIC_PRUNERS)} prune single weights during training (structure=unstructured); "
-                         "whole units are pruned at initialization by the PaI pruners")
+        if method != "gibbs":
+            raise ValueError(f"pruner.structure={pruner['structure']!r} is invalid with pruner={method}: "
+                             f"{method} prunes single weights during training (structure=unstructured); whole units "
+                             "are pruned during training by pruner=gibbs and at initialization by the PaI pruners")
+        check_options(pruner)  # a known structure; scope global or layer (ERK sets weight densities, not unit counts)
+        for key in ("weight_sparsity", "keep_first_layer_dense", "keep_last_layer_dense"):
+            if pruner.get(key):  # units are masked with their whole rows and columns: no layer stays dense
+                raise ValueError(f"pruner.{key} is not supported by pruner=gibbs with pruner.structure=units")
     return out
 
 
@@ -262,6 +278,67 @@ class Gibbs(GMP):
         return out
 
 
+class UnitGibbs(Gibbs):
+    """Structured Gibbs pruning (Labach & Valaee's neuron / filter case) on masks: the measure is over
+    which hidden units stay (units as in structured.py: outputs of a Linear another Linear reads).
+
+    The networks keep their width (masks change during training): a removed unit has its incoming
+    row and its outgoing columns, in every layer reading it, masked by `MaskSet.set_masks`. A unit's
+    energy is the sum of w^2 over those weights (structured.py's aggregation of the unstructured
+    energy w^2), so a removed unit, all zeros, has energy 0 and comes back, if drawn, at zero. Each
+    group (an ensemble member's hidden units under `global`, a hidden layer under `layer`) keeps
+    its share of the target unit count in expectation, T' = T * the mean energy of the units it
+    kept; the update at `end` keeps exactly the target count by energy (`select_units`, each
+    layer's best unit first under `global`). A draw that keeps no unit of a layer keeps that layer's
+    highest-energy unit, so no layer is ever emptied (one unit over the expected count then)."""
+
+    def __init__(self, opts: Mapping[str, Any], targets: Mapping[str, float], scope: str, seed: int) -> None:
+        super().__init__(opts, targets, {}, {}, scope, seed)
+        self.unit_sparsity = 0.0  # of the networks' hidden units, at the last update
+
+    @staticmethod
+    def unit_energy(net: nn.Module, name: str) -> tuple[LayerGraph, dict[str, torch.Tensor]]:
+        """The wiring of `net` (its layers dense nn.Linear) and each hidden unit's energy."""
+        graph = unit_graph(net, name)
+        return graph, unit_scores(graph, {n: p.detach().pow(2) for n, p in prunable_parameters(net).items()})
+
+    def check(self, algo: Any, masks: MaskSet) -> None:
+        """Fail at the start, not at `end`: the wiring must be readable and the target leave a unit
+        in every hidden layer (the networks start dense, nn.Linear)."""
+        for name in masks.masks:
+            graph, energy = self.unit_energy(algo.networks()[name], name)
+            select_units(energy, hidden_members(graph), 1 - self.targets[name], self.scope, name, self.targets[name])
+
+    def new_masks(self, schedule: Schedule, step: int, algo: Any, masks: MaskSet, batch: Any) -> dict[str, dict[str, torch.Tensor]]:
+        nets = algo.networks()
+        temperature = self.temperature(schedule, step)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        kept_units = all_units = 0
+        for name, current in masks.masks.items():
+            graph, energy = self.unit_energy(nets[name], name)  # traced now: `after_step` densified the layers
+            target = self.targets[name]
+            if step == schedule.end_step:
+                units = select_units(energy, hidden_members(graph), 1 - target, self.scope, name, target)
+            else:
+                groups = hidden_members(graph) if self.scope == "global" else [[h] for h in energy]
+                units = {}
+                for layers in groups:
+                    flat = torch.cat([energy[h] for h in layers])
+                    kept = torch.cat([current[h].bool().any(1) for h in layers])  # a kept unit keeps its row
+                    scale = float(flat[kept].mean()) if bool(kept.any()) else 0.0
+                    draw = gibbs_sample(flat, keep_count(flat.numel(), 1 - target),
+                                        temperature * (scale if scale > 0 else 1.0), self.generator)
+                    units.update(zip(layers, draw.split([energy[h].numel() for h in layers])))
+                for h, drawn in units.items():  # no layer emptied: the best unit of a layer the draw emptied
+                    if not bool(drawn.any()):
+                        drawn[int(torch.argmax(energy[h]))] = True
+            out[name] = weight_masks(graph, units)
+            kept_units += sum(int(u.sum()) for u in units.values())
+            all_units += sum(u.numel() for u in units.values())
+        self.unit_sparsity = 1 - kept_units / all_units if all_units else 0.0
+        return out
+
+
 class SET:
     """Drop by magnitude, regrow at random (a generator of its own, checkpointed)."""
 
@@ -325,7 +402,9 @@ class SparseTraining:
         self.pruner = dict(pruner)
         self.opts = options(pruner)
         self.dynamic = self.method in DYNAMIC_PRUNERS
-        self.scope = pruner.get("scope") or (SCOPE if self.dynamic else "global")
+        # Unit masks during training (pruner=gibbs only, `options` checked); PaI units narrow instead.
+        self.units = self.dynamic and (pruner.get("structure") or "unstructured") == "units"
+        self.scope = pruner.get("scope") or (SCOPE if self.dynamic and not self.units else "global")
         self.schedule = Schedule.of(self.opts, steps) if self.dynamic else None
         self.targets = {n: float(s) for n, s in targets.items()}
         self.batch_size, self.kernel_mode, self.seed = int(batch_size), kernel_mode, int(seed)
@@ -341,7 +420,7 @@ class SparseTraining:
         base = {k: v for k, v in self.pruner.items() if k not in DYNAMIC_DEFAULTS}
         base["scope"] = self.scope
         if self.method in ("gmp", "gibbs"):
-            return {**base, "name": "dense"}
+            return {**base, "name": "dense", "structure": "unstructured"}  # dense: nothing narrowed
         if self.method in ("set", "rigl"):
             return {**base, "name": "random"}
         return base
@@ -355,10 +434,14 @@ class SparseTraining:
                     masks.masks[name] = {p: torch.ones_like(w) for p, w in prunable_parameters(net).items()}
             masks.bind(algo)
         self._make_rule(algo, masks)
+        if isinstance(self.rule, UnitGibbs):
+            self.rule.check(algo, masks)
         self.step_flops = step_flops(algo, masks, self.batch_size)
 
     def _make_rule(self, algo: Any, masks: MaskSet) -> None:
-        if self.method in ("gmp", "gibbs"):
+        if self.units:
+            self.rule = UnitGibbs(self.opts, self.targets, self.scope, self.seed)
+        elif self.method in ("gmp", "gibbs"):
             dense, members = {}, {}
             for name in masks.masks:
                 net = algo.networks()[name]
@@ -407,6 +490,7 @@ class SparseTraining:
             **({"drop_fraction": drop_fraction(self.opts, self.schedule.progress(step))} if self.method in ("set", "rigl") else {}),
             **({"temperature": 0.0 if step == self.schedule.end_step else self.rule.temperature(self.schedule, step)}
                if self.method == "gibbs" else {}),
+            **({"unit_sparsity": self.rule.unit_sparsity} if self.units else {}),
         })
         return self.kernels if self.kernels != old_kernels else None
 
@@ -418,6 +502,8 @@ class SparseTraining:
         networks, from the masks (a regrown weight still at zero counts as kept)."""
         if self.dynamic:
             self._refresh(report, algo, masks)
+        if self.units:
+            self._unit_report(report, algo, masks)
         kept = sum(info["kept_weights"] for info in report["networks"].values())
         total = sum(info["prunable_weights"] for info in report["networks"].values())
         report["final_sparsity"] = 1 - kept / total if total else 0.0
@@ -453,6 +539,22 @@ class SparseTraining:
         sparse_kernels = report.get("sparse_kernels", {})
         add_to_report(report, choices, sparse_kernels.get("mode", self.kernel_mode), self.batch_size)
 
+    def _unit_report(self, report: dict[str, Any], algo: Any, masks: MaskSet) -> None:
+        """structure=units: per network the kept hidden units per layer (a unit is kept when its row
+        is) and the unit sparsity; not `report["units"]`, whose layouts would narrow a resumed network."""
+        report["structure"] = "units"
+        for name, info in report["networks"].items():
+            if name not in masks.masks:
+                continue
+            dense_copy = copy.deepcopy(algo.networks()[name])
+            densify_(dense_copy)  # the final layers may be compressed, and the wiring is traced on nn.Linear
+            layers = hidden_layers(unit_graph(dense_copy, name))
+            units = {h: {"kept": int(masks.masks[name][h].bool().any(1).sum()), "total": masks.masks[name][h].shape[0]}
+                     for h in layers}
+            kept, total = (sum(u[k] for u in units.values()) for k in ("kept", "total"))
+            info.update(hidden_units_kept=units, unit_sparsity=1 - kept / total if total else 0.0,
+                        target_unit_sparsity=self.targets[name])
+
     # -- checkpoint and report -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"training_flops": self.training_flops, "updates": list(self.updates),
@@ -473,6 +575,8 @@ class SparseTraining:
         """summary.json's `sparse_training`: the method, its options and schedule, the updates."""
         out: dict[str, Any] = {"method": self.method, "during_training": self.dynamic,
                                "training_flops": self.training_flops}
+        if self.units:
+            out["structure"] = "units"
         if self.dynamic:
             assert self.schedule is not None
             out.update(options=dict(self.opts), begin_step=self.schedule.begin_step, end_step=self.schedule.end_step,
@@ -481,4 +585,4 @@ class SparseTraining:
 
 
 __all__ = ["BEGIN", "DYNAMIC_DEFAULTS", "DYNAMIC_PRUNERS", "GMP", "Gibbs", "RigL", "SET", "Schedule", "SparseTraining",
-           "drop_and_grow", "drop_fraction", "gibbs_sample", "gmp_sparsity", "options", "rewire"]
+           "UnitGibbs", "drop_and_grow", "drop_fraction", "gibbs_sample", "gmp_sparsity", "options", "rewire"]

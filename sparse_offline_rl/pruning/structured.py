@@ -91,7 +91,7 @@ def check_options(pruner: Mapping[str, Any]) -> None:
     if structure == "unstructured" and weight_sparsity is not None:
         raise ConfigError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning "
                           "reads `sparsity`)")
-    if structure == "units" and pruner.get("scope", "global") not in UNIT_SCOPES:
+    if structure == "units" and (pruner.get("scope") or "global") not in UNIT_SCOPES:
         raise ConfigError(f"pruner.scope={pruner.get('scope')!r} is invalid with pruner.structure=units: one of "
                           f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
 
@@ -161,7 +161,8 @@ def select_units(scores: Mapping[str, torch.Tensor], members: Sequence[Sequence[
     return kept
 
 
-def _members(graph: LayerGraph) -> list[list[str]]:
+def hidden_members(graph: LayerGraph) -> list[list[str]]:
+    """The hidden layers of each ensemble member (the units `global` ranks together)."""
     hidden = set(hidden_layers(graph))
     return [m for m in ([n for n in member if n in hidden] for member in graph.members()) if m]
 
@@ -171,14 +172,14 @@ def max_unit_sparsity(graph: LayerGraph, scope: str) -> float:
     units = {n: l.out_features for n, l, c in zip(graph.names, graph.layers, graph.children) if c}
     if scope == "layer":
         return 1 - 1 / min(units.values())
-    return min(1 - len(m) / sum(units[n] for n in m) for m in _members(graph))
+    return min(1 - len(m) / sum(units[n] for n in m) for m in hidden_members(graph))
 
 
 def choose_units(score: Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]], graph: LayerGraph,
                  sparsity: float, scope: str, rounds: int, network: str) -> tuple[Units, dict[str, torch.Tensor]]:
     """Kept units at `sparsity` in `rounds` steps (keep ratio d^((e+1)/E) at round e, rescoring with the
     removed units' weights masked, removed units never revived). Returns the units and last scores."""
-    members = _members(graph)
+    members = hidden_members(graph)
     density = 1 - sparsity
     kept: Units | None = None
     scores: dict[str, torch.Tensor] = {}
@@ -269,7 +270,8 @@ def network_densities(networks: Mapping[str, nn.Module], report: Mapping[str, An
 
 
 # -- the entry point ------------------------------------------------------------------------------
-def _graph(net: nn.Module, name: str) -> LayerGraph:
+def unit_graph(net: nn.Module, name: str) -> LayerGraph:
+    """The wiring structure=units needs (WiringError naming the network where it cannot be read)."""
     try:
         return layer_graph(net)
     except WiringError as err:
@@ -292,7 +294,7 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
                          "pruner.weight_sparsity cannot be combined with it")
     targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
     rounds = _rounds(method, cfg["rounds"])
-    graphs = {n: _graph(net, n) for n, net in nets.items()} if method != "dense" else {}
+    graphs = {n: unit_graph(net, n) for n, net in nets.items()} if method != "dense" else {}
     unpruned = {n: {**count_params_flops(net), "weights": sum(p.numel() for p in prunable_parameters(net).values())}
                 for n, net in nets.items()}
     searched = budget_networks(cfg, names)

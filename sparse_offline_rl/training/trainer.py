@@ -78,7 +78,8 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
         options(pruner)  # the during-training schedule (pruner=gmp|set|rigl|gibbs), refused for the others
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_value("pruner.scope", pruner.get("scope", "global"), str, choices=("global", "layer", "erk"))
+    # null: the method's own (global for PaI, erk for gmp / set / rigl / gibbs, global for gibbs units)
+    check_value("pruner.scope", pruner.get("scope"), str, choices=("global", "layer", "erk"), optional=True)
     for key in ("num_batches", "batch_size"):
         check_value(f"pruner.{key}", pruner.get(key, PRUNER_DEFAULTS[key]), int, "[1, inf)")
     check_value("pruner.rounds", pruner.get("rounds"), int, "[1, inf)", optional=True)
