@@ -109,7 +109,8 @@ def test_members_with_changing_masks_follow_their_separate_runs(tmp_path, fast_c
             {**base, "seed": 1, "pruner": {"name": "set", **schedule}},
             {**base, "seed": 2, "pruner": {"name": "gmp", "begin": 0.2, **schedule}},
             {**base, "seed": 3, "sparsity": 0.8, "pruner": {"name": "gibbs", **schedule}},
-            {**base, "seed": 4, "pruner": {"name": "snip"}}]  # a PaI member beside them: its masks stay
+            {**base, "seed": 4, "pruner": {"name": "snip"}},  # a PaI member beside them: its masks stay
+            {**base, "seed": 5, "sparsity": 0.5, "pruner": {"name": "gibbs", "structure": "units", **schedule}}]
     separate = [train(cfg, tmp_path / f"alone{k}", dataset=hopper_data) for k, cfg in enumerate(cfgs)]
     restacked = []
 
@@ -132,6 +133,7 @@ def test_members_with_changing_masks_follow_their_separate_runs(tmp_path, fast_c
         assert stacked[k]["eval"]["return_mean"] == pytest.approx(separate[k]["eval"]["return_mean"], rel=1e-4)
         updates = separate[k]["sparse_training"].get("updates", [])
         assert [u["step"] for u in updates] == ([] if k == 4 else [40, 80, 120])
+    assert stacked[5]["sparse_training"]["updates"][-1]["unit_sparsity"] == pytest.approx(0.5)
     assert stacked[0]["final_sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
@@ -230,6 +232,9 @@ def test_what_cannot_be_stacked_is_refused_in_one_line(fast_config, monkeypatch)
         check_group([fast_config])
     monkeypatch.undo()
     check_group([{**fast_config, "pruner": {"name": "gmp"}}])  # masks that change during training stack
+    check_group([{**fast_config, "pruner": {"name": "gibbs", "structure": "units"}}])  # unit masks: same width
+    with pytest.raises(ConfigError, match="pruner.structure=units cannot be stacked with pruner=snip"):
+        check_group([{**fast_config, "pruner": {"name": "snip", "structure": "units"}}])  # narrowed layers
 
 
 def test_members_whose_layers_differ_in_shape_are_refused(tmp_path, fast_config, hopper_data):

@@ -48,6 +48,7 @@ from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.evaluation.rollout import EpisodeStats, MembersPolicy, run_episodes
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import MaskSet
+from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
 from sparse_offline_rl.pruning.sparse_choice import restore_pruned
 from sparse_offline_rl.pruning.stacked import (
     Link,
@@ -92,9 +93,11 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     if cfg.get("optim", "adam") != "adam":
         return (f"optim={cfg['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a stacked tensor "
                 "would share one ratio across members; accepted: adam")
-    if (pruner.get("structure") or "unstructured") != "unstructured":
-        return (f"pruner.structure={pruner['structure']} cannot be stacked: removing whole units gives each member "
-                "layers of its own width; accepted: unstructured")
+    if (pruner.get("structure") or "unstructured") != "unstructured" and pruner.get("name") not in DYNAMIC_PRUNERS:
+        # Pruning units at initialization narrows the layers; unit Gibbs only masks them (same width).
+        return (f"pruner.structure={pruner['structure']} cannot be stacked with pruner={pruner.get('name')}: removing "
+                "whole units at initialization gives each member layers of its own width; accepted: unstructured, "
+                "or structure=units with pruner=gibbs (masks, not narrowing)")
     return None
 
 
