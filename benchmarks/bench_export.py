@@ -41,7 +41,7 @@ from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm  # noqa: E4
 from sparse_offline_rl.data.buffer import ObsNormalizer  # noqa: E402
 from sparse_offline_rl.evaluation.agent import EvalAgent  # noqa: E402
 from sparse_offline_rl.export import (MAX_ABS_DIFF, REPORTED_BATCHES, ROUNDS, candidate_artefacts,  # noqa: E402
-                                      dataset_observations, max_abs_diff, measure, runtime)
+                                      dataset_observations, exportable_policy, max_abs_diff, measure, runtime)
 from sparse_offline_rl.io import atomic_save_figure, cpu_model  # noqa: E402
 from sparse_offline_rl.pruning import prune_at_initialization  # noqa: E402
 from sparse_offline_rl.pruning.structured import network_densities  # noqa: E402
@@ -75,7 +75,7 @@ def artefacts(grid: list[tuple[str, float]], dataset: Any) -> tuple[dict[Key, by
         for fmt in dict.fromkeys(f for f, _ in VARIANTS):
             # What the export command would choose between: no CSR artefact when nothing inside the
             # layers is pruned (dense, or a narrow actor).
-            for storage, data in candidate_artefacts(agent, fmt, observations).items():
+            for storage, data in candidate_artefacts(exportable_policy(agent, observations), fmt, observations).items():
                 diff = max_abs_diff(agent, runtime(fmt, data, threads=1), observations)
                 assert diff <= MAX_ABS_DIFF, f"{structure} {fmt} {storage} s={sparsity}: actions off by {diff}"
                 out[structure, fmt, storage, sparsity] = data

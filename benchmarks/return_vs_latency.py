@@ -37,7 +37,7 @@ from sparse_offline_rl.data import load_dataset  # noqa: E402
 from sparse_offline_rl.data.envs import get_task  # noqa: E402
 from sparse_offline_rl.evaluation.agent import load_agent  # noqa: E402
 from sparse_offline_rl.export import (FORMATS, MAX_ABS_DIFF, REPORTED_BATCHES, ROUNDS, candidate_artefacts,  # noqa: E402
-                                      dataset_observations, machine, max_abs_diff, measure, runtime)
+                                      dataset_observations, exportable_policy, machine, max_abs_diff, measure, runtime)
 from sparse_offline_rl.io import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from sparse_offline_rl.report.collect import collect  # noqa: E402
 
@@ -56,7 +56,7 @@ def run_artefacts(sweep_dir: Path, fmt: str) -> tuple[list[dict[str, Any]], dict
             datasets[key] = load_dataset(cfg["dataset"], env=cfg["env"])
         agent = load_agent(job.path, dataset=datasets[key])
         observations = dataset_observations(agent)
-        for storage, data in candidate_artefacts(agent, fmt, observations).items():
+        for storage, data in candidate_artefacts(exportable_policy(agent, observations), fmt, observations).items():
             diff = max_abs_diff(agent, runtime(fmt, data, threads=1), observations)
             if not diff <= MAX_ABS_DIFF:
                 raise SystemExit(f"error: {job.path}: the {storage} artefact's actions differ by {diff:.3g}")

@@ -44,8 +44,10 @@ from sparse_offline_rl.checks import parse_overrides, to_int
 from sparse_offline_rl.errors import USER_ERRORS, ConfigError
 from sparse_offline_rl.evaluation.agent import EvalAgent, load_agent
 from sparse_offline_rl.io import atomic_write_bytes_with, atomic_write_json, cpu_model
+from sparse_offline_rl.pruning.graph import WiringError
 from sparse_offline_rl.pruning.sparse_choice import SPARSE_MARGIN, best_us
 from sparse_offline_rl.pruning.sparse_linear import csr_pattern, densify_
+from sparse_offline_rl.pruning.structured import drop_unread_units_
 
 FORMATS = {"onnx": "actor.onnx", "torchscript": "actor.pt"}
 STORAGES = ("auto", "dense", "sparse")
@@ -71,6 +73,7 @@ class Policy(nn.Module):
     def __init__(self, actor: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.actor = actor
+        self.units_removed: int | None = 0  # hidden units nothing read, left out (None: wiring not traced)
         self.register_buffer("mean", mean.detach().clone())
         self.register_buffer("std", std.detach().clone())
 
@@ -105,8 +108,7 @@ class CSRLinear(nn.Module):
 
 
 def exportable_policy(agent: EvalAgent, observations: np.ndarray) -> Policy:
-    """The agent's actor behind its normaliser, with plain dense layers (SparseLinear back to
-    nn.Linear). Only an actor whose forward is the algorithm's `act` can be exported alone: checked
+    """The agent's actor behind its normaliser, as it deploys (`deployable_`). Only an actor whose forward is the algorithm's `act` can be exported alone: checked
     on `observations` rather than assumed, since plug-ins may act otherwise."""
     name = agent.meta.get("algo", type(agent.algo).__name__)
     actor = agent.algo.networks().get("actor")
@@ -119,8 +121,19 @@ def exportable_policy(agent: EvalAgent, observations: np.ndarray) -> Policy:
         raise ExportError(f"algo '{name}' cannot be exported: its act(obs) is not its actor network's output, "
                           "so the actor alone does not give the framework's actions")
     policy = Policy(copy.deepcopy(actor), agent.normalizer.mean.cpu(), agent.normalizer.std.cpu())
-    densify_(policy)
+    policy.units_removed = deployable_(policy.actor)
     return policy.requires_grad_(False).eval()
+
+
+def deployable_(actor: nn.Module) -> int | None:
+    """Make `actor` what deploys, in place: plain dense layers (SparseLinear back to nn.Linear), without
+    the hidden units whose outgoing weights are all pruned (they compute nothing that is read).
+    Returns how many units were left out; None when the wiring cannot be traced (kept at its width)."""
+    densify_(actor)
+    try:
+        return drop_unread_units_(actor)
+    except WiringError:
+        return None
 
 
 def pruned_layers(policy: nn.Module) -> list[str]:
@@ -215,12 +228,12 @@ def measure(artefacts: Mapping[str, bytes], fmt: str, observations: np.ndarray, 
 
 
 def _pruned_actor(networks: Mapping[str, nn.Module]) -> tuple[nn.Module, torch.Tensor]:
-    """The actor of a pruning-time cost call as plain dense layers, with a batch-1 zero observation."""
+    """The actor of a pruning-time cost call as it deploys (`deployable_`), with a batch-1 zero observation."""
     actor = networks.get("actor")
     if actor is None:
         raise ExportError(f"this cost needs a network named 'actor'; networks: {', '.join(networks)}")
     actor = copy.deepcopy(actor).cpu()
-    densify_(actor)
+    deployable_(actor)
     first = next((m for m in actor.modules() if isinstance(m, nn.Linear)), None)
     if first is None:
         raise ExportError("this cost needs an actor with a Linear input layer")
@@ -276,11 +289,11 @@ def dataset_observations(agent: EvalAgent) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def candidate_artefacts(agent: EvalAgent, fmt: str, observations: np.ndarray, storage: str = "auto") -> dict[str, bytes]:
-    """{storage: serialised artefact} that an export times and chooses between: dense, and unless
-    `storage` is dense, CSR where the format has it (TorchScript) and the actor has pruned weights (a
-    narrow actor from pruner.structure=units has none: its layers are small and dense)."""
-    dense = exportable_policy(agent, observations)
+def candidate_artefacts(dense: Policy, fmt: str, observations: np.ndarray, storage: str = "auto") -> dict[str, bytes]:
+    """{storage: serialised artefact} that an export times and chooses between: `dense` (an
+    `exportable_policy`), and unless `storage` is dense, CSR where the format has it (TorchScript) and
+    the actor has pruned weights (a narrow actor from pruner.structure=units has none: its layers are
+    small and dense)."""
     policies = {"dense": dense}
     if pruned_layers(dense) and fmt == "torchscript" and storage != "dense":
         policies["sparse"] = with_sparse_storage(dense)
@@ -295,7 +308,8 @@ def export_agent(agent: EvalAgent, fmt: str, out_dir: Path | str, *, batch: int 
     """Write `out_dir/actor.<ext>` and `out_dir/actor.json`; returns the record written to the latter."""
     check_format(fmt, storage)
     observations = dataset_observations(agent)
-    artefacts = candidate_artefacts(agent, fmt, observations, storage)
+    policy = exportable_policy(agent, observations)
+    artefacts = candidate_artefacts(policy, fmt, observations, storage)
     latency = measure(artefacts, fmt, observations, threads, sorted({*REPORTED_BATCHES, batch}))
     chosen = storage if storage != "auto" else choose_storage(latency, batch)
     diff = max_abs_diff(agent, runtime(fmt, artefacts[chosen], threads), observations)
@@ -309,6 +323,7 @@ def export_agent(agent: EvalAgent, fmt: str, out_dir: Path | str, *, batch: int 
         "file": path.name,
         "bytes": path.stat().st_size,
         "storage": chosen,
+        "hidden_units_removed": policy.units_removed,
         "batch": batch,
         "latency_us": {str(b): latency[chosen][b] for b in REPORTED_BATCHES},
         "candidates": {name: {"bytes": len(data), "latency_us": {str(b): us for b, us in latency[name].items()}}

@@ -117,13 +117,16 @@ def test_actor_with_sparse_linear_layers_exports_in_either_storage(trained, tmp_
     obs = dataset_observations(agent)
     with torch.no_grad():
         expected = agent.algo.act(agent.normalizer(torch.from_numpy(obs))).numpy()
+    # The kept weights of the units something reads (at 90% random pruning many units are read by none).
+    read = [m.weight for m in export.exportable_policy(agent, obs).modules() if isinstance(m, torch.nn.Linear)]
+    assert 0 < sum(int((w != 0).sum()) for w in read) < sum(int(m.sum()) for m in masks.values())
     for storage in ("dense", "sparse"):
         record = export_agent(agent, "torchscript", tmp_path / storage, storage=storage)
         assert record["storage"] == storage
         module = torch.jit.load(tmp_path / storage / "actor.pt")
         csr = [t for t in module.state_dict().values() if t.layout == torch.sparse_csr]
-        # Sparse storage holds exactly the kept weights.
-        assert sum(t._nnz() for t in csr) == (sum(int(m.sum()) for m in masks.values()) if storage == "sparse" else 0)
+        # Sparse storage holds exactly those weights.
+        assert sum(t._nnz() for t in csr) == (sum(int((w != 0).sum()) for w in read) if storage == "sparse" else 0)
         assert np.abs(module(torch.from_numpy(obs)).numpy() - expected).max() <= MAX_ABS_DIFF
 
 
@@ -138,6 +141,29 @@ def test_storage_is_the_one_measured_faster_at_the_requested_batch(batch, chosen
     assert record["bytes"] == (tmp_path / "actor.pt").stat().st_size == record["candidates"][chosen]["bytes"]
     layouts = {t.layout for t in torch.jit.load(tmp_path / "actor.pt").state_dict().values()}
     assert (torch.sparse_csr in layouts) == (chosen == "sparse")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_units_nothing_reads_are_left_out_of_the_artefact(fmt, data_file, tmp_path):
+    """A unit Gibbs run ends with half the hidden units masked whole: the exported actor is narrower
+    by those units (and any other unit whose outgoing weights are all zero, e.g. one drawn back that
+    stayed dead) and acts as the framework does."""
+    cfg = run_config("iql", data_file, steps=60)
+    cfg.update(sparsity=0.5, pruner={"name": "gibbs", "structure": "units", "update_every": 20})
+    train(cfg, tmp_path)
+    masks = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["masks"]["actor"]
+    layers = [m for m in load_agent(tmp_path).algo.networks()["actor"].modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 3 and len(masks) == 3  # obs -> 32 -> 32 -> actions: each layer reads the one before
+    masked = sum(int((~mask.bool().any(1)).sum()) for mask in list(masks.values())[:2])
+    unread = sum(int((reader.weight == 0).all(0).sum()) for reader in layers[1:])
+    assert masked == 32 and unread >= masked  # 0.5 of the 64 hidden units
+    record = export_run(tmp_path, fmt)
+    assert record["hidden_units_removed"] == unread
+    obs, expected = framework_actions(tmp_path)
+    run = runtime(fmt, (tmp_path / "export" / record["file"]).read_bytes(), threads=1)
+    assert np.abs(run(obs) - expected).max() <= MAX_ABS_DIFF
+    policy = export.exportable_policy(load_agent(tmp_path), obs)
+    assert sum(m.out_features for m in policy.actor.modules() if isinstance(m, torch.nn.Linear)) == 64 - unread + 3
 
 
 def test_export_is_recorded_next_to_the_artefact_and_in_the_summary(trained):

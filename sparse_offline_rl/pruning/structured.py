@@ -237,6 +237,28 @@ def narrow_(module: nn.Module, layout: Mapping[str, Any]) -> list[ParamSwap]:
     return swaps
 
 
+def read_units(graph: LayerGraph) -> Units:
+    """Per hidden layer, the units that some weight still reads (nonzero in an outgoing column of a
+    layer reading it). A unit nothing reads adds exactly zero to the output, whatever its input."""
+    return {graph.names[i]: torch.stack([graph.layers[c].weight.detach() != 0 for c in children]).any(0).any(0)
+            for i, children in enumerate(graph.children) if children}
+
+
+def drop_unread_units_(net: nn.Module) -> int:
+    """Narrow `net` (plain nn.Linear layers) in place by its hidden units that nothing reads, e.g. the
+    units a unit Gibbs run or heavy pruning left with all outgoing weights zero; its outputs stay the
+    same. A layer keeps at least one unit (shapes stay valid). Returns how many units were removed."""
+    graph = layer_graph(net)
+    kept = read_units(graph)
+    for units in kept.values():
+        if not bool(units.any()):
+            units[0] = True
+    removed = sum(int((~units).sum()) for units in kept.values())
+    if removed:
+        narrow_(net, layout_of(graph, kept))
+    return removed
+
+
 def narrow_algorithm(algo: Any, layouts: Mapping[str, Mapping[str, Any]] | None) -> None:
     """Narrow each network of `algo` named in `layouts` ({network: layout}), its target copy alike
     (Polyak pairs their parameters in order), and swap the replaced parameters in its optimizers."""
