@@ -27,7 +27,7 @@ from sparse_offline_rl.data.buffer import Batch
 
 ALGOS = ["iql", "cql", "td3bc"]
 # Protocol tests also cover CQL's optional branches (Lagrange multiplier, entropy in the backup).
-VARIANTS = [("iql", {}), ("cql", {}), ("cql", {"lagrange_threshold": 1.0, "backup_entropy": True}), ("td3bc", {})]
+VARIANTS = [("iql", {}), ("iql", {"deterministic_actor": True}), ("cql", {}), ("cql", {"lagrange_threshold": 1.0, "backup_entropy": True}), ("td3bc", {})]
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "algo"
 SMALL = {"hidden": [128, 128]}  # the losses and schedules are the defaults; only the width is cut for speed
 
@@ -109,10 +109,10 @@ BANDIT_RUN = {"iql": (600, 256), "cql": (600, 64), "td3bc": (900, 256)}
 CHAIN_RUN = {"iql": (400, 64), "cql": (300, 64), "td3bc": (600, 64)}
 
 
-def bandit_result(name: str, seed: int = 0) -> tuple[float, float]:
+def bandit_result(name: str, seed: int = 0, **options) -> tuple[float, float]:
     """(mean ||act(s) - a*(s)||, fraction of states where Q(s, a*) > Q(s, a 0.5 away from a*))."""
     steps, batch_size = BANDIT_RUN[name]
-    algo = build(name, seed=seed, total_steps=steps)
+    algo = build(name, seed=seed, total_steps=steps, **options)
     train(algo, Stream(bandit(seed=seed), batch_size, seed=seed), steps)
     g = torch.Generator().manual_seed(123)
     obs = torch.rand(512, 2, generator=g) * 2 - 1
@@ -135,9 +135,9 @@ def chain_result(name: str, seed: int = 0) -> tuple[float, float]:
     return q0, q1
 
 
-@pytest.mark.parametrize("name", ALGOS)
-def test_bandit_acts_well_and_ranks_actions(name):
-    error, ranked = bandit_result(name)
+@pytest.mark.parametrize("name, options", [(name, {}) for name in ALGOS] + [("iql", {"deterministic_actor": True})])
+def test_bandit_acts_well_and_ranks_actions(name, options):
+    error, ranked = bandit_result(name, **options)
     # Behaviour cloning of this data lands near 0.6 * a*(s): a mean error of about 0.2.
     assert error < 0.1, f"{name}: mean distance of act(s) from a*(s) is {error:.3f}"
     assert ranked > 0.95, f"{name}: Q ranks a*(s) above a worse action in only {ranked:.0%} of states"

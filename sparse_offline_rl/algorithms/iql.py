@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
     OPTIMIZERS,
+    DeterministicActor,
     GaussianActor,
     TwinQ,
     ValueNet,
@@ -38,6 +39,8 @@ class IQLConfig:
     beta: float = within("[0, inf)", default=3.0)  # inverse temperature of the advantage weights
     max_exp_adv: float = within("(0, inf)", default=100.0)
     actor_cosine_schedule: bool = True  # actor lr cosine-annealed over the whole run
+    # CORL's IQL for hopper-medium(-replay): a tanh MLP actor trained by advantage-weighted squared error
+    deterministic_actor: bool = False
     normalize_obs: bool = True
     normalize_reward: bool = True  # r * 1000 / (max episode return - min episode return)
 
@@ -58,7 +61,8 @@ class IQL:
         self.config = config
         self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
         dev = torch.device(spec.device)
-        self.actor = GaussianActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
+        actor = DeterministicActor if config.deterministic_actor else GaussianActor
+        self.actor = actor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
         self.value = ValueNet(spec.obs_dim, config.hidden).to(dev)
         self.critic_target = frozen_copy(self.critic)
@@ -97,6 +101,8 @@ class IQL:
 
     def actor_loss(self, b: Batch, adv: torch.Tensor) -> torch.Tensor:
         weights = torch.exp(self.config.beta * adv).clamp(max=self.config.max_exp_adv)
+        if self.config.deterministic_actor:  # -log-likelihood of a unit-variance Gaussian, up to constants
+            return member_mean(weights * (self.actor(b.observations) - b.actions).pow(2).sum(-1), self.members)
         return -member_mean(weights * self.actor.log_prob(b.observations, b.actions), self.members)
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
