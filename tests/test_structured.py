@@ -320,3 +320,25 @@ def test_the_library_entry_point_checks_the_structure_options_too(dataset):
         prune_at_initialization(built, buffer.sample, {"name": "random", "weight_sparsity": 0.5}, 0.5)
     with pytest.raises(ValueError, match="pruner.scope='erk' is invalid with pruner.structure=units"):
         prune_at_initialization(built, buffer.sample, {"name": "random", "structure": "units", "scope": "erk"}, 0.5)
+
+
+def test_units_nothing_reads_are_dropped_until_none_is_left_exactly():
+    """drop_unread_units_: unit 3 of the second hidden layer is read by no output weight, and unit 5
+    of the first is read only by that unit: both go (the second in a second pass); unit 0 of the
+    second layer is read by one weight and stays. The outputs do not change."""
+    from sparse_offline_rl.pruning.structured import drop_unread_units_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        net[4].weight[:, 3] = 0.0
+        net[4].weight[:, 0] = 0.0
+        net[4].weight[1, 0] = 0.5
+        net[2].weight[:, 5] = 0.0
+        net[2].weight[3, 5] = 1.0
+    x = torch.randn(64, 4)
+    expected = net(x)
+    assert drop_unread_units_(net) == 2
+    assert (net[0].out_features, net[2].out_features) == (7, 5)
+    assert torch.allclose(net(x), expected, atol=1e-6, rtol=0)
+    assert drop_unread_units_(net) == 0  # nothing left to drop

@@ -247,16 +247,20 @@ def read_units(graph: LayerGraph) -> Units:
 def drop_unread_units_(net: nn.Module) -> int:
     """Narrow `net` (plain nn.Linear layers) in place by its hidden units that nothing reads, e.g. the
     units a unit Gibbs run or heavy pruning left with all outgoing weights zero; its outputs stay the
-    same. A layer keeps at least one unit (shapes stay valid). Returns how many units were removed."""
-    graph = layer_graph(net)
-    kept = read_units(graph)
-    for units in kept.values():
-        if not bool(units.any()):
-            units[0] = True
-    removed = sum(int((~units).sum()) for units in kept.values())
-    if removed:
+    same. A layer keeps at least one unit (shapes stay valid). Repeated until nothing changes: a unit
+    read only by units that were removed is unread in turn. Returns how many units were removed."""
+    total = 0
+    while True:
+        graph = layer_graph(net)
+        kept = read_units(graph)
+        for units in kept.values():
+            if not bool(units.any()):
+                units[0] = True
+        removed = sum(int((~units).sum()) for units in kept.values())
+        if not removed:
+            return total
         narrow_(net, layout_of(graph, kept))
-    return removed
+        total += removed
 
 
 def narrow_algorithm(algo: Any, layouts: Mapping[str, Mapping[str, Any]] | None) -> None:
