@@ -1,12 +1,14 @@
 """Wall time to a target return: Adam at batch 256 against LAMB at large batches (issue 17, item 3).
 
-    python benchmarks/bench_lamb.py --target-return 350 --max-steps 200000 \\
+    python benchmarks/bench_lamb.py --target-return 900,1000 --max-seconds 300 --eval-every-samples 256000 \\
         --lamb-batches 2048,4096,8192 --lamb-lr 3e-3 --seeds 0,1,2 [--algo iql] [--sparsity 0.95] [--json out.json]
 
 Each contender is one ordinary run through the trainer (`optim=`, `batch_size=` and, for LAMB, every
 network's learning rate set to `--lamb-lr`), on `--dataset` (default hopper-medium), evaluated every
-`--eval-every` steps; it stops at the first evaluation whose mean return reaches the target. The
-time reported is training time only: evaluations, diagnostics and checkpoints are left out (a step
+`--eval-every` steps, or every `--eval-every-samples` transitions (the same grid of samples, so of
+compute, for every batch size: 256000 is Adam's 1000 steps, batch 8192's 31); it records the first
+evaluation at or above each target (`--target-return`, comma-separated) and stops at the highest, at
+`--max-steps` or when its training time passes `--max-seconds`. The time reported is training time only: evaluations, diagnostics and checkpoints are left out (a step
 that follows one is counted at the previous step's duration). On a CPU a large batch makes each
 update do more work per call overhead, so fewer, slower steps can still reach the target sooner;
 the table says whether they do. With several `--seeds` every contender runs once per seed (the
@@ -36,7 +38,11 @@ LR_KEYS = ("actor_lr", "critic_lr", "value_lr")  # whichever of them the algorit
 
 
 class Reached(Exception):
-    """Raised from the evaluation that first reaches the target: the run has answered."""
+    """Raised from the evaluation that first reaches the highest target: the run has answered."""
+
+
+class OutOfTime(Exception):
+    """Raised from the step whose training time passes the contender's budget."""
 
 
 class TrainingClock:
@@ -44,8 +50,9 @@ class TrainingClock:
     except after an evaluation or checkpoint step, whose gap is charged as the previous step's. The
     first step (warm-up included) is not counted."""
 
-    def __init__(self, pause_every: int) -> None:
+    def __init__(self, pause_every: int, budget: float = float("inf")) -> None:
         self.pause_every, self.seconds, self.last, self.step_seconds = pause_every, 0.0, None, 0.0
+        self.budget = budget
         self.paused, self.step, self.counted = False, 0, 0  # counted: the steps `seconds` covers
 
     def __call__(self, info) -> None:
@@ -56,43 +63,53 @@ class TrainingClock:
             self.seconds += self.step_seconds
             self.counted += 1
         self.last, self.paused, self.step = now, info.step % self.pause_every == 0, info.step
+        if self.seconds > self.budget:
+            raise OutOfTime
 
 
-def run_contender(base: dict, optim: str, batch: int, lr: float | None, target: float, run_dir: Path) -> dict:
-    cfg = {**base, "optim": optim, "batch_size": batch, "algo": dict(base["algo"])}
+def run_contender(base: dict, optim: str, batch: int, lr: float | None, targets: list[float], run_dir: Path,
+                  eval_every_samples: int | None = None, max_seconds: float = float("inf")) -> dict:
+    cfg = {**base, "optim": optim, "batch_size": batch, "algo": dict(base["algo"]), "eval": dict(base["eval"])}
     if lr is not None:
         cfg["algo"].update({k: lr for k in LR_KEYS if k in cfg["algo"]})
-    clock = TrainingClock(min(int(cfg["eval"]["every"]), int(cfg["checkpoint_every"])))
+    if eval_every_samples:
+        cfg["eval"]["every"] = max(1, round(eval_every_samples / batch))
+    clock = TrainingClock(min(int(cfg["eval"]["every"]), int(cfg["checkpoint_every"])), max_seconds)
     evals: list[dict] = []
+    reached: dict[str, dict] = {}  # target -> the first evaluation at or above it
     evaluate = trainer.evaluate
 
     def evaluate_and_check(algo, *args, **kwargs):
         result, episodes = evaluate(algo, *args, **kwargs)
-        evals.append({"step": clock.step, "train_seconds": clock.seconds, "return_mean": result["return_mean"],
+        evals.append({"step": clock.step, "train_seconds": round(clock.seconds, 2), "return_mean": result["return_mean"],
                       "normalized_score_mean": result["normalized_score_mean"]})
-        if result["return_mean"] >= target:
+        for target in targets:
+            if result["return_mean"] >= target and f"{target:g}" not in reached:
+                reached[f"{target:g}"] = {"steps": clock.step, "train_seconds": round(clock.seconds, 2)}
+        if len(reached) == len(targets):
             raise Reached
         return result, episodes
 
     trainer.evaluate = evaluate_and_check
     try:
         trainer.train(cfg, run_dir, callbacks=[clock])
-        reached = False
-    except Reached:
-        reached = True
+    except (Reached, OutOfTime):
+        pass
     finally:
         trainer.evaluate = evaluate
-    steps = clock.step
-    return {"optim": optim, "batch_size": batch, "lr": lr, "reached": reached,
-            "steps": steps, "train_seconds": round(clock.seconds, 2),
+    return {"optim": optim, "batch_size": batch, "lr": lr, "eval_every": int(cfg["eval"]["every"]),
+            "reached": reached, "steps": clock.step, "train_seconds": round(clock.seconds, 2),
             "steps_per_sec": round(clock.counted / clock.seconds, 1) if clock.seconds else None,
             "best_return": max((e["return_mean"] for e in evals), default=None), "evals": evals}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--target-return", type=float, required=True, help="mean evaluation return to reach")
-    ap.add_argument("--max-steps", type=int, default=200_000, help="a contender that has not reached it by then stops")
+    ap.add_argument("--target-return", required=True, help="mean evaluation return(s) to reach, comma-separated")
+    ap.add_argument("--max-steps", type=int, default=200_000, help="a contender that has not reached them by then stops")
+    ap.add_argument("--max-seconds", type=float, default=float("inf"), help="each contender's training-time budget")
+    ap.add_argument("--eval-every-samples", type=int, default=None,
+                    help="evaluate every this many transitions (eval.every = this / batch), instead of --eval-every steps")
     ap.add_argument("--adam-batch", type=int, default=256)
     ap.add_argument("--lamb-batches", default="2048,4096,8192")
     ap.add_argument("--lamb-lr", type=float, default=3e-3, help="every network's learning rate under LAMB")
@@ -119,25 +136,28 @@ def main() -> None:
         base = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_lamb_"))
     contenders = [("adam", args.adam_batch, None)] + [("lamb", int(b), args.lamb_lr) for b in args.lamb_batches.split(",")]
+    targets = sorted(float(t) for t in args.target_return.split(","))
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for optim, batch, lr in contenders:
-            row = {"seed": seed, **run_contender({**base, "seed": seed}, optim, batch, lr, args.target_return,
-                                                 out / f"{optim}-b{batch}-seed{seed}")}
+            row = {"seed": seed, **run_contender({**base, "seed": seed}, optim, batch, lr, targets,
+                                                 out / f"{optim}-b{batch}-seed{seed}", args.eval_every_samples,
+                                                 args.max_seconds)}
             rows.append(row)
-            print(f"seed {seed} {optim:5s} batch {batch:5d} lr {lr or 'default':>8}: "
-                  f"{'reached' if row['reached'] else 'NOT reached'} {args.target_return:g} after {row['steps']} steps, "
-                  f"{row['train_seconds']} s of training ({row['steps_per_sec']} steps/s), best return {row['best_return']}",
-                  flush=True)
-    print(f"\n| optimizer | batch | seeds reaching {args.target_return:g} | median seconds (reached) | range | median steps |")
-    print("|---|---|---|---|---|---|")
-    for optim, batch, _ in contenders:
-        mine = [r for r in rows if r["optim"] == optim and r["batch_size"] == batch]
-        done = [r for r in mine if r["reached"]]
-        secs, steps = [r["train_seconds"] for r in done], [r["steps"] for r in done]
-        print(f"| {optim} | {batch} | {len(done)} / {len(mine)} | "
-              + (f"{statistics.median(secs):.1f} | {min(secs):.1f}-{max(secs):.1f} | {statistics.median(steps):g} |"
-                 if done else "- | - | - |"))
+            got = ", ".join(f"{t} at step {r['steps']} ({r['train_seconds']} s)" for t, r in row["reached"].items()) or "none"
+            print(f"seed {seed} {optim:5s} batch {batch:5d} lr {lr or 'default':>8}: targets reached: {got}; "
+                  f"stopped at step {row['steps']} after {row['train_seconds']} s of training "
+                  f"({row['steps_per_sec']} steps/s), best return {row['best_return']:.1f}", flush=True)
+    for target in (f"{t:g}" for t in targets):
+        print(f"\n| optimizer | batch | seeds reaching {target} | median seconds (of those) | range | median steps |")
+        print("|---|---|---|---|---|---|")
+        for optim, batch, _ in contenders:
+            mine = [r for r in rows if r["optim"] == optim and r["batch_size"] == batch]
+            done = [r["reached"][target] for r in mine if target in r["reached"]]
+            secs, steps = [d["train_seconds"] for d in done], [d["steps"] for d in done]
+            print(f"| {optim} | {batch} | {len(done)} / {len(mine)} | "
+                  + (f"{statistics.median(secs):.1f} | {min(secs):.1f}-{max(secs):.1f} | {statistics.median(steps):g} |"
+                     if done else "- | - | - |"))
     if args.json:
         meta = {"args": vars(args), "loadavg": os.getloadavg(), "threads": args.threads}
         atomic_write_json(Path(args.json), {"meta": meta, "rows": rows})
