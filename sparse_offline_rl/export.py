@@ -108,8 +108,9 @@ class CSRLinear(nn.Module):
 
 
 def exportable_policy(agent: EvalAgent, observations: np.ndarray) -> Policy:
-    """The agent's actor behind its normaliser, as it deploys (`deployable_`). Only an actor whose forward is the algorithm's `act` can be exported alone: checked
-    on `observations` rather than assumed, since plug-ins may act otherwise."""
+    """The agent's actor behind its normaliser, as it deploys (`deployable_`). Only an actor whose
+    forward is the algorithm's `act` can be exported alone: checked on `observations` rather than
+    assumed, since plug-ins may act otherwise."""
     name = agent.meta.get("algo", type(agent.algo).__name__)
     actor = agent.algo.networks().get("actor")
     if actor is None:

@@ -11,7 +11,7 @@ Layout (as in Synaptic-Flow):
 - `graph.py`: how a network's Linear layers are wired, read from its `forward`.
 - `density.py`: what pruning kept: params and FLOPs, the per-network report, the density table.
 - `masks.py`: the masks during training (re-applied by optimizer hooks, changed by `set_masks`).
-- `dynamic.py`: sparsity during training (GMP, SET, RigL): schedules, mask updates, training FLOPs.
+- `dynamic.py`: sparsity during training (GMP, SET, RigL, Gibbs): schedules, mask updates, training FLOPs.
 - `rng.py`: scoring leaves every RNG of training where it was.
 - `sparse_linear.py`, `sparse_choice.py`: compressed sparse layers for pruned networks, and the
   measured per-layer choice between them and dense-masked layers.

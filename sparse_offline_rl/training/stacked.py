@@ -261,18 +261,17 @@ def train_stacked(cfgs: Sequence[Mapping[str, Any] | DictConfig], run_dirs: Sequ
             stacked = current["stacked"]
             batch = stacked.batch(batch_size)
             metrics = stacked.algo.update(batch)
-            if any(run.sparse_training.updates_masks(step, run.masks) for run in runs):
-                # Masks change per member, through the single-run code: the stacked state goes back
-                # into the members, each changes its masks (RigL on its own rows of the batch), and
-                # the group is stacked again from them (new patterns, kernels, optimizer state).
+            # Masks change per member, through the single-run code: the stacked state goes back into
+            # the members, each changes its masks (RigL on its own rows of the batch), and the group is
+            # stacked again from them (new patterns, kernels, optimizer state). Every step: FLOPs.
+            updating = any(run.sparse_training.updates_masks(step, run.masks) for run in runs)
+            if updating:
                 stacked.sync()
-                for k, run in enumerate(runs):
-                    member_batch = Batch(*(field[k * batch_size:(k + 1) * batch_size] for field in batch))
-                    run.kernels = run.sparse_training.after_step(step, run.algo, run.masks, member_batch) or run.kernels
+            for k, run in enumerate(runs):
+                rows = Batch(*(field[k * batch_size:(k + 1) * batch_size] for field in batch)) if updating else None
+                run.kernels = run.sparse_training.after_step(step, run.algo, run.masks, rows) or run.kernels
+            if updating:
                 stacked = current["stacked"] = StackedAlgorithm(runs)
-            else:
-                for run in runs:  # each member's training FLOPs
-                    run.sparse_training.after_step(step, run.algo, run.masks, None)
             for callback in callbacks:
                 callback(StepInfo(step, stacked.algo, metrics, stacked.masks))
             return metrics

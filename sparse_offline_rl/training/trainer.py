@@ -98,9 +98,6 @@ def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
     if len(given) > 1:
         raise ConfigError("give at most one of pruner.budget_params, pruner.budget_flops and pruner.budget_cost; "
                           f"got {', '.join(given)}")
-    if pruner.get("budget_networks") is not None and pruner.get("budget_cost") is None:
-        raise ConfigError("pruner.budget_networks applies to pruner.budget_cost only (budget_params / budget_flops "
-                          "are given per network)")
     if pruner.get("budget_cost") is not None:
         from sparse_offline_rl.pruning.prune import load_cost
 
