@@ -57,6 +57,7 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "budget_networks": None,  # the networks whose sparsity a budget_cost search sets (default: all)
     "structure": "unstructured",  # or "units": whole hidden units removed (pruning/structured.py)
     "weight_sparsity": None,  # structure=units: unstructured sparsity of the narrowed layers on top
+    "unit_score": "sum",  # structure=units: summed weight scores per unit, or "gate" (snip, grasp: a unit gate's saliency)
 }
 #: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
 BUDGET_COST_TOL = 1e-3
@@ -421,10 +422,11 @@ def prune_at_initialization(
         raise ValueError(
             f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
         )
-    if cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None:
+    if (cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None
+            or cfg.get("unit_score") not in (None, "sum")):
         from sparse_offline_rl.pruning.structured import check_options, prune_units
 
-        check_options(cfg)  # a structure it knows; weight_sparsity only with units
+        check_options({"name": method, **cfg})  # a structure it knows; weight_sparsity, unit_score only with units
         return prune_units(algo, sample_batch, {"name": method, **cfg}, sparsity, seed)
     cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     scope = cfg["scope"]
