@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
+from sparse_offline_rl.report.collect import read_curve  # noqa: E402
 
 Row = Mapping[str, Any]
 
@@ -120,17 +120,6 @@ def score_vs_training_flops(groups: Sequence[Row], path: Path) -> Path:
             ax.set_ylabel("score, dataset's reference returns\n(IQM, 95% CI)" if j == 0 else "")
             ax.grid(alpha=0.3)
     return atomic_save_figure(fig, path)
-
-
-def read_curve(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    file = Path(run_dir) / "eval.csv"
-    if not file.exists():
-        return None
-    with open(file) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("normalized_score_mean") not in (None, "")]
-    if not rows:
-        return None
-    return np.array([int(r["step"]) for r in rows]), np.array([float(r["normalized_score_mean"]) for r in rows])
 
 
 def learning_curves(runs: Sequence[Row], path: Path) -> Path:
