@@ -206,3 +206,19 @@ def test_publish_copies_summaries_curves_and_configs_but_no_checkpoint(tmp_path)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         ".hydra/config.yaml", "eval.csv", "summary.json"]
     assert (out / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+
+
+def test_retained_fraction_of_dense_per_task_and_over_tasks(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        fake_run(root, "iql", "dense", 0.0, seed, 60.0)
+        fake_run(root, "iql", "snip", 0.9, seed, 60.0 if seed else 54.0)  # keeps 57/60 = 95% (IQM of 3 = mean)
+        fake_run(root, "iql", "random", 0.9, seed, 30.0)
+    result = write_report(root, reps=200)
+    text = (root / "report" / "aggregate.md").read_text()
+    assert (root / "report" / "aggregate.png").read_bytes()[:8] == PNG
+    assert "| iql | hopper-medium | 1000 | snip | 0.9 | 3 | 43.5 | 45.0 | 0.97" in text  # final = 0.75 x score
+    assert "| random | 0.9 | 1 | 3 | 0.50 [0.50, 0.50] | 0 of 1 |" in text
+    snip = next(line for line in text.splitlines() if line.startswith("| snip | 0.9 |"))
+    assert "1 of 1" in snip and "1.00 [1.00, 1.00]" in snip  # every snip run above every random run
+    assert result["paths"]["aggregate"].exists()

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_offline_rl.io import atomic_write_text
+from sparse_offline_rl.report import aggregate as aggregate_tasks
 from sparse_offline_rl.report import figures
 from sparse_offline_rl.report.against import against
 from sparse_offline_rl.report.against import to_markdown as against_markdown
@@ -36,6 +37,11 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps:
     paths["score_vs_training_flops"] = figures.score_vs_training_flops(groups, out / "score_vs_training_flops.png")
     paths["learning_curves"] = figures.learning_curves(runs, out / "learning_curves.png")
     paths["density_per_layer"] = figures.density_per_layer(runs, pruning, out / "density_per_layer.png")
+    cells = aggregate_tasks.retained_cells(runs, reps=reps)
+    if cells:  # some task has dense runs to measure the pruned ones against
+        paths["aggregate_md"] = out / "aggregate.md"
+        atomic_write_text(paths["aggregate_md"], aggregate_tasks.to_markdown(cells, aggregate_tasks.across_tasks(runs, reps=reps)))
+        paths["aggregate"] = aggregate_tasks.figure(runs, out / "aggregate.png", reps=reps)
     return {"paths": paths, "groups": groups, "runs": runs, "problems": problems, "out": out}
 
 
