@@ -1,6 +1,7 @@
 """`optim=lamb`: the LAMB step against a hand-written reference, its trust ratio on a dense-masked
 layer taken over the kept weights only, tensors with ndim <= 1 taking Adam's step (a zero-initialised
-log-std moves, a scalar changes sign), and every built-in network trained by it. Pruned weights
+log-std moves, a scalar changes sign), `algo.weight_decay` reaching it (and refused under Adam), and
+every built-in network trained by it. Pruned weights
 staying zero, exact resume and sparse kernels against dense-masked layers under LAMB are cases of
 the tests in test_training.py; a bad `optim=` value is a case of test_cli.py."""
 from __future__ import annotations
@@ -12,9 +13,11 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
-from sparse_offline_rl.algorithms.networks import FusedAdam, GaussianActor, Lamb, Scalar
+from sparse_offline_rl.algorithms.networks import FusedAdam, GaussianActor, Lamb, Scalar, make_optimizer
+from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.sparse_linear import sparsify_, swap_optimizer_params
+from sparse_offline_rl.training.trainer import validate_config
 
 BETAS, EPS = (0.9, 0.999), 1e-6
 
@@ -158,3 +161,21 @@ def test_optim_lamb_trains_every_network_of_every_built_in_with_lamb():
         assert all(kind in (Lamb, FusedAdam) for kind in owned.values())
         default = make_algorithm(name, ProblemSpec(11, 3), {"hidden": [16, 16]})
         assert all(type(opt) is FusedAdam for opt in default.optimizers().values())
+
+
+def test_algo_weight_decay_reaches_every_lamb_network_and_is_refused_under_adam(fast_config):
+    for name in ("iql", "td3bc", "cql"):
+        algo = make_algorithm(name, ProblemSpec(11, 3, optim="lamb"), {"hidden": [16, 16], "weight_decay": 0.01})
+        lambs = [opt for opt in algo.optimizers().values() if isinstance(opt, Lamb)]
+        assert len(lambs) == len(algo.networks()), name
+        for opt in lambs:  # the weight matrices decay; biases and log-std parameters do not
+            assert [(g["trust_ratio"], g["weight_decay"]) for g in opt.param_groups] == [(True, 0.01), (False, 0.0)]
+    with pytest.raises(ValueError, match="weight_decay=0.01 is invalid with optim=adam"):
+        make_optimizer(nn.Linear(2, 2), 1e-3, "adam", weight_decay=0.01)
+    decayed = {**fast_config, "algo": {"name": "iql", "weight_decay": 0.01}}
+    with pytest.raises(ConfigError, match=r"^algo.weight_decay=0.01 is invalid with optim=adam: .*0 is required unless optim=lamb$"):
+        validate_config(decayed)
+    with pytest.raises(ConfigError, match=r"^algo.weight_decay=-1 is invalid: a number >= 0 is required"):
+        validate_config({**fast_config, "optim": "lamb", "algo": {"name": "iql", "weight_decay": -1}})
+    # Accepted under LAMB, also where a per-network mapping makes the check build the networks.
+    validate_config({**decayed, "optim": "lamb", "sparsity": {"actor": 0.9, "default": 0.5}})
