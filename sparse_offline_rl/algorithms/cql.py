@@ -44,6 +44,7 @@ class CQLConfig:
     # Chosen for short CPU runs; its effect on sparse actors has not been measured here.
     actor_lr: float = within("(0, inf)", default=1e-4)
     critic_lr: float = within("(0, inf)", default=3e-4)
+    weight_decay: float = within("[0, inf)", default=0.0)  # LAMB's decoupled decay of weight matrices (optim=lamb only)
     # SAC temperature; None: the actor's lr, as CORL does (its temperature optimizer uses policy_lr).
     alpha_lr: float | None = within("(0, inf)", default=None)
     discount: float = within("(0, 1]", default=0.99)
@@ -93,10 +94,10 @@ class CQL:
                 cql_reference_init(q, orthogonal=True)
         self.critic_target = frozen_copy(self.critic)
         self.log_alpha = Scalar(config.init_log_alpha).to(dev)
-        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
-        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
-        # The temperature and the Lagrange multiplier are single numbers: a per-tensor trust ratio
-        # would make their steps multiplicative in their size, so they keep Adam under optim=lamb.
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim, config.weight_decay)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim, config.weight_decay)
+        # The temperature and the Lagrange multiplier are single numbers, to which LAMB would give
+        # Adam's step anyway (no trust ratio below 2-D): they keep Adam, without weight decay.
         self.alpha_opt = adam(self.log_alpha, config.actor_lr if config.alpha_lr is None else config.alpha_lr)
         self.target_entropy = -float(spec.act_dim) if config.target_entropy is None else config.target_entropy
         # CORL initialises the Lagrange multiplier's log at 1.0.

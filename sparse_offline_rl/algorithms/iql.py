@@ -33,6 +33,7 @@ class IQLConfig:
     actor_lr: float = within("(0, inf)", default=3e-4)
     critic_lr: float = within("(0, inf)", default=3e-4)
     value_lr: float = within("(0, inf)", default=3e-4)
+    weight_decay: float = within("[0, inf)", default=0.0)  # LAMB's decoupled decay of weight matrices (optim=lamb only)
     discount: float = within("(0, 1]", default=0.99)
     tau: float = within("(0, 1]", default=0.005)  # Polyak rate of the target critic
     expectile: float = within("(0, 1)", default=0.7)
@@ -66,9 +67,9 @@ class IQL:
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
         self.value = ValueNet(spec.obs_dim, config.hidden).to(dev)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
-        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
-        self.value_opt = make_optimizer(self.value, config.value_lr, spec.optim)
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim, config.weight_decay)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim, config.weight_decay)
+        self.value_opt = make_optimizer(self.value, config.value_lr, spec.optim, config.weight_decay)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.actor_opt, T_max=max(1, spec.total_steps) if config.actor_cosine_schedule else 10**12
         )

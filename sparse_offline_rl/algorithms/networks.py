@@ -326,6 +326,13 @@ class Lamb(torch.optim.Optimizer):
     u = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, and per parameter tensor the trust ratio
     ||w|| / ||u|| (1 when either norm is 0): w <- w - lr * ratio * u.
 
+    Only weight matrices take the ratio and the weight decay. Given tensors rather than groups,
+    Lamb puts those with ndim <= 1 (biases, IQL's log-std vector, CQL's log-std scalars) in a group
+    with `trust_ratio` off and no weight decay, so they take Adam's step: under the ratio a tensor
+    that starts at zero stays near zero (each step is lr times its own size) and a scalar can never
+    change sign. The split is made here, by shape, once: a later sparse-kernel swap replaces a
+    matrix by its 1-D CSR values within the same group, so it keeps the ratio.
+
     The state uses Adam's names (`step`, `exp_avg`, `exp_avg_sq`), so mask enforcement and the
     sparse-kernel parameter swap treat it as they treat Adam's.
     """
@@ -336,7 +343,8 @@ class Lamb(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "trust_ratio": True}
+        super().__init__(lamb_groups(params), defaults)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -346,44 +354,64 @@ class Lamb(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if not self.state[p]:
-                    self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                     "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            states = [self.state[p] for p in params]
-            grads = [p.grad for p in params]
-            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            beta1, beta2 = group["betas"]
-            steps = [s["step"] for s in states]
-            torch._foreach_add_(steps, 1)
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-            counts = [float(t) for t in steps]
-            denom = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** n for n in counts])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])
-            update = torch._foreach_div(exp_avgs, [1 - beta1 ** n for n in counts])
-            torch._foreach_div_(update, denom)
-            if group["weight_decay"]:
-                torch._foreach_add_(update, params, alpha=group["weight_decay"])
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if not self.state[p]:
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        states = [self.state[p] for p in params]
+        grads = [p.grad for p in params]
+        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        beta1, beta2 = group["betas"]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        counts = [float(t) for t in steps]
+        denom = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** n for n in counts])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(exp_avgs, [1 - beta1 ** n for n in counts])
+        torch._foreach_div_(update, denom)
+        if group["weight_decay"]:
+            torch._foreach_add_(update, params, alpha=group["weight_decay"])
+        if group["trust_ratio"]:
             w_norm = torch.stack(torch._foreach_norm(params))
             u_norm = torch.stack(torch._foreach_norm(update))
             ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
             torch._foreach_mul_(update, list((ratio * -group["lr"]).unbind()))
-            torch._foreach_add_(params, update)
-        return loss
+        else:
+            torch._foreach_mul_(update, -group["lr"])
+        torch._foreach_add_(params, update)
+
+
+def lamb_groups(params) -> list[dict]:
+    """Lamb's parameter groups: explicit groups as given; plain tensors split into the matrices
+    (trust ratio and weight decay from the defaults) and the rest (neither)."""
+    params = list(params)
+    if any(isinstance(p, dict) for p in params):
+        return params
+    matrices = [p for p in params if p.ndim >= 2]
+    vectors = [p for p in params if p.ndim < 2]
+    groups = [{"params": matrices}, {"params": vectors, "trust_ratio": False, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 OPTIMIZERS = ("adam", "lamb")
 
 
-def make_optimizer(module: nn.Module, lr: float, kind: str = "adam") -> torch.optim.Optimizer:
-    """The optimizer of one network, by the run's `optim=` choice (the built-ins' one switch)."""
+def make_optimizer(module: nn.Module, lr: float, kind: str = "adam", weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer of one network, by the run's `optim=` choice (the built-ins' one switch);
+    `weight_decay` (`algo.weight_decay`) is LAMB's decoupled decay of the weight matrices."""
     if kind == "adam":
+        if weight_decay:
+            raise ValueError(f"weight_decay={weight_decay!r} is invalid with optim=adam: it is LAMB's (optim=lamb); 0 is required")
         return adam(module, lr)
     if kind == "lamb":
-        return Lamb(module.parameters(), lr=lr)
+        return Lamb(module.parameters(), lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optim={kind!r} is invalid; accepted: {', '.join(OPTIMIZERS)}")

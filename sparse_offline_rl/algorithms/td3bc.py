@@ -33,6 +33,7 @@ class TD3BCConfig:
     hidden: list[int] = within("[1, inf)", default_factory=lambda: [256, 256])  # actor and each critic
     actor_lr: float = within("(0, inf)", default=3e-4)
     critic_lr: float = within("(0, inf)", default=3e-4)
+    weight_decay: float = within("[0, inf)", default=0.0)  # LAMB's decoupled decay of weight matrices (optim=lamb only)
     discount: float = within("(0, 1]", default=0.99)
     tau: float = within("(0, 1]", default=0.005)  # Polyak rate of the target actor and critic
     alpha: float = within("[0, inf)", default=2.5)  # weight of the Q term relative to BC (after dividing by mean |Q|)
@@ -59,8 +60,8 @@ class TD3BC:
         self.critic = TwinQ(spec.obs_dim, spec.act_dim, config.hidden).to(dev)
         self.actor_target = frozen_copy(self.actor)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim)
-        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim)
+        self.actor_opt = make_optimizer(self.actor, config.actor_lr, spec.optim, config.weight_decay)
+        self.critic_opt = make_optimizer(self.critic, config.critic_lr, spec.optim, config.weight_decay)
         self.noise = NoiseSource(dev)  # target policy smoothing noise, checkpointed for exact resume
         self.step = 0  # critic updates done; decides when the delayed actor update happens
 

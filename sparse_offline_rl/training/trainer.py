@@ -120,7 +120,8 @@ def check_network_mappings(cfg: Mapping[str, Any]) -> None:
         return
     task = get_task(cfg["env"])
     with torch.random.fork_rng(devices=[]):
-        names = list(make_algorithm(cfg["algo"]["name"], ProblemSpec(task.obs_dim, task.act_dim), cfg["algo"]).networks())
+        spec = ProblemSpec(task.obs_dim, task.act_dim, optim=cfg.get("optim", "adam"))  # optim: algo.weight_decay needs lamb
+        names = list(make_algorithm(cfg["algo"]["name"], spec, cfg["algo"]).networks())
     from sparse_offline_rl.pruning import per_network
     from sparse_offline_rl.pruning.prune import budget_networks
 
@@ -130,6 +131,16 @@ def check_network_mappings(cfg: Mapping[str, Any]) -> None:
         budget_networks(cfg["pruner"], names)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_weight_decay(cfg: Mapping[str, Any], supported: Sequence[str]) -> None:
+    """`algo.weight_decay` (range checked with the other algo keys) is LAMB's: under Adam it would be
+    silently ignored. Only for algorithms that build their optimizers with `make_optimizer` (they
+    accept lamb); a plug-in's own `weight_decay` means whatever it says."""
+    decay, optim = cfg["algo"].get("weight_decay", 0.0), cfg.get("optim", "adam")
+    if "lamb" in supported and decay and optim != "lamb":
+        raise ConfigError(f"algo.weight_decay={decay!r} is invalid with optim={optim}: it is LAMB's decoupled weight "
+                          f"decay; 0 is required unless optim=lamb")
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
@@ -164,6 +175,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"optim={cfg['optim']!r} is invalid for algo={cfg['algo']['name']}: it builds its own "
                           f"optimizers ({', '.join(supported)}); a plug-in opts in by setting `supported_optimizers` "
                           f"and building them with `make_optimizer(..., spec.optim)`")
+    check_weight_decay(cfg, supported)
     for key in ("resume", "tensorboard", "progress", "verbose"):
         check_value(key, cfg.get(key, False), bool)
     check_network_mappings(cfg)
