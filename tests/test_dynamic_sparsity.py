@@ -171,6 +171,25 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest():
         assert torch.equal(masks.masks["net"][name].bool().view(-1), expected), name
 
 
+def test_a_rigl_checkpoint_that_counted_the_separate_pass_is_recounted_on_resume():
+    """Checkpoints from before the Evci et al. count hold the separate-pass figure as `training_flops`."""
+    algo = TinyAlgo()
+    masks = MaskSet({"net": {n: torch.rand(p.shape) < 0.3 for n, p in prunable_parameters(algo.net).items()}}).bind(algo)
+    opts = {"name": "rigl", "update_every": 10}
+    training = SparseTraining(opts, 100, {"net": 0.7}, 16, seed=0)
+    training.start(algo, masks, {})
+    for step in range(1, 31):
+        algo.update(torch.randn(16, 4))
+        training.after_step(step, algo, masks, torch.randn(16, 4))
+    state = training.state_dict()
+    assert len(state["updates"]) == 3 and state["training_flops_separate_pass"] > state["training_flops"]
+    old = {"training_flops": state["training_flops_separate_pass"], "updates": state["updates"], "generator": state["generator"]}
+    resumed = SparseTraining(opts, 100, {"net": 0.7}, 16, seed=0)
+    resumed.load_state_dict(old, algo, masks, {})
+    for key in ("training_flops", "training_flops_separate_pass", "updates"):
+        assert resumed.state_dict()[key] == state[key], key
+
+
 class ForwardCheck:
     """A global forward pre-hook: every Linear / SparseLinear forward of the run's networks (online
     and target, whatever objects the layers are after a rebuild) is checked against the current
@@ -294,8 +313,10 @@ def test_resume_across_a_mask_update_is_bit_exact(tmp_path, fast_config, hopper_
 
 def test_training_flops_follow_the_flop_model(tmp_path, fast_config, hopper_data):
     """PaI: steps x (3 x forward FLOPs x batch per network + one forward per target network) at the
-    pruned density. RigL: the same at its (constant) density plus one dense forward + backward per
-    network at each update. GMP costs more than either: dense until 20%."""
+    pruned density. RigL: the same at its (constant) density plus, at each update, the dense gradient
+    as Evci et al. 2020 count it (the update step's weight gradient dense: f_D - f_S per sample and
+    network, i.e. 2 x pruned weights), and beside it, labelled, as this code runs it (a separate dense
+    forward + backward, 3 f_D). GMP costs more than either: dense until 20%."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 
     cfg = {**fast_config, "steps": 40, "sparse_kernels": "dense", "eval": {**fast_config["eval"], "every": 40, "episodes": 1}}
@@ -308,8 +329,13 @@ def test_training_flops_follow_the_flop_model(tmp_path, fast_config, hopper_data
         return sum(3 * f for f in per_net.values()) + per_net["critic"]  # IQL's one target network: the critic
 
     assert runs["random"]["training_flops"] == 40 * flops_per_step(runs["random"])
+    # Updates at 10, 20, 30. By hand: a dense weight gradient in place of the sparse one costs 2 FLOPs
+    # per pruned weight and sample (biases cancel).
+    pruned = sum(n["prunable_weights"] - n["kept_weights"] for n in runs["rigl"]["pruning"]["networks"].values())
+    assert runs["rigl"]["training_flops"] == 40 * flops_per_step(runs["rigl"]) + 3 * 2 * pruned * cfg["batch_size"]
+    assert runs["rigl"]["sparse_training"]["dense_gradient_counted_as"] == "evci2020"
     dense_grad = sum(3 * cfg["batch_size"] * count_params_flops(net)["flops_dense"] for net in nets.values())
-    assert runs["rigl"]["training_flops"] == 40 * flops_per_step(runs["rigl"]) + 3 * dense_grad  # updates at 10, 20, 30
+    assert runs["rigl"]["sparse_training"]["training_flops_separate_pass"] == 40 * flops_per_step(runs["rigl"]) + 3 * dense_grad
     assert runs["gmp"]["training_flops"] > runs["rigl"]["training_flops"] > runs["random"]["training_flops"]
     assert runs["gmp"]["final_sparsity"] == pytest.approx(runs["random"]["final_sparsity"], abs=1e-3)
 

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, layer_counts, pin_pruned, top_mask
-from sparse_offline_rl.pruning.density import count_params_flops, step_flops
+from sparse_offline_rl.pruning.density import count_params_flops, dense_gradient_flops, step_flops
 from sparse_offline_rl.pruning.graph import LayerGraph, network_members
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.prune import _wiring
@@ -411,7 +411,8 @@ class SparseTraining:
         self.rule: Any = None
         self.kernels: dict[str, dict[str, str]] = {}
         self.choices: dict[str, dict[str, LayerChoice]] | None = None  # the last re-choice, this process
-        self.training_flops = 0
+        self.training_flops = 0  # RigL's dense gradient as Evci et al. count it (`density.dense_gradient_flops`)
+        self.training_flops_separate_pass = 0  # the same with it as the separate pass this code runs
         self.step_flops = 0
         self.updates: list[dict[str, Any]] = []
 
@@ -467,11 +468,11 @@ class SparseTraining:
     def after_step(self, step: int, algo: Any, masks: MaskSet, batch: Any) -> dict[str, dict[str, str]] | None:
         """Count the step's FLOPs; at an update step change the masks. Returns the kernels if they changed."""
         self.training_flops += self.step_flops
+        self.training_flops_separate_pass += self.step_flops
         if not self.updates_masks(step, masks):
             return None
-        extra = 0
-        if self.method == "rigl":  # the dense gradient: one dense forward + backward per network
-            extra = sum(3 * self.batch_size * count_params_flops(algo.networks()[n], {})["flops_dense"] for n in masks.masks)
+        # RigL's dense gradient, at the masks it is taken under (each layer keeps its count, so the same after)
+        extra = dense_gradient_flops(algo, masks, self.batch_size) if self.method == "rigl" else {}
         densify_algorithm(algo, list(masks.masks))  # dense weights and gradients for the rule
         new = self.rule.new_masks(self.schedule, step, algo, masks, batch)
         old_kernels = self.kernels
@@ -479,7 +480,8 @@ class SparseTraining:
             self.choices = choose_kernels(algo, MaskSet(new), self.batch_size, self.kernel_mode)
             self.kernels = kernels_of(self.choices)
         changes = rewire(algo, masks, new, self.kernels)
-        self.training_flops += extra
+        self.training_flops += extra.get("evci2020", 0)
+        self.training_flops_separate_pass += extra.get("separate_pass", 0)
         self.step_flops = step_flops(algo, masks, self.batch_size)
         kept = sum(int(m.sum()) for pm in masks.masks.values() for m in pm.values())
         total = sum(m.numel() for pm in masks.masks.values() for m in pm.values())
@@ -557,7 +559,8 @@ class SparseTraining:
 
     # -- checkpoint and report -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"training_flops": self.training_flops, "updates": list(self.updates),
+        return {"training_flops": self.training_flops, "training_flops_separate_pass": self.training_flops_separate_pass,
+                "updates": list(self.updates),
                 "generator": self.rule.generator.get_state() if hasattr(self.rule, "generator") else None}
 
     def load_state_dict(self, state: Mapping[str, Any] | None, algo: Any, masks: MaskSet,
@@ -568,6 +571,12 @@ class SparseTraining:
         self.step_flops = step_flops(algo, masks, self.batch_size)
         if state:
             self.training_flops, self.updates = int(state["training_flops"]), list(state["updates"])
+            self.training_flops_separate_pass = int(state.get("training_flops_separate_pass", self.training_flops))
+            if "training_flops_separate_pass" not in state and self.method == "rigl":
+                # Written when `training_flops` counted the separate pass: recount each update Evci et al.'s
+                # way (the masks' counts have not changed since, RigL keeps them).
+                extra = dense_gradient_flops(algo, masks, self.batch_size)
+                self.training_flops -= len(self.updates) * (extra["separate_pass"] - extra["evci2020"])
             if state.get("generator") is not None and hasattr(self.rule, "generator"):
                 self.rule.generator.set_state(state["generator"])
 
@@ -575,6 +584,8 @@ class SparseTraining:
         """summary.json's `sparse_training`: the method, its options and schedule, the updates."""
         out: dict[str, Any] = {"method": self.method, "during_training": self.dynamic,
                                "training_flops": self.training_flops}
+        if self.method == "rigl":  # both counts of the dense gradient, labelled (`density.dense_gradient_flops`)
+            out.update(dense_gradient_counted_as="evci2020", training_flops_separate_pass=self.training_flops_separate_pass)
         if self.units:
             out["structure"] = "units"
         if self.dynamic:
