@@ -57,11 +57,11 @@ def test_schedules_follow_the_references():
     assert sparsity[1000] == sparsity[2000] == 0.0
     assert sparsity[5000] == pytest.approx(0.9 * (1 - 0.5 ** 3))
     assert sparsity[8000] == sparsity[9000] == pytest.approx(0.9)
-    # Drop fraction: 0.1 cosine-decayed to 0 at the end (constant on request).
+    # Drop fraction: the SAC config's init_drop_fraction 0.5, cosine-decayed to 0 at the end (constant on request).
     opts = options({"name": "set"})
     schedule = Schedule.of(opts, 10_000)
-    assert [drop_fraction(opts, schedule.progress(s)) for s in (0, 4000, 8000)] == pytest.approx([0.1, 0.05, 0.0])
-    assert drop_fraction(options({"name": "set", "drop_decay": "constant"}), 0.7) == 0.1
+    assert [drop_fraction(opts, schedule.progress(s)) for s in (0, 4000, 8000)] == pytest.approx([0.5, 0.25, 0.0])
+    assert drop_fraction(options({"name": "set", "drop_decay": "constant"}), 0.7) == 0.5
 
 
 @pytest.mark.parametrize("pruner, message", [

@@ -19,7 +19,9 @@ sparse training in deep RL", and the google-research rigl code they use):
   over whole hidden units instead (`UnitGibbs`): `sparsity` is the fraction of hidden units removed,
   a removed unit's incoming row and outgoing columns masked (the layers keep their width).
 
-f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant.
+f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant; the
+default drop_fraction 0.5 is the reference's for SAC on MuJoCo (rigl/rl/tfagents/configs/
+sac_mujoco_sparse_config.gin: init_drop_fraction, cosine, update_freq 1000, last update at 80%).
 SET and RigL keep each layer's count, so the ERK densities of the start hold the whole run.
 
 One mask mechanism: `MaskSet.set_masks` changes masks (dropped weights become zero, regrown ones
@@ -65,7 +67,7 @@ DYNAMIC_DEFAULTS: dict[str, Any] = {
     "update_every": 1000,       # steps between mask updates
     "begin": None,              # fraction of training where updates start; None: the method's own
     "end": 0.8,                 # fraction of training of the last update
-    "drop_fraction": 0.1,       # SET / RigL: fraction of each layer's kept weights dropped at an update
+    "drop_fraction": 0.5,       # SET / RigL: fraction of each layer's kept weights dropped at the first update
     "drop_decay": "cosine",     # SET / RigL: cosine | constant
     "temperature_start": 1.0,   # Gibbs: temperature of the first update (relative to the mean kept w^2)
     "temperature_end": 0.01,    # Gibbs: of the last sampled update (the one at `end` is at zero)
