@@ -62,6 +62,10 @@ def test_schedules_follow_the_references():
     schedule = Schedule.of(opts, 10_000)
     assert [drop_fraction(opts, schedule.progress(s)) for s in (0, 4000, 8000)] == pytest.approx([0.5, 0.25, 0.0])
     assert drop_fraction(options({"name": "set", "drop_decay": "constant"}), 0.7) == 0.5
+    # The sparse starts re-draw their kept weights to their fans under the mask (fixed_sparse_init = True).
+    for name in ("set", "rigl"):
+        assert SparseTraining({"name": name}, 10_000, {"net": 0.9}, 8, seed=0).initial_pruner()["sparse_init"] is True
+        assert SparseTraining({"name": name, "sparse_init": False}, 10, {"net": 0.9}, 8, seed=0).initial_pruner()["sparse_init"] is False
 
 
 @pytest.mark.parametrize("pruner, message", [
@@ -80,6 +84,9 @@ def test_schedules_follow_the_references():
      r"pruner.scope='erk' is invalid with pruner.structure=units: one of global, layer is required"),
     ({"name": "gibbs", "structure": "units", "keep_last_layer_dense": True},
      r"pruner.keep_last_layer_dense is not supported by pruner=gibbs with pruner.structure=units"),
+    ({"name": "gmp", "sparse_init": True}, r"pruner.sparse_init applies to set, rigl and the pruners at initialization, not to pruner=gmp"),
+    ({"name": "snip", "sparse_init": "yes"}, r"pruner.sparse_init='yes' is invalid: true or false is required"),
+    ({"name": "snip", "structure": "units", "sparse_init": True}, r"pruner.sparse_init is not offered with pruner.structure=units"),
 ])
 def test_bad_schedule_options_fail_in_one_line(fast_config, pruner, message):
     with pytest.raises(ConfigError, match=message):

@@ -112,6 +112,8 @@ def format_density_table(report: Mapping[str, Any]) -> str:
         if report.get("num_batches"):
             head += f", {report['num_batches']} x {report['batch_size']} transitions"
         head += f", {report.get('scoring_seconds', 0.0):.2f} s)"
+        if report.get("sparse_init"):
+            head += "; kept weights re-drawn to their fans under the mask (sparse_init)"
     kernels = report.get("sparse_kernels")
     rows: list[tuple[str, ...]] = [("network", "layer", "shape", "kept / total", "density")
                                    + (("kernel (sparse speedup)",) if kernels else ())]

@@ -8,8 +8,9 @@ sparse training in deep RL", and the google-research rigl code they use):
   weight magnitude to the cubic schedule s_t = s_f (1 - (1 - p)^3), p the progress from begin to
   end; the last update, at `end`, reaches the target s_f exactly.
 - `set`: Sparse Evolutionary Training (Mocanu et al. 2018). Starts sparse (random masks with `scope`
-  densities, default ERK); every `update_every` steps until `end` each layer drops the fraction
-  f_t of its kept weights with the smallest magnitude and regrows as many at random.
+  densities, default ERK, the kept weights re-drawn to their fans under the mask unless
+  `sparse_init=false`: `pruning/sparse_init.py`); every `update_every` steps until `end` each layer
+  drops the fraction f_t of its kept weights with the smallest magnitude and regrows as many at random.
 - `rigl`: Rigging the Lottery (Evci et al. 2020). As `set`, but regrows where the dense gradient
   |dL/dW| of the network's own loss (`algo.saliency_loss`, on the step's batch) is largest.
 - `gibbs`: Gibbs pruning (Labach & Valaee 2020). Training starts dense; from the first update the
@@ -50,6 +51,7 @@ from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.prune import _wiring
 from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.pruning.sparse_choice import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
+from sparse_offline_rl.pruning.sparse_init import check as check_sparse_init
 from sparse_offline_rl.pruning.sparse_linear import densify_, densify_algorithm
 from sparse_offline_rl.pruning.structured import (
     check_options,
@@ -74,6 +76,9 @@ DYNAMIC_DEFAULTS: dict[str, Any] = {
 }
 #: Where each method starts updating (GMP: prune from 20%; the others change masks from the start).
 BEGIN = {"gmp": 0.2, "set": 0.0, "rigl": 0.0, "gibbs": 0.0}
+#: pruner.sparse_init when not given: on for the sparse starts, as the reference's fixed_sparse_init
+#: (the PaI pruners default to off, prune.PRUNER_DEFAULTS: the SSP protocol keeps the dense init).
+SPARSE_INIT = {"set": True, "rigl": True}
 #: The options only some methods read; the others refuse them.
 METHOD_OPTIONS = {"drop_fraction": ("set", "rigl"), "drop_decay": ("set", "rigl"),
                   "temperature_start": ("gibbs",), "temperature_end": ("gibbs",)}
@@ -85,6 +90,9 @@ DECAYS = ("cosine", "constant")
 def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
     """The during-training options of `pruner` with defaults filled in; ValueError names a bad one."""
     method = pruner["name"]
+    if check_sparse_init(pruner) and method in ("gmp", "gibbs"):
+        raise ValueError(f"pruner.sparse_init applies to set, rigl and the pruners at initialization, not to "
+                         f"pruner={method}: it starts dense, with no mask to scale the initialisation to")
     given = {k: pruner.get(k) for k in DYNAMIC_DEFAULTS if pruner.get(k) is not None}
     if method not in DYNAMIC_PRUNERS:
         if given:
@@ -419,13 +427,15 @@ class SparseTraining:
         self.updates: list[dict[str, Any]] = []
 
     def initial_pruner(self) -> dict[str, Any]:
-        """What prunes at initialization: GMP and Gibbs start dense, SET / RigL random with the run's scope."""
+        """What prunes at initialization: GMP and Gibbs start dense, SET / RigL random with the run's scope
+        and, unless pruner.sparse_init=false, the kept weights re-drawn to their fans under the mask."""
         base = {k: v for k, v in self.pruner.items() if k not in DYNAMIC_DEFAULTS}
         base["scope"] = self.scope
         if self.method in ("gmp", "gibbs"):
-            return {**base, "name": "dense", "structure": "unstructured"}  # dense: nothing narrowed
+            return {**base, "name": "dense", "structure": "unstructured", "sparse_init": False}  # dense: nothing narrowed
         if self.method in ("set", "rigl"):
-            return {**base, "name": "random"}
+            given = self.pruner.get("sparse_init")
+            return {**base, "name": "random", "sparse_init": SPARSE_INIT[self.method] if given is None else given}
         return base
 
     def start(self, algo: Any, masks: MaskSet, kernels: Mapping[str, Mapping[str, str]]) -> None:
