@@ -21,7 +21,7 @@ from sparse_offline_rl.data.buffer import Batch, TransitionBuffer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.errors import ConfigError, DatasetError, UnknownNameError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2.0: every random stream derived from (seed, purpose); results at a seed changed
 
 __all__ = [
     "ENTRY_POINT_GROUP",

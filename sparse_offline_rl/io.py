@@ -1,13 +1,16 @@
 """Atomic file writes: a reader never sees a half-written result, checkpoint or summary. Also the
-machine-level helpers results depend on: the cache folder, a lock between processes, the CPU model."""
+machine-level helpers results depend on: the cache folder, a lock between processes, the CPU model,
+the code version."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import pickle
 import platform
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -145,3 +148,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code a result came from: the package version and, in a git checkout, the commit and whether
+    tracked files differed from it (a long study runs from a worktree at a fixed commit)."""
+    from importlib import metadata
+
+    try:
+        version: str | None = metadata.version("sparse-offline-rl")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        version = None
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"version": version, "commit": commit, "dirty": None if status is None else bool(status)}

@@ -145,3 +145,80 @@ def test_training_flops_are_tabulated_and_drawn(tmp_path):
     table = out["paths"]["results_md"].read_text()
     assert "| final sparsity | training FLOPs |" in table and "| 0.9000 | 3.75e+12 |" in table
     assert out["paths"]["score_vs_training_flops"].read_bytes().startswith(PNG)
+
+
+def moved(run: Path, **fields) -> Path:
+    """A fake run with other summary fields (dataset, steps)."""
+    summary = json.loads((run / "summary.json").read_text())
+    atomic_write_json(run / "summary.json", {**summary, **fields})
+    return run
+
+
+def test_the_final_score_is_the_mean_of_the_last_three_evaluations_and_the_best_is_reported(tmp_path):
+    run = fake_run(tmp_path / "sweep", "iql", "snip", 0.9, 0, 40.0)
+    (run / "eval.csv").write_text("step,kind,normalized_score_mean\n"
+                                  + "".join(f"{s},eval,{v}\n" for s, v in ((250, 10), (500, 60), (750, 20), (1000, 40))))
+    (row,) = write_report(tmp_path / "sweep", reps=100)["runs"]
+    assert row["score_final"] == pytest.approx(40.0) and row["score_best"] == 60.0  # (60 + 20 + 40) / 3
+    assert row["score"] == 40.0  # the summary's last evaluation is still reported as it was
+
+
+def test_a_sweep_is_set_beside_the_reference_of_the_same_cell_and_cells_without_one_say_why(tmp_path):
+    ref, sweep = tmp_path / "reference", tmp_path / "sweep"
+    for seed in range(3):
+        fake_run(ref, "iql", "dense", 0.0, seed, 60.0 + seed)
+        fake_run(ref, "iql", "snip", 0.9, seed, 40.0 + seed)
+        fake_run(ref, "iql", "random", 0.9, seed, 10.0 + seed)
+        fake_run(sweep, "iql", "mine", 0.9, seed, 30.0 + seed)  # a new pruner: between snip and random
+        moved(fake_run(sweep, "iql", "mine", 0.5, seed, 50.0), sparsity=0.5)
+        moved(fake_run(sweep / "long", "iql", "mine", 0.9, seed, 50.0), steps=5000)
+        moved(fake_run(sweep / "walker", "iql", "mine", 0.9, seed, 50.0), dataset="walker2d-medium")
+    assert report_main([str(sweep), "--against", str(ref), "--reps", "200"]) == 0
+    text = (sweep / "report" / "against.md").read_text()
+    rows = list(csv.DictReader(open(sweep / "report" / "against.csv")))
+    beside = {(r["sparsity"], r["ref_pruner"]): r for r in rows if r["ref_pruner"] and r["steps"] == "1000"
+              and r["dataset"] == "hopper-medium"}
+    assert float(beside[("0.9", "snip")]["p_improve"]) == 0.0  # every sweep run below every snip run
+    assert float(beside[("0.9", "random")]["p_improve"]) == 1.0
+    assert float(beside[("0.9", "dense")]["p_improve"]) == 0.0
+    assert ("0.5", "dense") in beside and ("0.5", "snip") not in beside  # a new sparsity: only the dense line
+    # the final score: 0.75 x the summary's (fake_run's curve is 0.5 x and 1 x the score)
+    assert float(beside[("0.9", "snip")]["ref_iqm"]) == pytest.approx(0.75 * 41.0)
+    assert "no reference at sparsity 0.5 (it has 0.9)" in text
+    assert "no reference at 5000 steps (it has 1000)" in text
+    assert "no reference run of iql on walker2d-medium" in text
+
+
+def test_against_an_unknown_folder_is_one_line(tmp_path, capsys):
+    fake_run(tmp_path / "sweep", "iql", "snip", 0.9, 0, 40.0)
+    assert report_main([str(tmp_path / "sweep"), "--against", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no results folder" in err
+
+
+def test_publish_copies_summaries_curves_and_configs_but_no_checkpoint(tmp_path):
+    run = fake_run(tmp_path / "sweep", "iql", "snip", 0.9, 0, 40.0)
+    (run / "checkpoint.pt").write_bytes(b"big")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    assert report_main([str(tmp_path / "sweep"), "--publish", str(tmp_path / "results")]) == 0
+    out = tmp_path / "results" / run.name
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".hydra/config.yaml", "eval.csv", "summary.json"]
+    assert (out / "summary.json").read_bytes() == (run / "summary.json").read_bytes()
+
+
+def test_retained_fraction_of_dense_per_task_and_over_tasks(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        fake_run(root, "iql", "dense", 0.0, seed, 60.0)
+        fake_run(root, "iql", "snip", 0.9, seed, 60.0 if seed else 54.0)  # keeps 57/60 = 95% (IQM of 3 = mean)
+        fake_run(root, "iql", "random", 0.9, seed, 30.0)
+    result = write_report(root, reps=200)
+    text = (root / "report" / "aggregate.md").read_text()
+    assert (root / "report" / "aggregate.png").read_bytes()[:8] == PNG
+    assert "| iql | hopper-medium | 1000 | snip | 0.9 | 3 | 43.5 | 45.0 | 0.97" in text  # final = 0.75 x score
+    assert "| random | 0.9 | 1 | 3 | 0.50 [0.50, 0.50] | 0 of 1 |" in text
+    snip = next(line for line in text.splitlines() if line.startswith("| snip | 0.9 |"))
+    assert "1 of 1" in snip and "1.00 [1.00, 1.00]" in snip  # every snip run above every random run
+    assert result["paths"]["aggregate"].exists()

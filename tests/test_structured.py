@@ -3,6 +3,7 @@ the kept units are the top-scored ones; every algorithm trains, resumes bit-exac
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import re
@@ -23,7 +24,7 @@ from sparse_offline_rl.export import MAX_ABS_DIFF, dataset_observations, export_
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import count_params_flops, prunable_parameters, prune_at_initialization, saliency
 from sparse_offline_rl.pruning.graph import layer_graph
-from sparse_offline_rl.pruning.structured import UnitCollapseError, unit_scores
+from sparse_offline_rl.pruning.structured import UnitCollapseError, gate_scorer, unit_aggregate, unit_scores
 from sparse_offline_rl.training.trainer import train
 from test_training import Interrupt, assert_same_state, interrupt_at
 
@@ -134,6 +135,123 @@ def test_snip_keeps_the_units_with_the_largest_summed_saliency(dataset):
     for layer, scores in expected.items():
         assert kept[layer] == sorted(torch.topk(scores, 4).indices.tolist()), layer
     assert widths(value) == [(4, 11), (4, 4), (1, 4)]
+
+
+# -- pruner.unit_score=gate: the saliency of a gate on each hidden unit's activation ---------------
+class TwoHeads(nn.Module):
+    """A trunk whose last hidden layer two heads read (as a Gaussian actor's mean and log-std)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh())
+        self.mu, self.log_std = nn.Linear(6, 2), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return torch.cat([self.mu(h), self.log_std(h)], -1)
+
+
+def gate_activations(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Gates of ones on `net` itself: each hidden Linear's activation (the next module of its
+    Sequential) multiplied by a gate by a forward hook. {hidden layer weight name: gate}."""
+    graph = layer_graph(net)
+    gates = {}
+    for name, layer, children in zip(graph.names, graph.layers, graph.children):
+        if children:
+            parent, _, index = name.rpartition(".")[0].rpartition(".")
+            gate = torch.ones(layer.out_features, dtype=layer.weight.dtype, requires_grad=True)
+            net.get_submodule(parent)[int(index) + 1].register_forward_hook(lambda m, i, out, c=gate: out * c)
+            gates[name] = gate
+    return gates
+
+
+def toy_losses(net: nn.Module, seed: int = 0, batches: int = 2) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(16, 5, generator=gen, dtype=torch.float64), torch.randn(16, 4, generator=gen, dtype=torch.float64))
+            for _ in range(batches)]
+    return [lambda x=x, y=y: ((net(x) - y) ** 2).mean() for x, y in data]
+
+
+def test_snip_gate_score_is_the_gate_gradient_of_a_gated_copy():
+    """|dL/dc_u| at c = 1 for the mean loss over the batches (SNIP's gbar), computed from the weight
+    gradients alone, equals autograd's on a copy whose hidden activations are multiplied by gates;
+    a unit two heads read sums both. And it is not the summed |g * w| ranking."""
+    torch.manual_seed(0)
+    net = TwoHeads().double()
+    gated = copy.deepcopy(net)
+    gates = gate_activations(gated)
+    reference = torch.autograd.grad(sum(f() for f in toy_losses(gated)) / 2, list(gates.values()))
+    graph = layer_graph(net)
+    products = gate_scorer("snip", net, toy_losses(net), "toy")(None)
+    scores = unit_aggregate("snip", "gate")(graph, products, None)
+    assert list(scores) == list(gates) == ["trunk.0.weight", "trunk.2.weight"]
+    for name, expected in zip(gates, reference):
+        assert torch.allclose(scores[name], expected.abs(), rtol=1e-12, atol=0), name
+    summed = unit_scores(graph, {n: p.abs() for n, p in products.items()})  # unit_score=sum: SNIP's |gbar * W|
+    assert any(not torch.equal(torch.argsort(scores[n]), torch.argsort(summed[n])) for n in gates)
+
+
+def test_grasp_gate_score_is_the_gate_derivative_of_the_gradient_flow():
+    """GraSP's gate score, the signed sum of W * Hg over each unit's outgoing columns, equals the
+    derivative at c = 1 of GraSP's z = sum_b g_b . stopgrad(gbar) / B on a gated copy. The gated copy
+    multiplies each outgoing column by its unit's gate (the same forward as gating the activation)
+    and takes g with respect to the weights the layers multiply by: with the gate on the activation
+    instead, the outgoing weights' own gradient would carry a factor c too, which GraSP's weight
+    score (and so its gate score) leaves out."""
+    torch.manual_seed(1)
+    net = TwoHeads().double()
+    graph = layer_graph(net)
+    params = prunable_parameters(net)
+    gates = {n: torch.ones(l.out_features, dtype=torch.float64, requires_grad=True)
+             for n, l, c in zip(graph.names, graph.layers, graph.children) if c}
+    reads = {n: graph.names[p] for n, p in zip(graph.names, graph.parents) if p is not None and graph.names[p] in gates}
+    weights = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    effective = {n: w * gates[reads[n]][None, :] if n in reads else w for n, w in weights.items()}
+    state = {**dict(net.named_parameters()), **effective}
+    losses = toy_losses(lambda x: torch.func.functional_call(net, state, (x,)))
+    per_batch = [torch.autograd.grad(f(), list(effective.values()), create_graph=True) for f in losses]
+    gbar = [sum(g[i] for g in per_batch).detach() / len(per_batch) for i in range(len(effective))]
+    z = sum((a * b).sum() for g in per_batch for a, b in zip(g, gbar)) / len(per_batch)
+    reference = dict(zip(gates, torch.autograd.grad(z, list(gates.values()))))
+    scores = unit_aggregate("grasp", "gate")(graph, gate_scorer("grasp", net, toy_losses(net), "toy")(None), None)
+    for name in gates:
+        assert torch.allclose(scores[name], reference[name], rtol=1e-10, atol=1e-14), name
+    assert (scores["trunk.0.weight"] < 0).any()  # signed: never ranked by abs
+
+
+def test_snip_gate_keeps_the_units_with_the_largest_gate_gradient_in_each_member(dataset):
+    """Through prune_at_initialization, two scoring batches: the kept units of each twin-critic
+    member and of the value network are the top units by |dL/dc| of a gated copy of the algorithm."""
+    built, buffer = setup(dataset)
+    batches = [buffer.sample(32), buffer.sample(32)]
+    reference = {}
+    for name in ("critic", "value"):
+        gated = copy.deepcopy(built)
+        gates = gate_activations(gated.networks()[name])
+        loss = sum(gated.saliency_loss(name, b) for b in batches) / 2
+        reference[name] = dict(zip(gates, (g.abs() for g in torch.autograd.grad(loss, list(gates.values())))))
+    assert len(reference["critic"]) == 4  # two hidden layers in each of the two Q-networks
+    draws = itertools.cycle(batches)
+    _, report = prune_at_initialization(built, lambda n: next(draws), {
+        "name": "snip", "batch_size": 32, "num_batches": 2, "structure": "units", "scope": "layer", "unit_score": "gate"},
+        0.75, seed=0)
+    assert report["unit_score"] == "gate"
+    for name, scores in reference.items():
+        kept = report["units"][name]["layout"]["kept_units"]
+        for layer, s in scores.items():
+            assert kept[layer] == sorted(torch.topk(s, 4).indices.tolist()), (name, layer)
+
+
+@pytest.mark.parametrize("method, rounds", [("snip", 1), ("grasp", 1), ("snip", 3)])
+def test_unit_score_gate_changes_which_units_are_kept(method, rounds, dataset):
+    kept = {}
+    for unit_score in ("sum", "gate"):
+        built, buffer = setup(dataset, hidden=[32, 32])
+        _, report = prune_at_initialization(built, buffer.sample, {
+            "name": method, "batch_size": 64, "structure": "units", "unit_score": unit_score, "rounds": rounds}, 0.5, seed=0)
+        kept[unit_score] = {n: r["layout"]["kept_units"] for n, r in report["units"].items()}
+        assert all(r["unit_sparsity"] == 0.5 for r in report["units"].values())
+    assert kept["sum"] != kept["gate"]
 
 
 def test_too_many_units_removed_is_one_clear_error(dataset):
@@ -263,6 +381,11 @@ def test_structured_actor_exports_narrow_and_exact(tmp_path, dataset):
      "pruner.budget_networks=['policy'] is invalid: a non-empty list of networks out of actor, critic, value"),
     ({"structure": "units", "weight_sparsity": {"actor": 0.5, "policy": 0.5}}, "weight_sparsity given for unknown network"),
     ({"name": "gmp", "structure": "units"}, "pruner.structure='units' is invalid with pruner=gmp"),
+    ({"structure": "units", "unit_score": "norm"}, "pruner.unit_score='norm' is invalid: one of sum, gate is required"),
+    ({"unit_score": "gate"}, "pruner.unit_score='gate' applies with pruner.structure=units only"),
+    *[({"name": name, "structure": "units", "unit_score": "gate"},
+       f"pruner.unit_score='gate' is invalid with pruner={name}: a unit gate's saliency is defined for snip, grasp; "
+       "accepted here: sum") for name in ("synflow", "magnitude", "random", "gibbs")],
 ])
 def test_bad_structure_options_fail_before_data(change, words, tmp_path):
     cfg = units_config("iql", pruner={"name": "snip", **change}, dataset="no-such-dataset")
@@ -320,6 +443,10 @@ def test_the_library_entry_point_checks_the_structure_options_too(dataset):
         prune_at_initialization(built, buffer.sample, {"name": "random", "weight_sparsity": 0.5}, 0.5)
     with pytest.raises(ValueError, match="pruner.scope='erk' is invalid with pruner.structure=units"):
         prune_at_initialization(built, buffer.sample, {"name": "random", "structure": "units", "scope": "erk"}, 0.5)
+    with pytest.raises(ValueError, match="pruner.unit_score='gate' applies with pruner.structure=units only"):
+        prune_at_initialization(built, buffer.sample, {"name": "snip", "unit_score": "gate"}, 0.5)
+    with pytest.raises(ValueError, match="pruner.unit_score='gate' is invalid with pruner=synflow"):
+        prune_at_initialization(built, buffer.sample, {"name": "synflow", "structure": "units", "unit_score": "gate"}, 0.5)
 
 
 def test_units_nothing_reads_are_dropped_until_none_is_left_exactly():

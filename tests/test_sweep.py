@@ -189,6 +189,27 @@ def test_stacked_launcher_groups_the_jobs_that_can_share_a_process(tmp_path, swe
     assert len(report["runs"]) == 8 and not report["problems"]
 
 
+def test_stacked_launcher_gives_every_worker_a_group():
+    from hydra_plugins.sorl_stacked_launcher.stacked_launcher import split_cells
+
+    assert split_cells([list(range(8))], max_members=16, workers=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert split_cells([list(range(7))], max_members=16, workers=2) == [[0, 1, 2], [3, 4, 5, 6]]
+    assert split_cells([list(range(20))], max_members=16, workers=1) == [list(range(10)), list(range(10, 20))]
+    # the widest cell is cut first; a sweep with fewer jobs than workers runs one job per group
+    assert split_cells([[0, 1, 2, 3, 4, 5], [6, 7]], max_members=16, workers=3) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert split_cells([[0, 1]], max_members=16, workers=4) == [[0], [1]]
+    assert split_cells([[0], [1], [2]], max_members=16, workers=2) == [[0], [1], [2]]
+
+
+def test_a_stacked_sweep_of_one_cell_uses_every_worker(tmp_path, sweep_conf):
+    out = tmp_path / "sweep"
+    grid = ["algo=iql", "env=hopper", "sparsity=0.5,0.9", "seed=0,1", "hydra.launcher.n_jobs=2"]
+    done = sweep(sweep_conf, out, *grid, launcher="stacked")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stacked: 2 runs in one process") == 2
+    assert {s["config"]["threads"] for s in summaries(out).values()} == {max(1, usable_cores() // 2)}
+
+
 def test_stacked_submitit_launcher_submits_one_job_per_group(tmp_path, sweep_conf):
     """hydra/launcher=stacked_submitit_local (stacked_slurm's code path on this machine): the four IQL
     Adam jobs are one submitit job, each LAMB job its own; every member writes its summary, and a

@@ -31,8 +31,9 @@ def interrupt_at(step: int):
 def test_summary_has_documented_fields(tmp_path, fast_config, hopper_data):
     summary = train(fast_config, tmp_path, dataset=hopper_data)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
-    for key in ("algo", "env", "dataset", "pruner", "sparsity", "density", "steps", "steps_per_sec", "eval", "seed", "config"):
+    for key in ("algo", "env", "dataset", "pruner", "sparsity", "density", "steps", "steps_per_sec", "eval", "seed", "config", "code"):
         assert key in on_disk, key
+    assert on_disk["code"]["version"] and len(on_disk["code"]["commit"]) == 40  # tests run from a checkout
     for key in ("normalized_score_mean", "normalized_score_std", "return_mean"):
         assert key in on_disk["eval"], key
     assert on_disk["steps"] == 300 and on_disk["algo"] == "iql" and on_disk["sparsity"] == 0.9

@@ -55,9 +55,10 @@ class GroupLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
 
-    def groups(self, job_overrides: Sequence[Sequence[str]]) -> list[list[int]]:
+    def groups(self, job_overrides: Sequence[Sequence[str]], workers: int = 1) -> list[list[int]]:
         """The jobs (indices into job_overrides) of each group, logged; also sets up Hydra's globals,
-        logging and the sweep directory, as every launcher does before running jobs."""
+        logging and the sweep directory, as every launcher does before running jobs. Cells are split
+        so that `workers` processes all have a group where the sweep has enough jobs."""
         from sparse_offline_rl.training.stacked import group_key, stackable
 
         setup_globals()
@@ -74,8 +75,7 @@ class GroupLauncher(Launcher):
             except Exception:  # a bad config fails in its own job, with its own failed.json
                 key = f"alone {idx}"
             groups.setdefault(key, []).append(idx)
-        batches = [members[i:i + self.max_members] for members in groups.values()
-                   for i in range(0, len(members), self.max_members)]
+        batches = split_cells(list(groups.values()), self.max_members, workers)
         log.info(f"{type(self).__name__}: {len(job_overrides)} jobs in {len(batches)} groups")
         for batch in batches:
             log.info("\tgroup: " + " | ".join(" ".join(filter_overrides(job_overrides[i])) for i in batch))
@@ -92,7 +92,7 @@ class StackedLauncher(GroupLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from joblib import Parallel, delayed  # type: ignore
 
-        batches = self.groups(job_overrides)
+        batches = self.groups(job_overrides, workers=self.n_jobs)
         log.info(f"Stacked launcher: {self.n_jobs} groups at a time")
         state = Singleton.get_state()
         results = Parallel(n_jobs=self.n_jobs, backend="loky")(
@@ -100,6 +100,26 @@ class StackedLauncher(GroupLauncher):
                                    self.hydra_context, self.config, state)
             for batch in batches)
         return in_job_order(batches, results)
+
+
+def split_cells(cells: list[list[int]], max_members: int, workers: int) -> list[list[int]]:
+    """Each cell (jobs that can stack) cut into groups of at most `max_members`, and cut further until
+    there are at least `workers` groups (or every group is one job): one big group in one process
+    leaves the other workers idle, which costs more than stacking gains (measured: 8 IQL jobs as one
+    group on 2 cores took 1.6x as long as two groups of 4). Cuts go to the cell whose groups are
+    largest, and a cell's groups differ in size by at most one."""
+    parts = [-(-len(cell) // max_members) for cell in cells]
+    while sum(parts) < workers:
+        sizes = [len(cell) / n if n < len(cell) else 0 for cell, n in zip(cells, parts)]
+        widest = max(range(len(cells)), key=sizes.__getitem__, default=None)
+        if widest is None or sizes[widest] == 0:
+            break
+        parts[widest] += 1
+    batches = []
+    for cell, n in zip(cells, parts):
+        cuts = [len(cell) * k // n for k in range(n + 1)]
+        batches += [cell[a:b] for a, b in zip(cuts, cuts[1:])]
+    return batches
 
 
 def in_job_order(batches: list[list[int]], results: Sequence[Sequence[JobReturn]]) -> list[JobReturn]:

@@ -16,6 +16,7 @@ from torch import nn
 from sparse_offline_rl.checks import check_field
 from sparse_offline_rl.data.buffer import Batch
 from sparse_offline_rl.errors import ConfigError, UnknownNameError
+from sparse_offline_rl.seeding import Stream, stream_seed
 
 if TYPE_CHECKING:
     from sparse_offline_rl.data.dataset import OfflineDataset
@@ -145,7 +146,8 @@ def prepare_data(cfg: Mapping[str, Any], dataset: OfflineDataset, device: str = 
 
     algo_config = algorithm_config(cfg["algo"])
     return PreparedData.from_dataset(
-        dataset, cfg["env"], val_fraction=float(cfg.get("val_fraction", 0.0) or 0.0), seed=int(cfg["seed"]),
+        dataset, cfg["env"], val_fraction=float(cfg.get("val_fraction", 0.0) or 0.0),
+        seed=stream_seed(int(cfg["seed"]), Stream.VAL_SPLIT),
         normalize_obs=getattr(algo_config, "normalize_obs", False),
         normalize_reward=getattr(algo_config, "normalize_reward", False), device=device,
     )

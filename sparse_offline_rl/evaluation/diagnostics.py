@@ -28,6 +28,7 @@ from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, EpisodeStats, run_episodes
 from sparse_offline_rl.io import atomic_torch_save
+from sparse_offline_rl.seeding import Stream, stream_seed
 
 CHURN_FILE = "diagnostics_churn.pt"
 
@@ -92,11 +93,14 @@ class TrainingDiagnostics:
         self.algo, self.normalizer, self.reward_scale = algo, normalizer, reward_scale
         self.env, self.discount, self.device = env, discount, device
         self.start_state_seeds = [int(s) for s in start_state_seeds]
-        self.train_probe = train_buffer.gather(_fixed_rows(len(train_buffer), probe_size, seed).to(train_buffer.device))
+        # `seed` is the run seed; each probe set has its own stream of it.
+        train_rows = _fixed_rows(len(train_buffer), probe_size, stream_seed(seed, Stream.TRAIN_PROBE))
+        self.train_probe = train_buffer.gather(train_rows.to(train_buffer.device))
         self.val_probe: Batch | None = None
         if val_data is not None:
             val_buffer = TransitionBuffer(val_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
-            self.val_probe = val_buffer.gather(_fixed_rows(len(val_buffer), probe_size, seed + 1).to(val_buffer.device))
+            val_rows = _fixed_rows(len(val_buffer), probe_size, stream_seed(seed, Stream.VAL_PROBE))
+            self.val_probe = val_buffer.gather(val_rows.to(val_buffer.device))
         self.churn_obs = self.train_probe.observations[:churn_size]
         self.churn_path = None if run_dir is None else Path(run_dir) / CHURN_FILE
         self.history: dict[int, torch.Tensor] = self._load_history(start_step)

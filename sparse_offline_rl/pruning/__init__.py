@@ -17,7 +17,8 @@ Layout (as in Synaptic-Flow):
 - `sparse_linear.py`, `sparse_choice.py`: compressed sparse layers for pruned networks, and the
   measured per-layer choice between them and dense-masked layers.
 - `structured.py`: `pruner.structure=units`: whole hidden units scored (the pruner's weight scores
-  summed per unit), removed, and the networks made physically narrower (`narrow_algorithm`).
+  summed per unit, or for SNIP / GraSP a unit gate's saliency), removed, and the networks made
+  physically narrower (`narrow_algorithm`).
 
 Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
 named as in `module.named_parameters()`. After pruning, a layer may be a `SparseLinear` storing only

@@ -60,6 +60,7 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "structure": "unstructured",  # or "units": whole hidden units removed (pruning/structured.py)
     "weight_sparsity": None,  # structure=units: unstructured sparsity of the narrowed layers on top
     "sparse_init": False,  # re-draw the kept weights scaled to their fans under the mask (pruning/sparse_init.py)
+    "unit_score": "sum",  # structure=units: summed weight scores per unit, or "gate" (snip, grasp: a unit gate's saliency)
 }
 #: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
 BUDGET_COST_TOL = 1e-3
@@ -428,10 +429,11 @@ def prune_at_initialization(
             f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
         )
     sparse_init = check_sparse_init(cfg)  # before the units branch, which has no weight masks to re-draw under
-    if cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None:
+    if (cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None
+            or cfg.get("unit_score") not in (None, "sum")):
         from sparse_offline_rl.pruning.structured import check_options, prune_units
 
-        check_options(cfg)  # a structure it knows; weight_sparsity only with units
+        check_options({"name": method, **cfg})  # a structure it knows; weight_sparsity, unit_score only with units
         return prune_units(algo, sample_batch, {"name": method, **cfg}, sparsity, seed)
     cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     scope = cfg["scope"]

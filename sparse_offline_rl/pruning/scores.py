@@ -98,13 +98,20 @@ def magnitude_scores(params: Mapping[str, nn.Parameter]) -> Scores:
     return {n: p.detach().abs().clone() for n, p in params.items()}
 
 
+def snip_products(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str = "network") -> Scores:
+    """g * W, signed, g the gradient of the loss averaged over the batches: the first-order change of
+    the mean loss when each weight is scaled, which SNIP's score takes the abs of. Signed because a
+    unit gate's saliency (pruner.unit_score=gate) sums these over the unit's outgoing weights first."""
+    with _requires_grad(list(params.values())):
+        grads = _mean(_batch_gradients(params, losses, what))
+    return {n: g * p.detach() for (n, p), g in zip(params.items(), grads)}
+
+
 def snip_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str = "network") -> Scores:
     """SNIP: abs(g * W), g the gradient of the loss averaged over the batches.
 
     Not normalised by the sum: the ranking is identical and raw values are easier to check."""
-    with _requires_grad(list(params.values())):
-        grads = _mean(_batch_gradients(params, losses, what))
-    return {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads)}
+    return {n: p.abs() for n, p in snip_products(params, losses, what).items()}
 
 
 def grasp_scores(params: Mapping[str, nn.Parameter], losses: Sequence[LossClosure], what: str = "network") -> Scores:
@@ -190,6 +197,7 @@ __all__ = [
     "masked_weights",
     "prunable_parameters",
     "random_scores",
+    "snip_products",
     "snip_scores",
     "synflow_scores",
 ]

@@ -9,17 +9,29 @@ the network is narrower, not masked. `pruner.weight_sparsity` (float or mapping,
 prunes the narrow layers' weights unstructured, with the same pruner and scope
 (`prune_at_initialization` on the narrowed algorithm): units first, weights on top.
 
-Unit scores come from the weight scores of the configured saliency method (SNIP, GraSP, SynFlow,
-magnitude, random): a unit's score is the sum of the scores of every weight its removal deletes,
-its incoming row and its outgoing column in each layer reading it. Why this aggregation: it ranks
-units by exactly the saliency the unstructured pruner would lose with them, so every method keeps
-its meaning without a second implementation (magnitude becomes the L1 norm of the unit's weights,
-the filter-norm criterion; for SynFlow a unit's incoming and outgoing synaptic flow are equal, so
-the sum is twice the flow through the unit; GraSP's signed scores are summed signed, higher still
-better). A per-unit gate gradient was the alternative, but would need a forward hook per method
-and gives SNIP only (|dL/dg| at g = 1). Removed units' scores are summed only over weights still
-alive, and iterative schedules (`rounds`, SynFlow's 100) remove units in the same
-keep^((e+1)/E) steps as weights, rescoring the narrowed-by-masks network each round.
+Unit scores, `pruner.unit_score`:
+- `sum` (default, every method): the summed scores of every weight a unit's removal deletes, its
+  incoming row and its outgoing column in each layer reading it: the saliency the unstructured pruner
+  would lose with the unit, so every method keeps its meaning without a second implementation
+  (magnitude becomes the L1 norm of the unit's weights, the filter-norm criterion; GraSP's signed
+  scores are summed signed, higher still better). For SynFlow the sum is not twice one flow: in the
+  linearised all-ones network a unit's output is y_u = sum_j |w_uj| x_j + |b_u|, so its incoming flow
+  (y_u - |b_u|) dR/dy_u falls short of its outgoing flow y_u dR/dy_u by the bias's share; they are
+  equal only in a network without biases.
+- `gate` (snip and grasp only): the saliency of a gate c_u multiplying the unit's activation, at c = 1.
+  It needs no forward hook: the gate scales the unit's outgoing columns, so dL/dc_u = sum, over the
+  layers reading u, of sum_j g_ju w_ju, from the same weight gradients. SNIP: |sum_j gbar_ju w_ju|,
+  gbar the gradient averaged over the batches as in SNIP's |gbar * w| (the gate saliency of the mean
+  loss); the abs comes after the sum, so opposite signs cancel, and the incoming row does not count
+  (the gate sits after the activation): it ranks units differently from `sum`. GraSP: the signed
+  sum_j (w * Hg)_ju over the outgoing columns, GraSP's first-order change of the gradient norm for
+  the perturbation that scales those columns; that change is linear in the perturbation, so it is
+  `sum`'s signed sum without the incoming row. (A gated network's outgoing weights also get their
+  own gradient scaled by c; GraSP's weight score likewise ignores that a removed weight's own
+  gradient leaves the norm, so the gate score leaves it out too.)
+Removed units' scores are summed only over weights still alive, and iterative schedules (`rounds`,
+SynFlow's 100) remove units in the same keep^((e+1)/E) steps as weights, rescoring the
+narrowed-by-masks network each round.
 
 Scopes: `global` ranks the units of all hidden layers of an ensemble member together (each member
 of a twin critic keeps the same fraction, ranked on its own), `layer` removes the same fraction in
@@ -67,12 +79,18 @@ from sparse_offline_rl.pruning.prune import (
     prune_at_initialization,
 )
 from sparse_offline_rl.pruning.rng import untouched_rngs
+from sparse_offline_rl.pruning.scores import LossClosure, Scores, grasp_scores, masked_weights, snip_products
 from sparse_offline_rl.pruning.sparse_linear import ELIGIBLE, ParamSwap, swap_optimizer_params
 
 STRUCTURES = ("unstructured", "units")
 UNIT_SCOPES = ("global", "layer")
 #: Options only structure=units reads (their defaults are in prune.PRUNER_DEFAULTS).
-UNIT_OPTIONS = ("weight_sparsity",)
+UNIT_OPTIONS = ("weight_sparsity", "unit_score")
+#: pruner.unit_score: the summed weight scores of a unit, or the saliency of a gate on its activation.
+UNIT_SCORES = ("sum", "gate")
+#: The pruners a gate saliency is defined for: it is a derivative of their loss (SNIP) or gradient
+#: norm (GraSP) with respect to the gate.
+GATE_METHODS = ("snip", "grasp")
 
 Units = dict[str, torch.Tensor]  # hidden layer weight name -> bool (out_features,), True = kept
 
@@ -91,6 +109,14 @@ def check_options(pruner: Mapping[str, Any]) -> None:
     if structure == "unstructured" and weight_sparsity is not None:
         raise ConfigError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning "
                           "reads `sparsity`)")
+    unit_score = pruner.get("unit_score") or "sum"
+    check_value("pruner.unit_score", unit_score, str, choices=UNIT_SCORES)
+    if unit_score == "gate" and structure != "units":
+        raise ConfigError("pruner.unit_score='gate' applies with pruner.structure=units only (unstructured pruning "
+                          "scores weights)")
+    if unit_score == "gate" and pruner.get("name") not in GATE_METHODS:
+        raise ConfigError(f"pruner.unit_score='gate' is invalid with pruner={pruner.get('name')}: a unit gate's "
+                          f"saliency is defined for {', '.join(GATE_METHODS)}; accepted here: sum")
     if structure == "units" and (pruner.get("scope") or "global") not in UNIT_SCOPES:
         raise ConfigError(f"pruner.scope={pruner.get('scope')!r} is invalid with pruner.structure=units: one of "
                           f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
@@ -114,19 +140,56 @@ def weight_masks(graph: LayerGraph, units: Mapping[str, torch.Tensor]) -> dict[s
     return out
 
 
+def _live(scores: Mapping[str, torch.Tensor], name: str, alive: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    """The scores of layer `name` in float64, zero where a weight is no longer alive."""
+    s = scores[name].detach().to(torch.float64)
+    return s if alive is None else torch.where(alive[name], s, torch.zeros((), dtype=s.dtype, device=s.device))
+
+
 def unit_scores(graph: LayerGraph, scores: Mapping[str, torch.Tensor],
                 alive: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per hidden unit: the summed scores of its incoming row and of its outgoing columns, over the
-    weights still alive (`alive`: bool masks; None = all)."""
-    def live(name: str) -> torch.Tensor:
-        s = scores[name].detach().to(torch.float64)
-        return s if alive is None else torch.where(alive[name], s, torch.zeros((), dtype=s.dtype, device=s.device))
-
+    weights still alive (`alive`: bool masks; None = all). pruner.unit_score=sum."""
     out = {}
     for i, name in enumerate(graph.names):
         if graph.children[i]:
-            out[name] = live(name).sum(1) + sum(live(graph.names[c]).sum(0) for c in graph.children[i])
+            out[name] = _live(scores, name, alive).sum(1) + sum(
+                _live(scores, graph.names[c], alive).sum(0) for c in graph.children[i])
     return out
+
+
+def gate_scores(graph: LayerGraph, products: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor] | None = None,
+                absolute: bool = False) -> dict[str, torch.Tensor]:
+    """Per hidden unit: the derivative at c = 1 of a gate c multiplying its activation, from signed
+    per-weight products (SNIP: gbar * W, so this is dL/dc; GraSP: W * Hg): their sum over the unit's
+    outgoing column in every layer reading it (the gate scales exactly those weights), alive weights
+    only. `absolute`: SNIP's |dL/dc|. pruner.unit_score=gate."""
+    out = {}
+    for i, name in enumerate(graph.names):
+        if graph.children[i]:
+            total = sum(_live(products, graph.names[c], alive).sum(0) for c in graph.children[i])
+            out[name] = total.abs() if absolute else total
+    return out
+
+
+def gate_scorer(method: str, net: nn.Module, losses: Sequence[LossClosure], what: str
+                ) -> Callable[[Mapping[str, torch.Tensor] | None], Scores]:
+    """score(alive) for unit_score=gate (method snip or grasp, `check_options`): the signed per-weight
+    products `gate_scores` sums (SNIP's gbar * W before its abs, GraSP's own signed W * Hg), the
+    removed weights zeroed while scoring."""
+    params = prunable_parameters(net)
+    products = {"snip": snip_products, "grasp": grasp_scores}[method]
+
+    def score(alive: Mapping[str, torch.Tensor] | None) -> Scores:
+        with masked_weights(params, alive):
+            return products(params, losses, what)
+
+    return score
+
+
+def unit_aggregate(method: str, unit_score: str) -> Callable[..., dict[str, torch.Tensor]]:
+    """(graph, weight scores, alive) -> per-unit scores, for pruner.unit_score."""
+    return partial(gate_scores, absolute=method == "snip") if unit_score == "gate" else unit_scores
 
 
 def select_units(scores: Mapping[str, torch.Tensor], members: Sequence[Sequence[str]], density: float, scope: str,
@@ -176,16 +239,18 @@ def max_unit_sparsity(graph: LayerGraph, scope: str) -> float:
 
 
 def choose_units(score: Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]], graph: LayerGraph,
-                 sparsity: float, scope: str, rounds: int, network: str) -> tuple[Units, dict[str, torch.Tensor]]:
+                 sparsity: float, scope: str, rounds: int, network: str,
+                 aggregate: Callable[..., dict[str, torch.Tensor]] = unit_scores) -> tuple[Units, dict[str, torch.Tensor]]:
     """Kept units at `sparsity` in `rounds` steps (keep ratio d^((e+1)/E) at round e, rescoring with the
-    removed units' weights masked, removed units never revived). Returns the units and last scores."""
+    removed units' weights masked, removed units never revived). `aggregate(graph, scores, alive)`
+    turns `score`'s per-weight scores into unit scores. Returns the units and last scores."""
     members = hidden_members(graph)
     density = 1 - sparsity
     kept: Units | None = None
     scores: dict[str, torch.Tensor] = {}
     for e in range(rounds):
         alive = None if kept is None else weight_masks(graph, kept)
-        scores = unit_scores(graph, score(alive), alive)
+        scores = aggregate(graph, score(alive), alive)
         if kept is not None:
             scores = {n: s.masked_fill(~kept[n], float("-inf")) for n, s in scores.items()}
         kept = select_units(scores, members, density ** ((e + 1) / rounds), scope, network, sparsity)
@@ -337,7 +402,8 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
 
         def scorer(name: str) -> Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]]:
             losses = [partial(algo.saliency_loss, name, b) for b in batches]
-            score = _scorer(method, nets[name], losses, None, _seed_for(seed, name), name, graphs[name])
+            score = (gate_scorer(method, nets[name], losses, name) if cfg["unit_score"] == "gate"
+                     else _scorer(method, nets[name], losses, None, _seed_for(seed, name), name, graphs[name]))
 
             def cached(alive: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
                 # One-round scores do not depend on the target: computed once per network for a search.
@@ -350,11 +416,12 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
             return cached
 
         scorers = {n: scorer(n) for n in graphs}
+        aggregate = unit_aggregate(method, cfg["unit_score"])
 
         def units_at(name: str, s: float) -> Units | None:
             if method == "dense" or s <= 0:
                 return None
-            kept, _ = choose_units(scorers[name], graphs[name], s, scope, rounds, name)
+            kept, _ = choose_units(scorers[name], graphs[name], s, scope, rounds, name, aggregate)
             return kept
 
         def narrowed(name: str, s: float) -> nn.Module:
@@ -437,5 +504,5 @@ def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str
         info["target_applies_to"] = "hidden units"
     report["total"] = {k: sum(r[k] for r in report["networks"].values()) for k in report["total"]}
     report.update({"structure": "units", "units": units_report, "unit_budget": budget_report,
-                   "weight_sparsity": cfg["weight_sparsity"]})
+                   "weight_sparsity": cfg["weight_sparsity"], "unit_score": cfg["unit_score"]})
     return mask_set, report

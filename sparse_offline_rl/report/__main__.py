@@ -1,9 +1,11 @@
-"""python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N]
+"""python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N] [--against reference|DIR] [--publish DIR]
 
 Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
 DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
 learning_curves.png, density_per_layer.png. Missing or failed runs are listed (in results.md and
-here); with --strict they also make the exit status 3.
+here); with --strict they also make the exit status 3. --against puts each configuration beside the
+reference study's (or another results folder's) of the same algorithm, dataset, sparsity and length
+(against.md, against.csv); --publish copies the finished runs' summaries, curves and configs into DIR.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import argparse
 import sys
 
 from sparse_offline_rl.report.collect import ReportError
-from sparse_offline_rl.report.write import write_report
+from sparse_offline_rl.report.publish import publish
+from sparse_offline_rl.report.write import write_against, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,9 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report directory (default: SWEEP_DIR/report)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM CIs")
     parser.add_argument("--strict", action="store_true", help="exit with status 3 when runs are missing or failed")
+    parser.add_argument("--against", default=None, metavar="reference|DIR",
+                        help="compare with the reference study (results/reference) or another results folder")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="copy each finished run's summary.json, eval.csv and config into DIR")
     args = parser.parse_args(argv)
     try:
         result = write_report(args.sweep_dir, args.out, reps=args.reps)
+        if args.against is not None:
+            result["paths"].update(write_against(args.sweep_dir, args.against, result["out"], args.reps))
+        if args.publish is not None:
+            print(f"published {len(publish(args.sweep_dir, args.publish))} runs into {args.publish}")
     except (ReportError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,14 +7,20 @@ never started is listed as missing instead of silently dropped.
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import yaml
 
+#: A run's final score is the mean of its last FINAL_EVALS evaluations (fewer if it has fewer), which
+#: is steadier than the last one alone; its best evaluation is reported beside it.
+FINAL_EVALS = 3
 JOB_MARKERS = ("summary.json", "failed.json", "checkpoint.pt", ".hydra")
 SKIP_DIRS = {".submitit", "tensorboard", "report", ".hydra"}
 DEFAULT_EXCLUDE = ("sweep", "resume", "threads", "progress", "tensorboard", "verbose")
@@ -133,3 +139,24 @@ def expected_jobs(root: Path, exclude: tuple[str, ...]) -> list[tuple[str, ...]]
     parsed = OverridesParser.create().parse_overrides(arguments)
     batches = BasicSweeper.split_arguments(parsed, None)
     return [normalise(job, exclude) for batch in batches for job in batch]
+
+
+def read_curve(run_dir: str | Path, column: str = "normalized_score_mean") -> tuple[np.ndarray, np.ndarray] | None:
+    """(steps, values) of a run's evaluations from its eval.csv, or None without any."""
+    file = Path(run_dir) / "eval.csv"
+    if not file.exists():
+        return None
+    with open(file) as f:
+        rows = [r for r in csv.DictReader(f) if r.get(column) not in (None, "")]
+    if not rows:
+        return None
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r[column]) for r in rows])
+
+
+def curve_scores(run_dir: str | Path, column: str = "normalized_score_mean") -> tuple[float, float]:
+    """(final, best): the mean of the last FINAL_EVALS evaluations and the best one (NaN without eval.csv)."""
+    curve = read_curve(run_dir, column)
+    if curve is None:
+        return math.nan, math.nan
+    values = curve[1][np.argsort(curve[0], kind="stable")]
+    return float(values[-FINAL_EVALS:].mean()), float(values.max())

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
+from sparse_offline_rl.report.collect import read_curve  # noqa: E402
 
 Row = Mapping[str, Any]
 
@@ -122,17 +122,6 @@ def score_vs_training_flops(groups: Sequence[Row], path: Path) -> Path:
     return atomic_save_figure(fig, path)
 
 
-def read_curve(run_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    file = Path(run_dir) / "eval.csv"
-    if not file.exists():
-        return None
-    with open(file) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("normalized_score_mean") not in (None, "")]
-    if not rows:
-        return None
-    return np.array([int(r["step"]) for r in rows]), np.array([float(r["normalized_score_mean"]) for r in rows])
-
-
 def learning_curves(runs: Sequence[Row], path: Path) -> Path:
     algos = sorted({r["algo"] for r in runs})
     datasets = sorted({r["dataset"] for r in runs})
@@ -210,4 +199,39 @@ def density_per_layer(runs: Sequence[Row], pruning: Mapping[str, Mapping[str, An
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
+    return atomic_save_figure(fig, path)
+
+
+def draw_aggregate(summary: Sequence[Row], taus: np.ndarray, profiles: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                   level: str, keeps: float, path: Path) -> Path:
+    """The over-tasks figure of `report.aggregate`: retained fraction vs sparsity, the profile at
+    `level`, and P(pruner > random)."""
+    colors = pruner_colors([r["pruner"] for r in summary])
+    fig, (curve, profile, poi) = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    for pruner, color in colors.items():
+        mine = sorted((r for r in summary if r["pruner"] == pruner), key=lambda r: float(r["sparsity"]))
+        x = [float(r["sparsity"]) for r in mine]
+        curve.plot(x, [r["iqm"] for r in mine], "o-", color=color, label=pruner)
+        curve.fill_between(x, [r["low"] for r in mine], [r["high"] for r in mine], color=color, alpha=0.2)
+        if pruner in profiles:
+            frac, low, high = profiles[pruner]
+            profile.plot(taus, frac, color=color, label=pruner)
+            profile.fill_between(taus, low, high, color=color, alpha=0.2)
+    curve.axhline(1.0, color="k", lw=1, label="dense")
+    curve.axhline(keeps, color="k", lw=1, ls="--", label=f"{keeps:.0%} of dense")
+    curve.set(xlabel="sparsity", ylabel="retained fraction of dense\n(IQM over tasks and seeds, 95% CI)")
+    curve.legend(fontsize=7)
+    profile.axvline(keeps, color="k", lw=1, ls="--")
+    profile.set(xlabel="retained fraction of dense, tau", ylabel="fraction of runs > tau", ylim=(-0.02, 1.02),
+                title=f"performance profile at sparsity {level}")
+    beside = [r for r in summary if "p_over_random" in r]
+    labels = [f"{r['pruner']}\n{r['sparsity']}" for r in beside]
+    heights = [r["p_over_random"] for r in beside]
+    errors = [[h - r["p_low"] for h, r in zip(heights, beside)], [r["p_high"] - h for h, r in zip(heights, beside)]]
+    poi.bar(range(len(beside)), heights, yerr=errors, color=[colors[r["pruner"]] for r in beside], capsize=3)
+    poi.set_xticks(range(len(beside)), labels, fontsize=7)
+    poi.axhline(0.5, color="k", lw=1, ls="--")
+    poi.set(ylabel="P(pruner > random pruning)\nat the same sparsity (95% CI)", ylim=(0, 1))
+    for ax in (curve, profile, poi):
+        ax.grid(alpha=0.3)
     return atomic_save_figure(fig, path)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sparse_offline_rl.checks import VOLATILE_KEYS, flatten
 from sparse_offline_rl.evaluation.stats import iqm, stratified_bootstrap_ci
-from sparse_offline_rl.report.collect import Job
+from sparse_offline_rl.report.collect import Job, curve_scores
 
 BASE_KEYS = ("algo", "env", "dataset", "pruner", "sparsity")
 SCALE_NOTE = ("Scores are normalised with each dataset's own reference returns: 100 * (R - random) / (expert - "
@@ -58,6 +58,9 @@ def run_rows(jobs: Iterable[Job]) -> list[dict[str, Any]]:
         for key, value in sorted((s.get("generalization") or {}).items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"gen_{key}"] = value
+        # The reference study's two figures (results/reference): the mean of the last evaluations, and the best.
+        row["score_final"], row["score_best"] = curve_scores(job.path)
+        row["d4rl_final"], row["d4rl_best"] = curve_scores(job.path, "d4rl_score_mean")
         row["_config"] = flatten(s.get("config", {}))
         rows.append(row)
     return rows
@@ -95,8 +98,8 @@ def aggregate(rows: Sequence[Mapping[str, Any]], reps: int = 2000, seed: int = 0
             "score_iqm": point, "iqm_ci_low": low, "iqm_ci_high": high,
         })
         numeric = sorted({c for m in members for c in m
-                          if c.startswith(("density_", "gen_", "return", "d4rl_score", "steps_per_sec", "final_sparsity",
-                                             "training_flops"))})
+                          if c.startswith(("density_", "gen_", "return", "d4rl_", "steps_per_sec", "final_sparsity",
+                                             "training_flops", "score_final", "score_best"))})
         for column in numeric:
             values = [m[column] for m in members if isinstance(m.get(column), (int, float))]
             agg[f"{column}_mean" if column in ("return", "d4rl_score") else column] = \

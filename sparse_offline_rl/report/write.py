@@ -5,7 +5,10 @@ from pathlib import Path
 from typing import Any
 
 from sparse_offline_rl.io import atomic_write_text
+from sparse_offline_rl.report import aggregate as aggregate_tasks
 from sparse_offline_rl.report import figures
+from sparse_offline_rl.report.against import against
+from sparse_offline_rl.report.against import to_markdown as against_markdown
 from sparse_offline_rl.report.collect import ReportError, collect
 from sparse_offline_rl.report.table import aggregate, run_rows, to_csv, to_markdown
 
@@ -34,4 +37,19 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps:
     paths["score_vs_training_flops"] = figures.score_vs_training_flops(groups, out / "score_vs_training_flops.png")
     paths["learning_curves"] = figures.learning_curves(runs, out / "learning_curves.png")
     paths["density_per_layer"] = figures.density_per_layer(runs, pruning, out / "density_per_layer.png")
-    return {"paths": paths, "groups": groups, "runs": runs, "problems": problems}
+    cells = aggregate_tasks.retained_cells(runs, reps=reps)
+    if cells:  # some task has dense runs to measure the pruned ones against
+        paths["aggregate_md"] = out / "aggregate.md"
+        atomic_write_text(paths["aggregate_md"], aggregate_tasks.to_markdown(cells, aggregate_tasks.across_tasks(runs, reps=reps)))
+        paths["aggregate"] = aggregate_tasks.figure(runs, out / "aggregate.png", reps=reps)
+    return {"paths": paths, "groups": groups, "runs": runs, "problems": problems, "out": out}
+
+
+def write_against(sweep_dir: Path | str, spec: str | Path, out_dir: Path | str, reps: int = 2000) -> dict[str, Path]:
+    """against.md and against.csv: the sweep beside a results folder (`report.against`)."""
+    result = against(sweep_dir, spec, reps=reps)
+    out = Path(out_dir)
+    paths = {"against_md": out / "against.md", "against_csv": out / "against.csv"}
+    atomic_write_text(paths["against_md"], against_markdown(result))
+    atomic_write_text(paths["against_csv"], to_csv(result["rows"] + result["unmatched"]))
+    return paths

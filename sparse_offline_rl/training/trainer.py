@@ -31,7 +31,7 @@ from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.evaluation.agent import pruner_label
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
-from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, code_version, load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
 from sparse_offline_rl.pruning.dynamic import SparseTraining
 from sparse_offline_rl.pruning.sparse_choice import (
@@ -43,6 +43,7 @@ from sparse_offline_rl.pruning.sparse_choice import (
     restore_pruned,
 )
 from sparse_offline_rl.pruning.structured import check_options, layouts_of, network_densities
+from sparse_offline_rl.seeding import Stream, stream_seed
 from sparse_offline_rl.training.logger import MetricsLogger
 
 
@@ -304,8 +305,8 @@ def setup_run(cfg: Mapping[str, Any] | DictConfig, run_dir: Path | str, dataset:
         torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(cfg.get("device", "cpu"))
     seed = int(cfg["seed"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    torch.manual_seed(stream_seed(seed, Stream.TORCH_GLOBAL))
+    np.random.seed(stream_seed(seed, Stream.NUMPY_GLOBAL) % 2**32)
 
     # -- data --------------------------------------------------------------------------------
     if dataset is None:
@@ -316,14 +317,14 @@ def setup_run(cfg: Mapping[str, Any] | DictConfig, run_dir: Path | str, dataset:
     dataset.check_env((task.obs_dim,), (task.act_dim,), task.env_id)
     data = prepare_data(cfg, dataset, device)
     algo_config = algorithm_config(cfg["algo"])
-    buffer = data.buffer(seed)
+    buffer = data.buffer(stream_seed(seed, Stream.TRAIN_BATCHES))
 
     # -- algorithm, then pruning at initialization (or the masks of the run we resume) -----------
     algo = make_algorithm(cfg["algo"]["name"], problem_spec(cfg, dataset, device), algo_config)
     sparsity = resolve_sparsity(cfg["sparsity"], list(algo.networks()))
     # Masks over time (GMP, SET, RigL change them during training) and the training FLOPs, any pruner.
-    sparse_training = SparseTraining(cfg["pruner"], int(cfg["steps"]), sparsity, int(cfg["batch_size"]), seed,
-                                     cfg.get("sparse_kernels", "auto"))
+    sparse_training = SparseTraining(cfg["pruner"], int(cfg["steps"]), sparsity, int(cfg["batch_size"]),
+                                     stream_seed(seed, Stream.MASK_UPDATES), cfg.get("sparse_kernels", "auto"))
     ckpt_path = run_dir / "checkpoint.pt"
     logger = MetricsLogger(run_dir, tensorboard=bool(cfg.get("tensorboard", True)))
     start_step, train_seconds, last_eval = 0, 0.0, None
@@ -343,9 +344,10 @@ def setup_run(cfg: Mapping[str, Any] | DictConfig, run_dir: Path | str, dataset:
     else:
         pruner_cfg = {"batch_size": cfg["batch_size"], **sparse_training.initial_pruner()}
         # Pruning batches come from their own generator so they never shift the training batch stream.
-        pruning_buffer = data.buffer(seed + 1)
+        pruning_buffer = data.buffer(stream_seed(seed, Stream.PRUNING_BATCHES))
         masks, pruning_report = prune_at_initialization(
-            algo, lambda: pruning_buffer.sample(int(pruner_cfg["batch_size"])), pruner_cfg, sparsity, seed=seed
+            algo, lambda: pruning_buffer.sample(int(pruner_cfg["batch_size"])), pruner_cfg, sparsity,
+            seed=stream_seed(seed, Stream.PRUNING),
         )
         del pruning_buffer
         # Compressed sparse layers where they are faster (measured per layer at this batch size).
@@ -497,6 +499,7 @@ def finish_run(run: Run, final_eval: dict[str, float], extra: Mapping[str, Any] 
         "seed": int(cfg["seed"]),
         "pruning": run.pruning_report,
         "config": cfg,
+        "code": code_version(),
         **(extra or {}),
     }
     suite_name = cfg["eval"].get("suite")

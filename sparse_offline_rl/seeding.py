@@ -1,0 +1,39 @@
+"""Every random stream of a run derives from (run seed, purpose).
+
+Seeding a run's streams with neighbouring integers (seed, seed + 1, ...) couples a sweep's runs:
+run s's second stream is run s + 1's first, so its seeds are not independent samples. Instead each
+purpose has a fixed index, and its seed is hashed from (run seed, index) by numpy's `SeedSequence`,
+so no stream of one run or purpose starts where another run's or purpose's does.
+
+torch's CPU generator keeps only the low 32 bits of a seed, so two of n torch streams can still
+coincide by chance, with probability about n^2 / 2^33 (1e-4 for a sweep of 1000 runs' streams);
+numpy generators take the full 64 bits.
+"""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class Stream(enum.IntEnum):
+    """A run's random streams. The values are part of every result's identity: never renumber."""
+
+    TORCH_GLOBAL = 0  # network initialisation; the algorithms' own generators are seeded from it
+    NUMPY_GLOBAL = 1  # not drawn from by training; seeded so that nothing left unseeded varies
+    TRAIN_BATCHES = 2  # the training batch sampler
+    PRUNING_BATCHES = 3  # the batches pruning at initialization scores on
+    PRUNING = 4  # stochastic scoring losses and the random pruner
+    MASK_UPDATES = 5  # SET's regrowth, Gibbs' draws, the sparsity-aware re-initialisation
+    VAL_SPLIT = 6  # which episodes are held out for validation
+    TRAIN_PROBE = 7  # the fixed training transitions the diagnostics probe
+    VAL_PROBE = 8  # the fixed validation transitions the diagnostics probe
+
+
+def stream_seed(run_seed: int, stream: Stream) -> int:
+    """The seed of `stream` in the run seeded `run_seed`: a 64-bit integer, the same on every machine."""
+    sequence = np.random.SeedSequence(int(run_seed), spawn_key=(int(Stream(stream)),))
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+__all__ = ["Stream", "stream_seed"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The reference study (README "Reference results"), run in the background from its own git worktree at a
+# fixed commit, so that later changes to the code never reach running jobs. Re-running this script
+# resumes: finished runs are skipped, interrupted ones continue from their last checkpoint.
+#   bash studies/reference.sh [COMMIT] [BLOCKS]     e.g.  bash studies/reference.sh HEAD "pai dense curve"
+# Worktree: $SORL_STUDY_DIR (default ~/.cache/sparse_offline_rl/study-reference); the runs, with their
+# checkpoints, stay in its sweeps/reference; logs in its logs/. Datasets come from this checkout's
+# datasets/minari (MINARI_DATASETS_PATH), made once.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+commit="${1:-HEAD}"
+blocks="${2:-pai dense curve}"
+study="${SORL_STUDY_DIR:-$HOME/.cache/sparse_offline_rl/study-reference}"
+want="$(git -C "$repo" rev-parse "$commit")"
+if [ ! -d "$study" ]; then
+  git -C "$repo" worktree add --detach "$study" "$want"
+fi
+have="$(git -C "$study" rev-parse HEAD)"
+if [ "$have" != "$want" ]; then
+  echo "error: $study is at $have, not $want; a study keeps one commit (finish it, or set SORL_STUDY_DIR)" >&2
+  exit 1
+fi
+export MINARI_DATASETS_PATH="${MINARI_DATASETS_PATH:-$repo/datasets/minari}"
+python="${SORL_PYTHON:-$repo/.venv/bin/python}"
+mkdir -p "$study/logs"
+cd "$study"
+for block in $blocks; do
+  case "$block" in
+    pai) preset=reference ;;
+    dense|curve|during) preset="reference_$block" ;;
+    *) echo "error: block=$block is invalid: accepted: pai, dense, curve, during" >&2; exit 1 ;;
+  esac
+  echo "$(date -u +%FT%TZ) start $preset at $have" >> logs/blocks.log
+  PYTHONPATH="$study" nice -n 19 "$python" run.py -m "+sweep=$preset" >> "logs/$preset.log" 2>&1
+  echo "$(date -u +%FT%TZ) end $preset" >> logs/blocks.log
+done
