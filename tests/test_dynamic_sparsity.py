@@ -57,11 +57,15 @@ def test_schedules_follow_the_references():
     assert sparsity[1000] == sparsity[2000] == 0.0
     assert sparsity[5000] == pytest.approx(0.9 * (1 - 0.5 ** 3))
     assert sparsity[8000] == sparsity[9000] == pytest.approx(0.9)
-    # Drop fraction: 0.1 cosine-decayed to 0 at the end (constant on request).
+    # Drop fraction: the SAC config's init_drop_fraction 0.5, cosine-decayed to 0 at the end (constant on request).
     opts = options({"name": "set"})
     schedule = Schedule.of(opts, 10_000)
-    assert [drop_fraction(opts, schedule.progress(s)) for s in (0, 4000, 8000)] == pytest.approx([0.1, 0.05, 0.0])
-    assert drop_fraction(options({"name": "set", "drop_decay": "constant"}), 0.7) == 0.1
+    assert [drop_fraction(opts, schedule.progress(s)) for s in (0, 4000, 8000)] == pytest.approx([0.5, 0.25, 0.0])
+    assert drop_fraction(options({"name": "set", "drop_decay": "constant"}), 0.7) == 0.5
+    # The sparse starts re-draw their kept weights to their fans under the mask (fixed_sparse_init = True).
+    for name in ("set", "rigl"):
+        assert SparseTraining({"name": name}, 10_000, {"net": 0.9}, 8, seed=0).initial_pruner()["sparse_init"] is True
+        assert SparseTraining({"name": name, "sparse_init": False}, 10, {"net": 0.9}, 8, seed=0).initial_pruner()["sparse_init"] is False
 
 
 @pytest.mark.parametrize("pruner, message", [
@@ -80,6 +84,9 @@ def test_schedules_follow_the_references():
      r"pruner.scope='erk' is invalid with pruner.structure=units: one of global, layer is required"),
     ({"name": "gibbs", "structure": "units", "keep_last_layer_dense": True},
      r"pruner.keep_last_layer_dense is not supported by pruner=gibbs with pruner.structure=units"),
+    ({"name": "gmp", "sparse_init": True}, r"pruner.sparse_init applies to set, rigl and the pruners at initialization, not to pruner=gmp"),
+    ({"name": "snip", "sparse_init": "yes"}, r"pruner.sparse_init='yes' is invalid: true or false is required"),
+    ({"name": "snip", "structure": "units", "sparse_init": True}, r"pruner.sparse_init is not offered with pruner.structure=units"),
 ])
 def test_bad_schedule_options_fail_in_one_line(fast_config, pruner, message):
     with pytest.raises(ConfigError, match=message):
@@ -169,6 +176,25 @@ def test_rigl_regrows_where_the_dense_gradient_is_largest():
         expected = survivors.clone()
         expected[candidates.argsort(descending=True)[:k]] = True
         assert torch.equal(masks.masks["net"][name].bool().view(-1), expected), name
+
+
+def test_a_rigl_checkpoint_that_counted_the_separate_pass_is_recounted_on_resume():
+    """Checkpoints from before the Evci et al. count hold the separate-pass figure as `training_flops`."""
+    algo = TinyAlgo()
+    masks = MaskSet({"net": {n: torch.rand(p.shape) < 0.3 for n, p in prunable_parameters(algo.net).items()}}).bind(algo)
+    opts = {"name": "rigl", "update_every": 10}
+    training = SparseTraining(opts, 100, {"net": 0.7}, 16, seed=0)
+    training.start(algo, masks, {})
+    for step in range(1, 31):
+        algo.update(torch.randn(16, 4))
+        training.after_step(step, algo, masks, torch.randn(16, 4))
+    state = training.state_dict()
+    assert len(state["updates"]) == 3 and state["training_flops_separate_pass"] > state["training_flops"]
+    old = {"training_flops": state["training_flops_separate_pass"], "updates": state["updates"], "generator": state["generator"]}
+    resumed = SparseTraining(opts, 100, {"net": 0.7}, 16, seed=0)
+    resumed.load_state_dict(old, algo, masks, {})
+    for key in ("training_flops", "training_flops_separate_pass", "updates"):
+        assert resumed.state_dict()[key] == state[key], key
 
 
 class ForwardCheck:
@@ -294,8 +320,10 @@ def test_resume_across_a_mask_update_is_bit_exact(tmp_path, fast_config, hopper_
 
 def test_training_flops_follow_the_flop_model(tmp_path, fast_config, hopper_data):
     """PaI: steps x (3 x forward FLOPs x batch per network + one forward per target network) at the
-    pruned density. RigL: the same at its (constant) density plus one dense forward + backward per
-    network at each update. GMP costs more than either: dense until 20%."""
+    pruned density. RigL: the same at its (constant) density plus, at each update, the dense gradient
+    as Evci et al. 2020 count it (the update step's weight gradient dense: f_D - f_S per sample and
+    network, i.e. 2 x pruned weights), and beside it, labelled, as this code runs it (a separate dense
+    forward + backward, 3 f_D). GMP costs more than either: dense until 20%."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 
     cfg = {**fast_config, "steps": 40, "sparse_kernels": "dense", "eval": {**fast_config["eval"], "every": 40, "episodes": 1}}
@@ -308,8 +336,13 @@ def test_training_flops_follow_the_flop_model(tmp_path, fast_config, hopper_data
         return sum(3 * f for f in per_net.values()) + per_net["critic"]  # IQL's one target network: the critic
 
     assert runs["random"]["training_flops"] == 40 * flops_per_step(runs["random"])
+    # Updates at 10, 20, 30. By hand: a dense weight gradient in place of the sparse one costs 2 FLOPs
+    # per pruned weight and sample (biases cancel).
+    pruned = sum(n["prunable_weights"] - n["kept_weights"] for n in runs["rigl"]["pruning"]["networks"].values())
+    assert runs["rigl"]["training_flops"] == 40 * flops_per_step(runs["rigl"]) + 3 * 2 * pruned * cfg["batch_size"]
+    assert runs["rigl"]["sparse_training"]["dense_gradient_counted_as"] == "evci2020"
     dense_grad = sum(3 * cfg["batch_size"] * count_params_flops(net)["flops_dense"] for net in nets.values())
-    assert runs["rigl"]["training_flops"] == 40 * flops_per_step(runs["rigl"]) + 3 * dense_grad  # updates at 10, 20, 30
+    assert runs["rigl"]["sparse_training"]["training_flops_separate_pass"] == 40 * flops_per_step(runs["rigl"]) + 3 * dense_grad
     assert runs["gmp"]["training_flops"] > runs["rigl"]["training_flops"] > runs["random"]["training_flops"]
     assert runs["gmp"]["final_sparsity"] == pytest.approx(runs["random"]["final_sparsity"], abs=1e-3)
 

@@ -17,6 +17,8 @@ from sparse_offline_rl.pruning.rng import find_generators
 from sparse_offline_rl.training.trainer import train
 
 PRUNERS = ["snip", "grasp", "synflow", "random", "magnitude"]
+# The sparsity-aware re-draw of the kept weights (pruner.sparse_init) has a generator of its own.
+VARIANTS = [(p, {}) for p in PRUNERS] + [("snip", {"sparse_init": True}), ("random", {"sparse_init": True})]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def dataset():
     return random_dataset("hopper")
 
 
-def streams_after_pruning(algo_name: str, pruner: str, dataset, shared_sampler: bool) -> dict[str, list[torch.Tensor]]:
+def streams_after_pruning(algo_name: str, pruner: str, dataset, shared_sampler: bool,
+                          options: dict | None = None) -> dict[str, list[torch.Tensor]]:
     """What training would draw next, after pruning at seed 0: the global RNG states, each of the
     algorithm's own generators, its next noise draws and the next training batches."""
     torch.manual_seed(0)
@@ -35,7 +38,8 @@ def streams_after_pruning(algo_name: str, pruner: str, dataset, shared_sampler: 
     buffer.seed(0)
     # shared: pruning draws its batches from the training buffer itself (a library user's call)
     sampler = buffer.sample if shared_sampler else TransitionBuffer(dataset).sample
-    cfg = {"name": pruner, "batch_size": 16, "rounds": 3 if pruner == "synflow" else None, "allow_layer_collapse": True}
+    cfg = {"name": pruner, "batch_size": 16, "rounds": 3 if pruner == "synflow" else None, "allow_layer_collapse": True,
+           **(options or {})}
     prune_at_initialization(algo, sampler, cfg, 0.9, seed=0)
     generators = [g for g in find_generators(algo) if isinstance(g, torch.Generator)]
     return {
@@ -54,24 +58,28 @@ def test_every_pruner_leaves_every_rng_where_dense_leaves_it(algo, dataset) -> N
         dense = streams_after_pruning(algo, "dense", dataset, shared)
         if algo in ("cql", "td3bc"):
             assert len(dense["own generators"]) == 1  # the NoiseSource of its policy / smoothing noise
-        for pruner in PRUNERS:
-            after = streams_after_pruning(algo, pruner, dataset, shared)
+        for pruner, options in VARIANTS:
+            after = streams_after_pruning(algo, pruner, dataset, shared, options)
             for key in dense:
                 assert len(after[key]) == len(dense[key]) and all(map(torch.equal, after[key], dense[key])), \
-                    f"{algo}/{pruner}/shared={shared}: {key}"
+                    f"{algo}/{pruner}/{options}/shared={shared}: {key}"
 
 
-def test_a_trained_run_draws_the_same_noise_after_snip_as_after_dense(tmp_path, fast_config, hopper_data) -> None:
+@pytest.mark.parametrize("pruner", [{"name": "snip"}, {"name": "snip", "sparse_init": True}, {"name": "set"},
+                                    {"name": "set", "sparse_init": False}])
+def test_a_trained_run_draws_the_same_noise_after_pruning_as_after_dense(tmp_path, fast_config, hopper_data, pruner) -> None:
     """Through the trainer: after 3 steps, TD3+BC's smoothing noise generator and the batch stream
-    are in the same state whichever pruner ran."""
-    states = {}
-    for pruner in ("dense", "snip"):
-        cfg = {**fast_config, "algo": {"name": "td3bc", "hidden": [32, 32]}, "pruner": {"name": pruner},
+    are in the same state whichever pruner ran, with or without the sparsity-aware re-draw (SET's
+    default: on)."""
+    states, re_drawn = [], []
+    for name, cfg_pruner in (("dense", {"name": "dense"}), ("pruned", pruner)):
+        cfg = {**fast_config, "algo": {"name": "td3bc", "hidden": [32, 32]}, "pruner": cfg_pruner,
                "steps": 3, "eval": {**fast_config["eval"], "every": 1000, "episodes": 1}}
-        train(cfg, tmp_path / pruner, dataset=hopper_data)
-        ckpt = torch.load(tmp_path / pruner / "checkpoint.pt", weights_only=False)
-        states[pruner] = (ckpt["algo"]["noise"]["generator"], ckpt["buffer"]["generator"], ckpt["torch_rng"])
-    for a, b in zip(states["dense"], states["snip"]):
+        re_drawn.append(train(cfg, tmp_path / name, dataset=hopper_data)["pruning"]["sparse_init"])
+        ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        states.append((ckpt["algo"]["noise"]["generator"], ckpt["buffer"]["generator"], ckpt["torch_rng"]))
+    assert re_drawn == [False, pruner.get("sparse_init", pruner["name"] == "set")]
+    for a, b in zip(*states):
         assert torch.equal(a, b)
 
 

@@ -13,6 +13,7 @@ Layout (as in Synaptic-Flow):
 - `masks.py`: the masks during training (re-applied by optimizer hooks, changed by `set_masks`).
 - `dynamic.py`: sparsity during training (GMP, SET, RigL, Gibbs): schedules, mask updates, training FLOPs.
 - `rng.py`: scoring leaves every RNG of training where it was.
+- `sparse_init.py`: `pruner.sparse_init`, the kept weights re-drawn to their fans under the mask.
 - `sparse_linear.py`, `sparse_choice.py`: compressed sparse layers for pruned networks, and the
   measured per-layer choice between them and dense-masked layers.
 - `structured.py`: `pruner.structure=units`: whole hidden units scored (the pruner's weight scores

@@ -112,6 +112,8 @@ def format_density_table(report: Mapping[str, Any]) -> str:
         if report.get("num_batches"):
             head += f", {report['num_batches']} x {report['batch_size']} transitions"
         head += f", {report.get('scoring_seconds', 0.0):.2f} s)"
+        if report.get("sparse_init"):
+            head += "; kept weights re-drawn to their fans under the mask (sparse_init)"
     kernels = report.get("sparse_kernels")
     rows: list[tuple[str, ...]] = [("network", "layer", "shape", "kept / total", "density")
                                    + (("kernel (sparse speedup)",) if kernels else ())]
@@ -186,3 +188,20 @@ def step_flops(algo: Any, masks: Any, batch_size: int) -> int:
         forward = count_params_flops(net, masks.masks.get(name, {}))["flops"] * int(batch_size)
         total += 3 * forward + (forward if name in targets else 0)
     return total
+
+
+def dense_gradient_flops(algo: Any, masks: Any, batch_size: int) -> dict[str, int]:
+    """What one RigL update's dense gradient adds to the step's `step_flops`, counted two ways, summed
+    over the masked networks (f_S, f_D: a network's forward FLOPs per sample at its masks and dense):
+    - `evci2020`: Evci et al. 2020's accounting (appendix): the update step's weight gradient is taken
+      dense, f_D instead of the sparse f_S, inside the step's own forward and backward (that step costs
+      2 f_S + f_D, a step's average (3 f_S dT + 2 f_S + f_D) / (dT + 1)): (f_D - f_S) x batch;
+    - `separate_pass`: as this code computes it, a dense forward and backward of its own after the
+      step (`pruning.dynamic.RigL`): 3 f_D x batch."""
+    nets = algo.networks()
+    out = {"evci2020": 0, "separate_pass": 0}
+    for name, layer_masks in masks.masks.items():
+        counts = count_params_flops(nets[name], layer_masks)
+        out["evci2020"] += (counts["flops_dense"] - counts["flops"]) * int(batch_size)
+        out["separate_pass"] += 3 * counts["flops_dense"] * int(batch_size)
+    return out

@@ -8,8 +8,9 @@ sparse training in deep RL", and the google-research rigl code they use):
   weight magnitude to the cubic schedule s_t = s_f (1 - (1 - p)^3), p the progress from begin to
   end; the last update, at `end`, reaches the target s_f exactly.
 - `set`: Sparse Evolutionary Training (Mocanu et al. 2018). Starts sparse (random masks with `scope`
-  densities, default ERK); every `update_every` steps until `end` each layer drops the fraction
-  f_t of its kept weights with the smallest magnitude and regrows as many at random.
+  densities, default ERK, the kept weights re-drawn to their fans under the mask unless
+  `sparse_init=false`: `pruning/sparse_init.py`); every `update_every` steps until `end` each layer
+  drops the fraction f_t of its kept weights with the smallest magnitude and regrows as many at random.
 - `rigl`: Rigging the Lottery (Evci et al. 2020). As `set`, but regrows where the dense gradient
   |dL/dW| of the network's own loss (`algo.saliency_loss`, on the step's batch) is largest.
 - `gibbs`: Gibbs pruning (Labach & Valaee 2020). Training starts dense; from the first update the
@@ -19,7 +20,9 @@ sparse training in deep RL", and the google-research rigl code they use):
   over whole hidden units instead (`UnitGibbs`): `sparsity` is the fraction of hidden units removed,
   a removed unit's incoming row and outgoing columns masked (the layers keep their width).
 
-f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant.
+f_t = drop_fraction * (1 + cos(pi * p)) / 2 (cosine decay, p from begin to end), or constant; the
+default drop_fraction 0.5 is the reference's for SAC on MuJoCo (rigl/rl/tfagents/configs/
+sac_mujoco_sparse_config.gin: init_drop_fraction, cosine, update_freq 1000, last update at 80%).
 SET and RigL keep each layer's count, so the ERK densities of the start hold the whole run.
 
 One mask mechanism: `MaskSet.set_masks` changes masks (dropped weights become zero, regrown ones
@@ -42,12 +45,13 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, layer_counts, pin_pruned, top_mask
-from sparse_offline_rl.pruning.density import count_params_flops, step_flops
+from sparse_offline_rl.pruning.density import count_params_flops, dense_gradient_flops, step_flops
 from sparse_offline_rl.pruning.graph import LayerGraph, network_members
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.prune import _wiring
 from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.pruning.sparse_choice import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
+from sparse_offline_rl.pruning.sparse_init import check as check_sparse_init
 from sparse_offline_rl.pruning.sparse_linear import densify_, densify_algorithm
 from sparse_offline_rl.pruning.structured import (
     check_options,
@@ -65,13 +69,16 @@ DYNAMIC_DEFAULTS: dict[str, Any] = {
     "update_every": 1000,       # steps between mask updates
     "begin": None,              # fraction of training where updates start; None: the method's own
     "end": 0.8,                 # fraction of training of the last update
-    "drop_fraction": 0.1,       # SET / RigL: fraction of each layer's kept weights dropped at an update
+    "drop_fraction": 0.5,       # SET / RigL: fraction of each layer's kept weights dropped at the first update
     "drop_decay": "cosine",     # SET / RigL: cosine | constant
     "temperature_start": 1.0,   # Gibbs: temperature of the first update (relative to the mean kept w^2)
     "temperature_end": 0.01,    # Gibbs: of the last sampled update (the one at `end` is at zero)
 }
 #: Where each method starts updating (GMP: prune from 20%; the others change masks from the start).
 BEGIN = {"gmp": 0.2, "set": 0.0, "rigl": 0.0, "gibbs": 0.0}
+#: pruner.sparse_init when not given: on for the sparse starts, as the reference's fixed_sparse_init
+#: (the PaI pruners default to off, prune.PRUNER_DEFAULTS: the SSP protocol keeps the dense init).
+SPARSE_INIT = {"set": True, "rigl": True}
 #: The options only some methods read; the others refuse them.
 METHOD_OPTIONS = {"drop_fraction": ("set", "rigl"), "drop_decay": ("set", "rigl"),
                   "temperature_start": ("gibbs",), "temperature_end": ("gibbs",)}
@@ -83,6 +90,9 @@ DECAYS = ("cosine", "constant")
 def options(pruner: Mapping[str, Any]) -> dict[str, Any]:
     """The during-training options of `pruner` with defaults filled in; ValueError names a bad one."""
     method = pruner["name"]
+    if check_sparse_init(pruner) and method in ("gmp", "gibbs"):
+        raise ValueError(f"pruner.sparse_init applies to set, rigl and the pruners at initialization, not to "
+                         f"pruner={method}: it starts dense, with no mask to scale the initialisation to")
     given = {k: pruner.get(k) for k in DYNAMIC_DEFAULTS if pruner.get(k) is not None}
     if method not in DYNAMIC_PRUNERS:
         if given:
@@ -411,18 +421,21 @@ class SparseTraining:
         self.rule: Any = None
         self.kernels: dict[str, dict[str, str]] = {}
         self.choices: dict[str, dict[str, LayerChoice]] | None = None  # the last re-choice, this process
-        self.training_flops = 0
+        self.training_flops = 0  # RigL's dense gradient as Evci et al. count it (`density.dense_gradient_flops`)
+        self.training_flops_separate_pass = 0  # the same with it as the separate pass this code runs
         self.step_flops = 0
         self.updates: list[dict[str, Any]] = []
 
     def initial_pruner(self) -> dict[str, Any]:
-        """What prunes at initialization: GMP and Gibbs start dense, SET / RigL random with the run's scope."""
+        """What prunes at initialization: GMP and Gibbs start dense, SET / RigL random with the run's scope
+        and, unless pruner.sparse_init=false, the kept weights re-drawn to their fans under the mask."""
         base = {k: v for k, v in self.pruner.items() if k not in DYNAMIC_DEFAULTS}
         base["scope"] = self.scope
         if self.method in ("gmp", "gibbs"):
-            return {**base, "name": "dense", "structure": "unstructured"}  # dense: nothing narrowed
+            return {**base, "name": "dense", "structure": "unstructured", "sparse_init": False}  # dense: nothing narrowed
         if self.method in ("set", "rigl"):
-            return {**base, "name": "random"}
+            given = self.pruner.get("sparse_init")
+            return {**base, "name": "random", "sparse_init": SPARSE_INIT[self.method] if given is None else given}
         return base
 
     def start(self, algo: Any, masks: MaskSet, kernels: Mapping[str, Mapping[str, str]]) -> None:
@@ -467,11 +480,11 @@ class SparseTraining:
     def after_step(self, step: int, algo: Any, masks: MaskSet, batch: Any) -> dict[str, dict[str, str]] | None:
         """Count the step's FLOPs; at an update step change the masks. Returns the kernels if they changed."""
         self.training_flops += self.step_flops
+        self.training_flops_separate_pass += self.step_flops
         if not self.updates_masks(step, masks):
             return None
-        extra = 0
-        if self.method == "rigl":  # the dense gradient: one dense forward + backward per network
-            extra = sum(3 * self.batch_size * count_params_flops(algo.networks()[n], {})["flops_dense"] for n in masks.masks)
+        # RigL's dense gradient, at the masks it is taken under (each layer keeps its count, so the same after)
+        extra = dense_gradient_flops(algo, masks, self.batch_size) if self.method == "rigl" else {}
         densify_algorithm(algo, list(masks.masks))  # dense weights and gradients for the rule
         new = self.rule.new_masks(self.schedule, step, algo, masks, batch)
         old_kernels = self.kernels
@@ -479,7 +492,8 @@ class SparseTraining:
             self.choices = choose_kernels(algo, MaskSet(new), self.batch_size, self.kernel_mode)
             self.kernels = kernels_of(self.choices)
         changes = rewire(algo, masks, new, self.kernels)
-        self.training_flops += extra
+        self.training_flops += extra.get("evci2020", 0)
+        self.training_flops_separate_pass += extra.get("separate_pass", 0)
         self.step_flops = step_flops(algo, masks, self.batch_size)
         kept = sum(int(m.sum()) for pm in masks.masks.values() for m in pm.values())
         total = sum(m.numel() for pm in masks.masks.values() for m in pm.values())
@@ -557,7 +571,8 @@ class SparseTraining:
 
     # -- checkpoint and report -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"training_flops": self.training_flops, "updates": list(self.updates),
+        return {"training_flops": self.training_flops, "training_flops_separate_pass": self.training_flops_separate_pass,
+                "updates": list(self.updates),
                 "generator": self.rule.generator.get_state() if hasattr(self.rule, "generator") else None}
 
     def load_state_dict(self, state: Mapping[str, Any] | None, algo: Any, masks: MaskSet,
@@ -568,6 +583,12 @@ class SparseTraining:
         self.step_flops = step_flops(algo, masks, self.batch_size)
         if state:
             self.training_flops, self.updates = int(state["training_flops"]), list(state["updates"])
+            self.training_flops_separate_pass = int(state.get("training_flops_separate_pass", self.training_flops))
+            if "training_flops_separate_pass" not in state and self.method == "rigl":
+                # Written when `training_flops` counted the separate pass: recount each update Evci et al.'s
+                # way (the masks' counts have not changed since, RigL keeps them).
+                extra = dense_gradient_flops(algo, masks, self.batch_size)
+                self.training_flops -= len(self.updates) * (extra["separate_pass"] - extra["evci2020"])
             if state.get("generator") is not None and hasattr(self.rule, "generator"):
                 self.rule.generator.set_state(state["generator"])
 
@@ -575,6 +596,8 @@ class SparseTraining:
         """summary.json's `sparse_training`: the method, its options and schedule, the updates."""
         out: dict[str, Any] = {"method": self.method, "during_training": self.dynamic,
                                "training_flops": self.training_flops}
+        if self.method == "rigl":  # both counts of the dense gradient, labelled (`density.dense_gradient_flops`)
+            out.update(dense_gradient_counted_as="evci2020", training_flops_separate_pass=self.training_flops_separate_pass)
         if self.units:
             out["structure"] = "units"
         if self.dynamic:

@@ -26,6 +26,8 @@ from sparse_offline_rl.pruning.density import count_params_flops, network_report
 from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, layer_graph, network_members
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.rng import untouched_rngs
+from sparse_offline_rl.pruning.sparse_init import check as check_sparse_init
+from sparse_offline_rl.pruning.sparse_init import sparse_init_
 from sparse_offline_rl.pruning.scores import (
     LossClosure,
     Scores,
@@ -57,6 +59,7 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "budget_networks": None,  # the networks whose sparsity a budget_cost search sets (default: all)
     "structure": "unstructured",  # or "units": whole hidden units removed (pruning/structured.py)
     "weight_sparsity": None,  # structure=units: unstructured sparsity of the narrowed layers on top
+    "sparse_init": False,  # re-draw the kept weights scaled to their fans under the mask (pruning/sparse_init.py)
     "unit_score": "sum",  # structure=units: summed weight scores per unit, or "gate" (snip, grasp: a unit gate's saliency)
 }
 #: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
@@ -413,6 +416,9 @@ def prune_at_initialization(
     every generator reachable from `algo` and `sample_batch`, e.g. CQL's and TD3+BC's noise) is put
     back after scoring, so training after any pruner draws exactly what it draws after `dense`.
     While scoring, the torch RNG is seeded with `seed` so a stochastic saliency loss is reproducible.
+    `sparse_init=True` re-draws the kept weights once the masks are final (`sparse_init.sparse_init_`,
+    from a generator of its own derived from `seed`); off by default, so the dense initialisation stays
+    (the SSP protocol's), `structure=units` refuses it.
     """
     cfg = dict(pruner)
     method = cfg.pop("name", "dense")
@@ -422,6 +428,7 @@ def prune_at_initialization(
         raise ValueError(
             f"unknown pruner option(s) {', '.join(unknown)}; accepted: name, {', '.join(sorted(PRUNER_DEFAULTS))}"
         )
+    sparse_init = check_sparse_init(cfg)  # before the units branch, which has no weight masks to re-draw under
     if (cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None
             or cfg.get("unit_score") not in (None, "sum")):
         from sparse_offline_rl.pruning.structured import check_options, prune_units
@@ -558,6 +565,8 @@ def prune_at_initialization(
     scoring_seconds = time.perf_counter() - start
 
     mask_set = MaskSet(masks).bind(algo)
+    if sparse_init:  # the masks are final: only now are the fans under them known
+        sparse_init_(algo, mask_set, seed)
     totals = {k: sum(r[k] for r in networks_report.values()) for k in ("params_dense", "params", "flops_dense", "flops")}
     report: dict[str, Any] = {
         "pruner": method,
@@ -572,6 +581,7 @@ def prune_at_initialization(
         "budget_flops": cfg["budget_flops"] if not isinstance(cfg["budget_flops"], Mapping) else dict(cfg["budget_flops"]),
         "budget_cost": cost_report,
         "seed": int(seed),
+        "sparse_init": sparse_init and bool(mask_set),
         "scoring_seconds": scoring_seconds,
         "networks": networks_report,
         "total": totals,
