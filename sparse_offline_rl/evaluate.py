@@ -4,6 +4,9 @@
                                        [device=cpu] [threads=1] [progress=true]
   python -m sparse_offline_rl.evaluate compare RUN_DIR_A RUN_DIR_B ... [by=algo,pruner,sparsity]
                                        [reps=2000] [out=comparison.json]
+  python -m sparse_offline_rl.evaluate select RUN_DIR... [out=selection.json] [seed=0] [fqe_steps=8000]
+                                       [rows=20000] [logme_rows=4096] [reps=100] [scores=fqe,logme,...]
+                                       [device=cpu] [threads=1]
 
 Bad input ends with one line naming the value and what is accepted (exit status 2).
 """
@@ -11,19 +14,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sparse_offline_rl.checks import parse_overrides, to_bool, to_int
 from sparse_offline_rl.errors import USER_ERRORS, ConfigError
 
+if TYPE_CHECKING:
+    from sparse_offline_rl.evaluation.selection import SelectionSettings
+
 EVALUATE_KEYS = {"run_dir", "suite", "episodes", "seed", "device", "threads", "progress"}
 COMPARE_KEYS = {"by", "reps", "out", "seed"}
+SELECT_KEYS = {"out", "seed", "fqe_steps", "rows", "logme_rows", "reps", "scores", "device", "threads"}
 
 
 def evaluate_command(args: Sequence[str]) -> None:
     options, positional = parse_overrides(args, EVALUATE_KEYS)
     if positional:
-        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...) or 'compare DIR...'")
+        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...), 'compare DIR...' or 'select DIR...'")
     if "run_dir" not in options:
         raise ConfigError("run_dir=PATH is required (a training run directory holding checkpoint.pt)")
     import torch
@@ -66,11 +73,58 @@ def compare_command(args: Sequence[str]) -> None:
         print(f"wrote {options['out']}" + (f" and {figure}" if figure else ""))
 
 
+def select_settings(options: dict[str, str]) -> "SelectionSettings":
+    from sparse_offline_rl.evaluation.fqe import FQESettings
+    from sparse_offline_rl.evaluation.selection import SCORES, SelectionSettings
+
+    scores = tuple(options["scores"].split(",")) if "scores" in options else tuple(SCORES)
+    unknown = [s for s in scores if s not in SCORES]
+    if unknown or not scores:
+        raise ConfigError(f"scores={options.get('scores')} is invalid; accepted: a comma list of {', '.join(SCORES)}")
+    default = SelectionSettings()
+    return SelectionSettings(
+        seed=to_int("seed", options.get("seed", "0")), rows=to_int("rows", options.get("rows", str(default.rows)), 1),
+        logme_rows=to_int("logme_rows", options.get("logme_rows", str(default.logme_rows)), 2),
+        reps=to_int("reps", options.get("reps", str(default.reps)), 1), scores=scores,
+        fqe=FQESettings(steps=to_int("fqe_steps", options.get("fqe_steps", str(default.fqe.steps)), 1)))
+
+
+def select_command(args: Sequence[str]) -> None:
+    options, run_dirs = parse_overrides(args, SELECT_KEYS)
+    if not run_dirs:
+        raise ConfigError("select needs one or more run directories holding checkpoint.pt")
+    settings = select_settings(options)
+    import torch
+
+    torch.set_num_threads(to_int("threads", options.get("threads", "1"), 1))
+    from sparse_offline_rl.evaluation import ranking
+    from sparse_offline_rl.evaluation.selection import select_runs
+    from sparse_offline_rl.io import atomic_write_json, atomic_write_text
+
+    def progress(record: dict) -> None:
+        print(f"scored {record['run_dir']} ({record['eval_split']} split) in {record['seconds']:.0f} s")
+
+    records = select_runs(run_dirs, settings, device=options.get("device", "cpu"), progress=progress)
+    rows = ranking.table_rows(records)
+    print(ranking.to_csv(rows), end="")
+    print("\n".join(ranking.summary_lines(records, settings.scores, seed=settings.seed)))
+    out = Path(options.get("out", "selection.json"))
+    agreement = {s: ranking.agreement(records, s, seed=settings.seed) for s in settings.scores}
+    recommendation = {s: ranking.recommend(records, s) for s in settings.scores}
+    atomic_write_json(out, {"runs": records, "recommendation": recommendation, "agreement": agreement})
+    atomic_write_text(out.with_suffix(".csv"), ranking.to_csv(rows))
+    figure = ranking.figure(records, settings.scores, out.with_suffix(".png"))
+    print(f"wrote {out}, {out.with_suffix('.csv')}" + (f" and {figure}" if figure else "")
+          + f"; each run's scores in RUN_DIR/offline_scores.json")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "compare":
             compare_command(args[1:])
+        elif args and args[0] == "select":
+            select_command(args[1:])
         else:
             evaluate_command(args)
     except (ImportError, *USER_ERRORS) as err:

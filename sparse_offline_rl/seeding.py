@@ -28,6 +28,12 @@ class Stream(enum.IntEnum):
     VAL_SPLIT = 6  # which episodes are held out for validation
     TRAIN_PROBE = 7  # the fixed training transitions the diagnostics probe
     VAL_PROBE = 8  # the fixed validation transitions the diagnostics probe
+    # The offline selection scores (evaluation.selection) are seeded from the selection's own seed
+    # (the `select` command's seed=), not the run's: every run is scored with the same draws, so two
+    # runs' scores differ only by their agents (common random numbers).
+    FQE = 9  # the FQE critic's initialisation and batches
+    SELECTION_ROWS = 10  # which held-out transitions the TD error, BC loss and LogME use
+    SELECTION_BOOTSTRAP = 11  # the bootstrap replicates of each score (P(best), expected regret)
 
 
 def stream_seed(run_seed: int, stream: Stream) -> int:

@@ -6,6 +6,9 @@ Entry points (imported lazily from their modules so the trainer can import `roll
 - `agent.load_agent(run_dir)`: a trained agent from its run directory.
 - `diagnostics.TrainingDiagnostics`: overfitting diagnostics at each training evaluation.
 - `stats`: IQM, stratified-bootstrap CIs, probability of improvement; `compare.compare_run_dirs`.
-Command (sparse_offline_rl/evaluate.py): `python -m sparse_offline_rl.evaluate run_dir=... suite=generalization`
-and `... compare DIR...`.
+- `selection.select_runs`: offline selection scores from the dataset alone (TD error, BC loss, Q(s0),
+  FQE in `fqe.py`, LogME in `logme.py`); `ranking`: the recommendation, its expected regret and the
+  agreement with true returns.
+Command (sparse_offline_rl/evaluate.py): `python -m sparse_offline_rl.evaluate run_dir=... suite=generalization`,
+`... compare DIR...` and `... select DIR...`.
 """

@@ -45,8 +45,9 @@ def _as_2d(q: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def td_errors(algo: Any, batch: Batch, discount: float) -> float | None:
-    """Mean squared TD error of the online critics on `batch`; None without a "critic" network."""
+def td_error_rows(algo: Any, batch: Batch, discount: float) -> torch.Tensor | None:
+    """Each transition's squared TD error of the online critics (mean over critics), (B,); None
+    without a "critic" network."""
     nets, targets = algo.networks(), algo.target_networks()
     critic = nets.get("critic")
     if critic is None:
@@ -58,12 +59,24 @@ def td_errors(algo: Any, batch: Batch, discount: float) -> float | None:
         next_v = _as_2d(target_critic(batch.next_observations, algo.act(batch.next_observations))).min(0).values
     target = batch.rewards + discount * (1.0 - batch.dones) * next_v
     qs = _as_2d(critic(batch.observations, batch.actions))
-    return float((qs - target).pow(2).mean())
+    return (qs - target).pow(2).mean(0)
+
+
+def td_errors(algo: Any, batch: Batch, discount: float) -> float | None:
+    """Mean squared TD error of the online critics on `batch`; None without a "critic" network."""
+    rows = td_error_rows(algo, batch, discount)
+    return None if rows is None else float(rows.mean())
+
+
+@torch.no_grad()
+def bc_mse_rows(algo: Any, batch: Batch) -> torch.Tensor:
+    """Each transition's squared distance between the policy's action and the data's, per action dim, (B,)."""
+    return (algo.act(batch.observations) - batch.actions).pow(2).mean(-1)
 
 
 @torch.no_grad()
 def bc_losses(algo: Any, batch: Batch) -> dict[str, float]:
-    out = {"bc_mse": float(F.mse_loss(algo.act(batch.observations), batch.actions))}
+    out = {"bc_mse": float(bc_mse_rows(algo, batch).mean())}
     actor = algo.networks().get("actor")
     if actor is not None and hasattr(actor, "log_prob"):
         out["bc_nll"] = float(-actor.log_prob(batch.observations, batch.actions).mean())

@@ -10,6 +10,8 @@ numbers of runs. 2-D arrays are read as (runs, tasks), rliable's layout.
   pairs (ties count 1/2), averaged over tasks.
 - `performance_profile`: for each threshold tau, the fraction of runs scoring above tau (per task,
   then averaged over tasks, so every task weighs the same), with stratified-bootstrap bands.
+- `spearman`: Spearman's rank correlation, the Pearson correlation of the ranks (ties get their
+  average rank, as scipy's `spearmanr`); NaN when either side is constant.
 """
 from __future__ import annotations
 
@@ -116,3 +118,25 @@ def performance_profile(
     alpha = (1.0 - confidence) / 2
     low, high = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)], axis=0)
     return profile(strata), low, high
+
+
+def ranks(values: np.ndarray | Sequence[float]) -> np.ndarray:
+    """1-based ranks, tied values sharing the average of the ranks they span."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # Each run of equal values [first, last] gets (first + last) / 2 + 1.
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)] - 1
+    out = np.empty(len(x))
+    out[order] = np.repeat((starts + ends) / 2 + 1, ends - starts + 1)
+    return out
+
+
+def spearman(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float]) -> float:
+    rx, ry = ranks(x), ranks(y)
+    if len(rx) != len(ry):
+        raise ValueError(f"spearman needs paired values, got {len(rx)} and {len(ry)}")
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])

@@ -1,11 +1,14 @@
 """python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N] [--against reference|DIR] [--publish DIR]
+                                   [--select fqe|logme|logme_actor|q_s0|td_error|bc_mse]
 
 Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
 DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
 learning_curves.png, density_per_layer.png. Missing or failed runs are listed (in results.md and
 here); with --strict they also make the exit status 3. --against puts each configuration beside the
 reference study's (or another results folder's) of the same algorithm, dataset, sparsity and length
-(against.md, against.csv); --publish copies the finished runs' summaries, curves and configs into DIR.
+(against.md, against.csv); --publish copies the finished runs' summaries, curves and configs into DIR;
+--select ranks the finished runs by an offline score and recommends one, with its expected regret
+(select.md, select.csv, select.png).
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ import argparse
 import sys
 
 from sparse_offline_rl.report.collect import ReportError
+from sparse_offline_rl.evaluation.ranking import SCORES
 from sparse_offline_rl.report.publish import publish
+from sparse_offline_rl.report.select import write_select
 from sparse_offline_rl.report.write import write_against, write_report
 
 
@@ -27,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare with the reference study (results/reference) or another results folder")
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="copy each finished run's summary.json, eval.csv and config into DIR")
+    parser.add_argument("--select", default=None, choices=list(SCORES), metavar="|".join(SCORES),
+                        help="rank the runs by an offline score (scored from the data alone) and recommend one")
     args = parser.parse_args(argv)
     try:
         result = write_report(args.sweep_dir, args.out, reps=args.reps)
         if args.against is not None:
             result["paths"].update(write_against(args.sweep_dir, args.against, result["out"], args.reps))
+        if args.select is not None:
+            result["paths"].update(write_select(args.sweep_dir, args.select, result["out"], args.reps))
         if args.publish is not None:
             print(f"published {len(publish(args.sweep_dir, args.publish))} runs into {args.publish}")
     except (ReportError, OSError, ValueError) as err:

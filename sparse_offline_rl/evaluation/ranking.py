@@ -1,0 +1,184 @@
+"""Choosing among runs by an offline score (evaluation.selection): the recommendation, its expected
+regret, and, where the runs were also evaluated in the simulator, how well the score ranked them.
+
+- `recommend`: the run the score puts first. Its expected regret is read from the score's bootstrap
+  replicates: in replicate b, regret_b = best score in b - the recommended run's score in b (>= 0,
+  oriented so higher is better); the mean over b, in the score's units, with P(best) the fraction of
+  replicates in which the recommended run is still first. This is the regret the score's own
+  sampling noise allows, not the regret in true return: that needs the score checked against true
+  returns (`agreement`), on this sweep or on a reference study.
+- `agreement`: with each run's true final result (summary.json), Spearman's rank correlation of the
+  score with the true normalised score, and regret@1 = best true score - the true score of the run
+  the score puts first, each with a bootstrap CI over runs (runs resampled with replacement).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sparse_offline_rl.evaluation.stats import spearman
+
+Record = Mapping[str, Any]
+#: The offline scores (evaluation.selection computes them) -> whether higher is better. Kept here, with
+#: numpy only, so that the report can name them without importing torch.
+SCORES: dict[str, bool] = {"td_error": False, "bc_mse": False, "q_s0": True, "fqe": True, "logme": True,
+                           "logme_actor": True}
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise ValueError(f"select={score} is not a score; accepted: {', '.join(SCORES)}")
+    return score
+
+
+def oriented(record: Record, score: str) -> float:
+    """The run's score, negated where lower is better (so higher is always better); NaN if missing."""
+    entry = record["scores"].get(score) or {}
+    value = entry.get("value")
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return value if SCORES[score] else -value
+
+
+def true_score(record: Record) -> float:
+    value = (record.get("true") or {}).get("normalized_score_mean")
+    return math.nan if value is None else float(value)
+
+
+def recommend(records: Sequence[Record], score: str) -> dict[str, Any] | None:
+    """The best run by `score`, its P(best) and expected regret over the score's replicates."""
+    scored = [r for r in records if math.isfinite(oriented(r, check_score(score)))]
+    if not scored:
+        return None
+    values = np.array([oriented(r, score) for r in scored])
+    order = np.argsort(-values, kind="stable")
+    best = int(order[0])
+    out: dict[str, Any] = {"score": score, "run": scored[best]["run_dir"], "value": scored[best]["scores"][score]["value"],
+                           "ranking": [scored[i]["run_dir"] for i in order], "p_best": None, "expected_regret": None}
+    reps = [r["scores"][score].get("replicates") or [] for r in scored]
+    if len(set(map(len, reps))) == 1 and reps[0]:
+        sign = 1.0 if SCORES[score] else -1.0
+        boot = sign * np.array(reps)  # (runs, replicates)
+        out["p_best"] = float((boot.argmax(0) == best).mean())
+        out["expected_regret"] = float((boot.max(0) - boot[best]).mean())
+    return out
+
+
+def regret_at_1(scores: np.ndarray, truth: np.ndarray) -> float:
+    return float(truth.max() - truth[int(np.argmax(scores))])
+
+
+def agreement(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """Spearman and regret@1 of `score` against the true normalised scores, with bootstrap 95% CIs over
+    runs; None with fewer than 3 runs that have both."""
+    pairs = [(oriented(r, check_score(score)), true_score(r)) for r in records]
+    pairs = [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
+    if len(pairs) < 3:
+        return None
+    s, t = np.array(pairs).T
+    rng = np.random.default_rng(seed)
+    boot = rng.integers(0, len(s), (reps, len(s)))
+    rho = np.array([spearman(s[i], t[i]) for i in boot])
+    regret = np.array([regret_at_1(s[i], t[i]) for i in boot])
+    interval = lambda x: [float(v) for v in np.nanpercentile(x, [2.5, 97.5])] if np.isfinite(x).any() else [math.nan] * 2  # noqa: E731
+    return {"score": score, "runs": len(s), "spearman": spearman(s, t), "spearman_ci": interval(rho),
+            "regret_at_1": regret_at_1(s, t), "regret_at_1_ci": interval(regret), "true_best": float(t.max())}
+
+
+def table_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One flat row per run: who it is, each score's value, the true result if any."""
+    rows = []
+    for r in records:
+        meta = r.get("meta", {})
+        row = {"run_dir": r["run_dir"], **{k: meta.get(k) for k in ("algo", "dataset", "pruner", "sparsity", "seed", "step")},
+               "eval_split": r.get("eval_split")}
+        for name in SCORES:
+            entry = r["scores"].get(name)
+            if entry is not None:
+                row[name] = entry.get("value")
+        true = r.get("true") or {}
+        row["true_return"], row["true_score"] = true.get("return_mean"), true.get("normalized_score_mean")
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(records: Sequence[Record], scores: Sequence[str], reps: int = 2000, seed: int = 0) -> list[str]:
+    """For each score: the recommendation, its expected regret and P(best); the agreement with true
+    results where the runs have them."""
+    lines = []
+    splits = {r.get("eval_split") for r in records}
+    if len(splits) > 1:
+        lines.append("note: some runs have a validation split and some do not: td_error, bc_mse and logme of "
+                     "runs scored on their training data (eval_split=train) are not comparable with the others")
+    for score in scores:
+        rec = recommend(records, score)
+        if rec is None:
+            lines.append(f"{score}: no run has this score")
+            continue
+        lines.append(f"{score} ({'higher' if SCORES[score] else 'lower'} is better): recommend {rec['run']} "
+                     f"({_fmt(rec['value'])}); P(best) {_fmt(rec['p_best'])}, expected regret {_fmt(rec['expected_regret'])} "
+                     f"(score units, from the score's bootstrap)")
+        agr = agreement(records, score, reps=reps, seed=seed)
+        if agr is not None:
+            lines.append(f"  vs true score over {agr['runs']} runs: Spearman {agr['spearman']:.2f} "
+                         f"[{agr['spearman_ci'][0]:.2f}, {agr['spearman_ci'][1]:.2f}], regret@1 {agr['regret_at_1']:.2f} "
+                         f"[{agr['regret_at_1_ci'][0]:.2f}, {agr['regret_at_1_ci'][1]:.2f}] (normalised score)")
+    return lines
+
+
+def figure(records: Sequence[Record], scores: Sequence[str], path: Path | str) -> Path | None:
+    """One panel per score: against the true score where runs have one, else each run's value with
+    its bootstrap 95% interval."""
+    panels = [s for s in scores if any(math.isfinite(oriented(r, s)) for r in records)]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparse_offline_rl.io import atomic_save_figure
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, score in zip(axes.flat, panels):
+        runs = [r for r in records if math.isfinite(oriented(r, score))]
+        values = [r["scores"][score]["value"] for r in runs]
+        low, high = zip(*[np.percentile(r["scores"][score].get("replicates") or [v], [2.5, 97.5]) for r, v in zip(runs, values)])
+        truth = [true_score(r) for r in runs]
+        y = truth if all(math.isfinite(t) for t in truth) else list(range(len(runs)))
+        ax.errorbar(values, y, xerr=[np.subtract(values, low), np.subtract(high, values)], fmt="o", ms=4, capsize=2)
+        ax.set_xlabel(f"{score} ({'higher' if SCORES[score] else 'lower'} is better)")
+        ax.set_ylabel("true normalised score" if y is truth else "run")
+        if y is not truth:
+            ax.set_yticks(y, [Path(r["run_dir"]).name[-24:] for r in runs], fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.suptitle("offline selection scores (bootstrap 95% intervals)")
+    fig.tight_layout()
+    return atomic_save_figure(fig, path)
+
+
+__all__ = ["SCORES", "agreement", "check_score", "figure", "recommend", "summary_lines", "table_rows", "to_csv"]
