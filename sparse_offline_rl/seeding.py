@@ -24,7 +24,7 @@ class Stream(enum.IntEnum):
     TRAIN_BATCHES = 2  # the training batch sampler
     PRUNING_BATCHES = 3  # the batches pruning at initialization scores on
     PRUNING = 4  # stochastic scoring losses and the random pruner
-    MASK_UPDATES = 5  # SET's regrowth, Gibbs' draws, the sparsity-aware re-initialisation
+    MASK_UPDATES = 5  # SET's regrowth, Gibbs' draws
     VAL_SPLIT = 6  # which episodes are held out for validation
     TRAIN_PROBE = 7  # the fixed training transitions the diagnostics probe
     VAL_PROBE = 8  # the fixed validation transitions the diagnostics probe
@@ -34,6 +34,7 @@ class Stream(enum.IntEnum):
     FQE = 9  # the FQE critic's initialisation and batches
     SELECTION_ROWS = 10  # which held-out transitions the TD error, BC loss and LogME use
     SELECTION_BOOTSTRAP = 11  # the bootstrap replicates of each score (P(best), expected regret)
+    SPARSE_INIT = 12  # pruner.sparse_init's re-draw, from the pruning seed the run derived (PRUNING)
 
 
 def stream_seed(run_seed: int, stream: Stream) -> int:

@@ -17,7 +17,7 @@ nn.Linear default (variance 1 / (3 fan_in)). Biases are left as they are (the re
 only the masked kernels). An algorithm's own weight initialisation of a masked layer (CQL's scaled-
 down output layer) is replaced too, as the reference replaces every masked kernel.
 
-The draws come from a generator of their own, derived from the seed and a fixed purpose constant,
+The draws come from a generator of their own, derived from the seed and its purpose (`seeding.Stream.SPARSE_INIT`),
 so they consume none of training's randomness: a run with sparse_init draws the same batches and
 noise as one without. Target networks get the same values (they start equal to the online ones).
 """
@@ -25,13 +25,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.seeding import Stream, stream_seed
 
-#: Mixed with the seed so this generator's stream is unrelated to every other one seeded from it.
-PURPOSE = 0x5A1E1
 #: The reference's `unit_scaled_init` scale (variance = scale / fan_avg).
 SCALE = 1.0
 
@@ -50,9 +48,8 @@ def check(pruner: Mapping[str, Any]) -> bool:
 
 
 def init_generator(seed: int) -> torch.Generator:
-    """The re-draw's own generator: seeded from (seed, PURPOSE), never from a stream training reads."""
-    state = np.random.SeedSequence([int(seed), PURPOSE]).generate_state(1, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0]))
+    """The re-draw's own generator: seeded from (seed, its purpose), never from a stream training reads."""
+    return torch.Generator().manual_seed(stream_seed(seed, Stream.SPARSE_INIT))
 
 
 def unit_scaled_limits(mask: torch.Tensor, scale: float = SCALE) -> torch.Tensor:
@@ -92,4 +89,4 @@ def sparse_init_(algo: Any, masks: MaskSet, seed: int, scale: float = SCALE) -> 
                     target[pname].copy_(new)
 
 
-__all__ = ["PURPOSE", "SCALE", "check", "init_generator", "sparse_init_", "unit_scaled_init", "unit_scaled_limits"]
+__all__ = ["SCALE", "check", "init_generator", "sparse_init_", "unit_scaled_init", "unit_scaled_limits"]
