@@ -106,8 +106,8 @@ def split_cells(cells: list[list[int]], max_members: int, workers: int) -> list[
     """Each cell (jobs that can stack) cut into groups of at most `max_members`, and cut further until
     there are at least `workers` groups (or every group is one job): one big group in one process
     leaves the other workers idle, which costs more than stacking gains (measured: 8 IQL jobs as one
-    group on 2 cores took 1.6x as long as two groups of 4). Cuts go to the cell whose groups are
-    largest, and a cell's groups differ in size by at most one."""
+    group on 2 cores took 1.8x as long as two groups of 4, 205 s against 112 s end to end). Cuts go
+    to the cell whose groups are largest, and a cell's groups differ in size by at most one."""
     parts = [-(-len(cell) // max_members) for cell in cells]
     while sum(parts) < workers:
         sizes = [len(cell) / n if n < len(cell) else 0 for cell, n in zip(cells, parts)]
