@@ -103,10 +103,11 @@ def retained_strata(rows: Sequence[Mapping[str, Any]]) -> dict[Method, dict[Task
     return dict(out)
 
 
-def figure(rows: Sequence[Mapping[str, Any]], path: Path, reps: int = 2000, seed: int = 0) -> Path | None:
+def figure(rows: Sequence[Mapping[str, Any]], path: Path, reps: int = 2000, seed: int = 0,
+           summary: Sequence[Mapping[str, Any]] | None = None) -> Path | None:
     """Retained fraction vs sparsity per pruner (IQM over tasks, CI band); the performance profile at
     sparsity PROFILE_AT (else the most populated one); P(pruner > random) per sparsity with its CI."""
-    summary = across_tasks(rows, reps=reps, seed=seed)
+    summary = across_tasks(rows, reps=reps, seed=seed) if summary is None else summary  # the table's, if made
     if not summary:
         return None
     from sparse_offline_rl.report.figures import draw_aggregate

@@ -40,8 +40,9 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps:
     cells = aggregate_tasks.retained_cells(runs, reps=reps)
     if cells:  # some task has dense runs to measure the pruned ones against
         paths["aggregate_md"] = out / "aggregate.md"
-        atomic_write_text(paths["aggregate_md"], aggregate_tasks.to_markdown(cells, aggregate_tasks.across_tasks(runs, reps=reps)))
-        paths["aggregate"] = aggregate_tasks.figure(runs, out / "aggregate.png", reps=reps)
+        summary = aggregate_tasks.across_tasks(runs, reps=reps)
+        atomic_write_text(paths["aggregate_md"], aggregate_tasks.to_markdown(cells, summary))
+        paths["aggregate"] = aggregate_tasks.figure(runs, out / "aggregate.png", reps=reps, summary=summary)
     return {"paths": paths, "groups": groups, "runs": runs, "problems": problems, "out": out}
 
 
