@@ -56,7 +56,7 @@ def check_choices(args: list[str]) -> None:
     """`algo=` / `pruner=` (or comma lists of them, for sweeps) must name a known option: say so in one
     line here instead of Hydra's multi-line config-search report."""
     from sparse_offline_rl.algorithms import available_algorithms
-    from sparse_offline_rl.pruning import ALL_PRUNERS
+    from sparse_offline_rl.sparse_training.dynamic import ALL_PRUNERS
 
     known = {
         "algorithm": ("algo", sorted(set(available_algorithms()) | {p.stem for p in (CONFIG_DIR / "algo").glob("*.yaml")})),

@@ -44,7 +44,7 @@ from sparse_offline_rl.export import (MAX_ABS_DIFF, REPORTED_BATCHES, ROUNDS, ca
                                       dataset_observations, exportable_policy, max_abs_diff, measure, runtime)
 from sparse_offline_rl.io import atomic_save_figure, cpu_model  # noqa: E402
 from sparse_offline_rl.pruning import prune_at_initialization  # noqa: E402
-from sparse_offline_rl.pruning.structured import network_densities  # noqa: E402
+from sparse_offline_rl.sparse.narrow import network_densities  # noqa: E402
 
 #: (format, storage) columns, in table order.
 VARIANTS = (("torchscript", "dense"), ("torchscript", "sparse"), ("onnx", "dense"))

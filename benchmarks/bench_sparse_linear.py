@@ -15,7 +15,7 @@ For each layer shape (out x in weight: 256x256 hidden, 256x17 first layer of a h
 
 Every contender of one row is timed in turn, in an order rotated every round, and the median over
 rounds is reported, so machine load hits both alike. `--variants` also times the kernel layouts the
-layer chose between (see sparse_offline_rl/pruning/sparse_linear.py).
+layer chose between (see sparse_offline_rl/sparse/linear.py).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from sparse_offline_rl.pruning.sparse_linear import _kernels, _product, csr_pattern, to_sparse
+from sparse_offline_rl.sparse.linear import _kernels, _product, csr_pattern, to_sparse
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks")

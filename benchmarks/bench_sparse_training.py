@@ -35,7 +35,7 @@ from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm  # noqa: E4
 from sparse_offline_rl.io import atomic_save_figure, atomic_write_json  # noqa: E402
 from sparse_offline_rl.data.buffer import TransitionBuffer  # noqa: E402
 from sparse_offline_rl.pruning import prune_at_initialization  # noqa: E402
-from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels, choose_kernels, kernels_of  # noqa: E402
+from sparse_offline_rl.sparse.kernels import apply_sparse_kernels, choose_kernels, kernels_of  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 

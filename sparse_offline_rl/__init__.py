@@ -6,6 +6,10 @@ algorithm"). It then trains with `train(...)` / `make_algorithm(...)`, and from 
 with `python run.py plugins=my_algo.py algo=name`, or as `algo=name` alone once installed with an
 entry point in the group `sparse_offline_rl.algorithms`.
 """
+from sparse_offline_rl import compat
+
+compat.install()
+
 from sparse_offline_rl.algorithms import (
     OfflineAlgorithm,
     ProblemSpec,

@@ -44,10 +44,10 @@ from sparse_offline_rl.checks import parse_overrides, to_int
 from sparse_offline_rl.errors import USER_ERRORS, ConfigError
 from sparse_offline_rl.evaluation.agent import EvalAgent, load_agent
 from sparse_offline_rl.io import atomic_write_bytes_with, atomic_write_json, cpu_model
-from sparse_offline_rl.pruning.graph import WiringError
-from sparse_offline_rl.pruning.sparse_choice import SPARSE_MARGIN, best_us
-from sparse_offline_rl.pruning.sparse_linear import csr_pattern, densify_
-from sparse_offline_rl.pruning.structured import drop_unread_units_
+from sparse_offline_rl.sparse.wiring import WiringError
+from sparse_offline_rl.sparse.kernels import SPARSE_MARGIN, best_us
+from sparse_offline_rl.sparse.linear import csr_pattern, densify_
+from sparse_offline_rl.sparse.narrow import drop_unread_units_
 
 FORMATS = {"onnx": "actor.onnx", "torchscript": "actor.pt"}
 STORAGES = ("auto", "dense", "sparse")

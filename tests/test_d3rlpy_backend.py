@@ -78,7 +78,7 @@ def test_d3rlpy_modules_stay_dense_masked_even_when_sparse_kernels_are_forced(tm
     """d3rlpy's layers are not built by networks.mlp (and d3rlpy may read their weights), so none is
     converted: the run trains dense-masked with its masks enforced, and the report says why."""
     pytest.importorskip("d3rlpy")
-    from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+    from sparse_offline_rl.sparse.linear import sparse_layers
 
     # scope=layer: a 16x16 net at 0.9 under one global threshold can lose a whole layer by chance
     cfg = {**fast_config, "algo": {"name": "d3rlpy:iql", "hidden": [16, 16]}, "pruner": {"name": "random", "scope": "layer"},

@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-import sparse_offline_rl.pruning.dynamic as dynamic_module
+import sparse_offline_rl.sparse_training.dynamic as dynamic_module
 import sparse_offline_rl.training.trainer as trainer_module
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.allocation import keep_count
-from sparse_offline_rl.pruning.graph import layer_graph
-from sparse_offline_rl.pruning.masks import layer_weights
-from sparse_offline_rl.pruning.density import count_params_flops
-from sparse_offline_rl.pruning.dynamic import (
+from sparse_offline_rl.sparse.wiring import layer_graph
+from sparse_offline_rl.sparse.masks import layer_weights
+from sparse_offline_rl.sparse.density import count_params_flops
+from sparse_offline_rl.sparse_training.dynamic import (
     Gibbs,
     RigL,
     Schedule,
@@ -29,8 +29,8 @@ from sparse_offline_rl.pruning.dynamic import (
     gmp_sparsity,
     options,
 )
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear
-from sparse_offline_rl.pruning.structured import UnitCollapseError, hidden_members, unit_scores, weight_masks
+from sparse_offline_rl.sparse.linear import SparseLinear
+from sparse_offline_rl.pruning.units import UnitCollapseError, hidden_members, unit_scores, weight_masks
 from sparse_offline_rl.training.trainer import StepInfo, train
 from test_mask_enforcement import DirectStep
 from test_training import Interrupt, assert_same_state, interrupt_at

@@ -14,7 +14,7 @@ from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.evaluation.compare import compare_results
 from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics, td_errors
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
-from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+from sparse_offline_rl.sparse.linear import sparse_layers
 from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.training.trainer import train
 

@@ -18,7 +18,7 @@ from conftest import FAST_CONFIG, random_dataset, write_d4rl_hdf5
 from sparse_offline_rl import export
 from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.export import MAX_ABS_DIFF, dataset_observations, export_agent, export_run, main, runtime
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear, sparsify_
+from sparse_offline_rl.sparse.linear import SparseLinear, sparsify_
 from sparse_offline_rl.training.trainer import train
 
 HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))

@@ -15,8 +15,8 @@ from torch import nn
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.algorithms.networks import FusedAdam, GaussianActor, Lamb, Scalar, make_optimizer
 from sparse_offline_rl.errors import ConfigError
-from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
-from sparse_offline_rl.pruning.sparse_linear import sparsify_, swap_optimizer_params
+from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.sparse.linear import sparsify_, swap_optimizer_params
 from sparse_offline_rl.training.trainer import validate_config
 
 BETAS, EPS = (0.9, 0.999), 1e-6

@@ -19,11 +19,14 @@ ALLOWED: dict[str, set[str]] = {
     "checks": {"errors"},
     "io": {"errors"},
     "seeding": set(),
+    "compat": set(),  # old module paths -> new ones, by name only
     "data": BOTTOM,
-    "pruning": BOTTOM | {"data"},  # talks to algorithms only through the protocol's methods
-    "algorithms": BOTTOM | {"data", "pruning"},
-    "evaluation": BOTTOM | {"data", "pruning", "algorithms"},
-    "training": BOTTOM | {"data", "pruning", "algorithms", "evaluation"},
+    "sparse": BOTTOM,  # the mechanism: masks, wiring, CSR and stacked layers, kernel choice, counts
+    "pruning": BOTTOM | {"data", "sparse"},  # talks to algorithms only through the protocol's methods
+    "sparse_training": BOTTOM | {"data", "sparse", "pruning"},
+    "algorithms": BOTTOM | {"data", "sparse"},
+    "evaluation": BOTTOM | {"data", "sparse", "pruning", "algorithms"},
+    "training": BOTTOM | {"data", "sparse", "pruning", "sparse_training", "algorithms", "evaluation"},
 }
 LIBRARY = set(ALLOWED)
 # The commands sit on top of the library and never import each other: run.py -> cli,

@@ -23,8 +23,8 @@ import sparse_offline_rl as sorl
 import sparse_offline_rl.training.trainer as trainer_module
 from conftest import REPO
 from sparse_offline_rl.pruning import MaskSet, prunable_parameters
-from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear
+from sparse_offline_rl.sparse.kernels import apply_sparse_kernels
+from sparse_offline_rl.sparse.linear import SparseLinear
 from sparse_offline_rl.training.trainer import train
 
 PLUGIN_FILE = REPO / "examples" / "sorl_awac_plugin" / "sorl_awac_plugin.py"

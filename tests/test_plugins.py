@@ -102,7 +102,7 @@ def test_plugin_gets_sparse_kernels_only_for_the_frameworks_layers(tmp_path, fas
     """AWAC with its critic swapped for one of plain nn.Linear layers: forced sparse kernels convert
     the actor (built by networks.mlp) and leave the critic dense-masked, and the run trains."""
     from sparse_offline_rl.algorithms.networks import adam, frozen_copy
-    from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+    from sparse_offline_rl.sparse.linear import sparse_layers
 
     awac = sorl.import_plugin(str(PLUGIN_FILE))
 

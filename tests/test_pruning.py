@@ -26,7 +26,7 @@ from sparse_offline_rl.pruning import (
     saliency,
 )
 from sparse_offline_rl.pruning.prune import _iterate
-from sparse_offline_rl.pruning.dynamic import SparseTraining
+from sparse_offline_rl.sparse_training.dynamic import SparseTraining
 from sparse_offline_rl.pruning.allocation import allocate, erk_densities, first_last_layers, keep_count, top_mask
 
 OBS, ACT = 5, 2

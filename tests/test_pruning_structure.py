@@ -22,7 +22,7 @@ from sparse_offline_rl.pruning import (
     saliency,
 )
 from sparse_offline_rl.pruning.allocation import check_layer_collapse, first_last_layers, keep_count
-from sparse_offline_rl.pruning.graph import WiringError, connectivity, layer_graph
+from sparse_offline_rl.sparse.wiring import WiringError, connectivity, layer_graph
 
 PRUNERS = ["snip", "grasp", "synflow", "magnitude", "random"]
 

@@ -1,4 +1,4 @@
-"""pruner.sparse_init (pruning/sparse_init.py): the kept weights re-drawn U(-a, a), a = sqrt(3 / fan_avg),
+"""pruner.sparse_init (sparse/fan_init.py): the kept weights re-drawn U(-a, a), a = sqrt(3 / fan_avg),
 fan_avg = (kept weights into the output unit + kept weights out of the input unit) / 2, as the google-
 research rigl code's `unit_scaled_init` (fanavg_uniform, scale 1); configs match the code's defaults."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import yaml
 from conftest import REPO
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.pruning import PRUNER_DEFAULTS, PRUNERS, prunable_parameters, prune_at_initialization
-from sparse_offline_rl.pruning.dynamic import SPARSE_INIT, options
-from sparse_offline_rl.pruning.sparse_init import init_generator, unit_scaled_init, unit_scaled_limits
+from sparse_offline_rl.sparse_training.dynamic import SPARSE_INIT, options
+from sparse_offline_rl.sparse.fan_init import init_generator, unit_scaled_init, unit_scaled_limits
 
 
 def test_each_kept_weight_is_drawn_to_its_fans_under_the_mask():

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.algorithms.networks import FusedAdam, TwinQ, frozen_params, polyak_update
-from sparse_offline_rl.pruning.masks import prunable_parameters
-from sparse_offline_rl.pruning.sparse_choice import LayerCost, choose_layers, measure_layer
-from sparse_offline_rl.pruning.sparse_linear import (
+from sparse_offline_rl.sparse.masks import prunable_parameters
+from sparse_offline_rl.sparse.kernels import LayerCost, choose_layers, measure_layer
+from sparse_offline_rl.sparse.linear import (
     SparseLinear,
     densify_,
     sparse_layers,
@@ -370,7 +370,7 @@ def test_only_layers_marked_eligible_are_ever_converted():
     """networks.mlp marks its layers (and deep copies keep the mark); a plain nn.Linear, e.g. one of
     d3rlpy's modules, stays dense in every mode, without being measured."""
     from sparse_offline_rl.algorithms.networks import mlp
-    from sparse_offline_rl.pruning.sparse_linear import eligible
+    from sparse_offline_rl.sparse.linear import eligible
 
     framework = copy.deepcopy(mlp(6, 2, [8]))
     plain = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -399,7 +399,7 @@ def test_measure_layer_is_cached_and_positive():
 
 def test_product_ignores_what_the_output_held():
     """Outputs are allocated uninitialised; the beta-0 product must not read them (NaN * 0 = NaN)."""
-    from sparse_offline_rl.pruning.sparse_linear import _product
+    from sparse_offline_rl.sparse.linear import _product
 
     weight = torch.randn(16, 8) * random_mask(16, 8, 0.3)
     dense = torch.randn(8, 5)
@@ -415,8 +415,8 @@ def test_converted_algorithm_trains_like_dense_masked(algo_name):
     parameter of online and target networks equals the dense-masked run's within ATOL/RTOL."""
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
     from sparse_offline_rl.data.buffer import Batch
-    from sparse_offline_rl.pruning.masks import MaskSet
-    from sparse_offline_rl.pruning.sparse_linear import sparsify_algorithm
+    from sparse_offline_rl.sparse.masks import MaskSet
+    from sparse_offline_rl.sparse.linear import sparsify_algorithm
 
     def build():
         torch.manual_seed(0)
@@ -469,8 +469,8 @@ def test_apply_sparse_kernels_after_pruning():
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
     from sparse_offline_rl.data.buffer import Batch
     from sparse_offline_rl.pruning import prune_at_initialization
-    from sparse_offline_rl.pruning.masks import layer_weights
-    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels, restore_pruned
+    from sparse_offline_rl.sparse.masks import layer_weights
+    from sparse_offline_rl.sparse.kernels import apply_sparse_kernels, restore_pruned
 
     torch.manual_seed(0)
     algo = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})
@@ -526,7 +526,7 @@ def test_counts_and_densities_read_converted_layers_as_the_layers_they_replaced(
     from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
     from sparse_offline_rl.data.buffer import Batch
     from sparse_offline_rl.pruning import count_params_flops, network_density, prune_at_initialization
-    from sparse_offline_rl.pruning.sparse_choice import apply_sparse_kernels
+    from sparse_offline_rl.sparse.kernels import apply_sparse_kernels
 
     torch.manual_seed(0)
     algo = make_algorithm("iql", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [32, 32]})

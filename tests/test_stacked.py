@@ -9,7 +9,7 @@ import torch
 
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
-from sparse_offline_rl.pruning.stacked import StackedDense, StackedSparse
+from sparse_offline_rl.sparse.stacked_layers import StackedDense, StackedSparse
 from sparse_offline_rl.training.stacked import check_group, group_key, train_stacked
 from sparse_offline_rl.training.trainer import StepInfo, train
 

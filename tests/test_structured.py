@@ -23,8 +23,8 @@ from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.export import MAX_ABS_DIFF, dataset_observations, export_run, runtime
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.pruning import count_params_flops, prunable_parameters, prune_at_initialization, saliency
-from sparse_offline_rl.pruning.graph import layer_graph
-from sparse_offline_rl.pruning.structured import UnitCollapseError, gate_scorer, unit_aggregate, unit_scores
+from sparse_offline_rl.sparse.wiring import layer_graph
+from sparse_offline_rl.pruning.units import UnitCollapseError, gate_scorer, unit_aggregate, unit_scores
 from sparse_offline_rl.training.trainer import train
 from test_training import Interrupt, assert_same_state, interrupt_at
 
@@ -453,7 +453,7 @@ def test_units_nothing_reads_are_dropped_until_none_is_left_exactly():
     """drop_unread_units_: unit 3 of the second hidden layer is read by no output weight, and unit 5
     of the first is read only by that unit: both go (the second in a second pass); unit 0 of the
     second layer is read by one weight and stays. The outputs do not change."""
-    from sparse_offline_rl.pruning.structured import drop_unread_units_
+    from sparse_offline_rl.sparse.narrow import drop_unread_units_
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))

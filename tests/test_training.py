@@ -217,7 +217,7 @@ def test_sparse_kernels_train_like_dense_masked(tmp_path, fast_config, hopper_da
     """`steps` each way; every parameter of the online and target networks (rebuilt by
     load_agent from the checkpoints), the densities and the final evaluation agree."""
     from sparse_offline_rl.evaluation.agent import load_agent
-    from sparse_offline_rl.pruning.sparse_linear import sparse_layers
+    from sparse_offline_rl.sparse.linear import sparse_layers
 
     cfg = {**fast_config, "algo": {"name": algo, "hidden": [32, 32]}, "sparsity": 0.9, "steps": steps, "optim": optim,
            "checkpoint_every": steps, "log_every": 100, "eval": {**fast_config["eval"], "every": steps, "episodes": 2}}

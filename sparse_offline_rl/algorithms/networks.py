@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.sparse_linear import allow_sparse_kernels
+from sparse_offline_rl.sparse.linear import allow_sparse_kernels
 
 
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:

@@ -15,8 +15,8 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_alg
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
-from sparse_offline_rl.pruning.sparse_choice import restore_pruned
-from sparse_offline_rl.pruning.structured import layouts_of, network_densities
+from sparse_offline_rl.sparse.kernels import restore_pruned
+from sparse_offline_rl.sparse.narrow import layouts_of, network_densities
 
 
 @dataclass

@@ -27,9 +27,8 @@ its kept weights under the same name ("<layer>.weight"); `layer_weights` reads e
 from __future__ import annotations
 
 from sparse_offline_rl.pruning.allocation import LayerCollapseError
-from sparse_offline_rl.pruning.density import count_params_flops, format_density_table
-from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
-from sparse_offline_rl.pruning.masks import MaskSet, layer_weights, network_density, prunable_parameters
+from sparse_offline_rl.sparse.density import count_params_flops, format_density_table
+from sparse_offline_rl.sparse.masks import MaskSet, layer_weights, network_density, prunable_parameters
 from sparse_offline_rl.pruning.prune import (
     DEFAULT_ROUNDS,
     PRUNER_DEFAULTS,
@@ -40,12 +39,9 @@ from sparse_offline_rl.pruning.prune import (
     saliency,
 )
 
-#: Every pruner= name: at initialization (PRUNERS) and during training (DYNAMIC_PRUNERS).
-ALL_PRUNERS = PRUNERS + DYNAMIC_PRUNERS
+
 
 __all__ = [
-    "ALL_PRUNERS",
-    "DYNAMIC_PRUNERS",
     "per_network",
     "DEFAULT_ROUNDS",
     "LayerCollapseError",

@@ -16,7 +16,7 @@ from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.graph import LayerGraph, connectivity, layer_graph
+from sparse_offline_rl.sparse.wiring import LayerGraph, connectivity, layer_graph
 
 SCOPES = ("global", "layer", "erk")
 K = TypeVar("K", bound=Hashable)

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.allocation import SCOPES, allocate, check_layer_collapse, group_counts, keep_count, pin_pruned
-from sparse_offline_rl.pruning.density import count_params_flops, network_report
-from sparse_offline_rl.pruning.graph import LayerGraph, WiringError, layer_graph, network_members
-from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.sparse.density import count_params_flops, network_report
+from sparse_offline_rl.sparse.wiring import LayerGraph, WiringError, layer_graph, network_members
+from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.pruning.rng import untouched_rngs
-from sparse_offline_rl.pruning.sparse_init import check as check_sparse_init
-from sparse_offline_rl.pruning.sparse_init import sparse_init_
+from sparse_offline_rl.sparse.fan_init import check as check_sparse_init
+from sparse_offline_rl.sparse.fan_init import sparse_init_
 from sparse_offline_rl.pruning.scores import (
     LossClosure,
     Scores,
@@ -57,9 +57,9 @@ PRUNER_DEFAULTS: dict[str, Any] = {
     "budget_cost": None,
     "budget_cost_max": None,
     "budget_networks": None,  # the networks whose sparsity a budget_cost search sets (default: all)
-    "structure": "unstructured",  # or "units": whole hidden units removed (pruning/structured.py)
+    "structure": "unstructured",  # or "units": whole hidden units removed (pruning/units.py)
     "weight_sparsity": None,  # structure=units: unstructured sparsity of the narrowed layers on top
-    "sparse_init": False,  # re-draw the kept weights scaled to their fans under the mask (pruning/sparse_init.py)
+    "sparse_init": False,  # re-draw the kept weights scaled to their fans under the mask (sparse/fan_init.py)
     "unit_score": "sum",  # structure=units: summed weight scores per unit, or "gate" (snip, grasp: a unit gate's saliency)
 }
 #: Bisection stops when the least feasible sparsity is bracketed this tightly (pruner.budget_cost).
@@ -431,7 +431,7 @@ def prune_at_initialization(
     sparse_init = check_sparse_init(cfg)  # before the units branch, which has no weight masks to re-draw under
     if (cfg.get("structure") not in (None, "unstructured") or cfg.get("weight_sparsity") is not None
             or cfg.get("unit_score") not in (None, "sum")):
-        from sparse_offline_rl.pruning.structured import check_options, prune_units
+        from sparse_offline_rl.pruning.units import check_options, prune_units
 
         check_options({"name": method, **cfg})  # a structure it knows; weight_sparsity, unit_score only with units
         return prune_units(algo, sample_batch, {"name": method, **cfg}, sparsity, seed)

@@ -17,8 +17,8 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.graph import LayerGraph, layer_graph
-from sparse_offline_rl.pruning.masks import prunable_parameters
+from sparse_offline_rl.sparse.wiring import LayerGraph, layer_graph
+from sparse_offline_rl.sparse.masks import prunable_parameters
 
 Scores = dict[str, torch.Tensor]
 Masks = Mapping[str, torch.Tensor]

@@ -48,9 +48,9 @@ from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.evaluation.rollout import EpisodeStats, MembersPolicy, run_episodes
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import MaskSet
-from sparse_offline_rl.pruning.dynamic import DYNAMIC_PRUNERS
-from sparse_offline_rl.pruning.sparse_choice import restore_pruned
-from sparse_offline_rl.pruning.stacked import (
+from sparse_offline_rl.sparse_training.dynamic import DYNAMIC_PRUNERS
+from sparse_offline_rl.sparse.kernels import restore_pruned
+from sparse_offline_rl.sparse.stacked_layers import (
     Link,
     join_optimizer_state,
     layout,

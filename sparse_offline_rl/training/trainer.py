@@ -33,8 +33,8 @@ from sparse_offline_rl.evaluation.diagnostics import TrainingDiagnostics
 from sparse_offline_rl.evaluation.rollout import MAX_EVAL_EPISODES, SEED_RANGE, AgentPolicy, EpisodeStats, eval_seeds, run_episodes
 from sparse_offline_rl.io import atomic_torch_save, atomic_write_json, code_version, load_checkpoint
 from sparse_offline_rl.pruning import MaskSet, prune_at_initialization
-from sparse_offline_rl.pruning.dynamic import SparseTraining
-from sparse_offline_rl.pruning.sparse_choice import (
+from sparse_offline_rl.sparse_training.dynamic import SparseTraining
+from sparse_offline_rl.sparse.kernels import (
     MODES,
     add_to_report,
     apply_sparse_kernels,
@@ -42,7 +42,8 @@ from sparse_offline_rl.pruning.sparse_choice import (
     kernels_of,
     restore_pruned,
 )
-from sparse_offline_rl.pruning.structured import check_options, layouts_of, network_densities
+from sparse_offline_rl.pruning.units import check_options
+from sparse_offline_rl.sparse.narrow import layouts_of, network_densities
 from sparse_offline_rl.seeding import Stream, stream_seed
 from sparse_offline_rl.training.logger import MetricsLogger
 
@@ -68,7 +69,7 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
 
 def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
     """The pruner.* keys, checked before the data loads (pruning itself runs after it)."""
-    from sparse_offline_rl.pruning.dynamic import DYNAMIC_DEFAULTS, options
+    from sparse_offline_rl.sparse_training.dynamic import DYNAMIC_DEFAULTS, options
     from sparse_offline_rl.pruning.prune import PRUNER_DEFAULTS
 
     unknown = sorted(set(pruner) - {"name", *PRUNER_DEFAULTS, *DYNAMIC_DEFAULTS})
@@ -148,7 +149,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     value and what is accepted."""
     algorithm_config(cfg["algo"])  # a known algorithm (lists them on a miss); every algo.<key>: known, right type, in range
     get_task(cfg["env"])  # lists known envs
-    from sparse_offline_rl.pruning import ALL_PRUNERS
+    from sparse_offline_rl.sparse_training.dynamic import ALL_PRUNERS
 
     if cfg["pruner"]["name"] not in ALL_PRUNERS:
         raise ConfigError(f"unknown pruner '{cfg['pruner']['name']}'; available: {', '.join(sorted(ALL_PRUNERS))}")

@@ -9,7 +9,7 @@ sparse training in deep RL", and the google-research rigl code they use):
   end; the last update, at `end`, reaches the target s_f exactly.
 - `set`: Sparse Evolutionary Training (Mocanu et al. 2018). Starts sparse (random masks with `scope`
   densities, default ERK, the kept weights re-drawn to their fans under the mask unless
-  `sparse_init=false`: `pruning/sparse_init.py`); every `update_every` steps until `end` each layer
+  `sparse_init=false`: `sparse/fan_init.py`); every `update_every` steps until `end` each layer
   drops the fraction f_t of its kept weights with the smallest magnitude and regrows as many at random.
 - `rigl`: Rigging the Lottery (Evci et al. 2020). As `set`, but regrows where the dense gradient
   |dL/dW| of the network's own loss (`algo.saliency_loss`, on the step's batch) is largest.
@@ -45,15 +45,15 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, layer_counts, pin_pruned, top_mask
-from sparse_offline_rl.pruning.density import count_params_flops, dense_gradient_flops, step_flops
-from sparse_offline_rl.pruning.graph import LayerGraph, network_members
-from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
-from sparse_offline_rl.pruning.prune import _wiring
+from sparse_offline_rl.sparse.density import count_params_flops, dense_gradient_flops, step_flops
+from sparse_offline_rl.sparse.wiring import LayerGraph, network_members
+from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.pruning.prune import PRUNERS, _wiring
 from sparse_offline_rl.pruning.rng import untouched_rngs
-from sparse_offline_rl.pruning.sparse_choice import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
-from sparse_offline_rl.pruning.sparse_init import check as check_sparse_init
-from sparse_offline_rl.pruning.sparse_linear import densify_, densify_algorithm
-from sparse_offline_rl.pruning.structured import (
+from sparse_offline_rl.sparse.kernels import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
+from sparse_offline_rl.sparse.fan_init import check as check_sparse_init
+from sparse_offline_rl.sparse.linear import densify_, densify_algorithm
+from sparse_offline_rl.pruning.units import (
     check_options,
     hidden_layers,
     hidden_members,
@@ -64,6 +64,8 @@ from sparse_offline_rl.pruning.structured import (
 )
 
 DYNAMIC_PRUNERS = ("gmp", "set", "rigl", "gibbs")
+#: Every pruner= name: at initialization (pruning.PRUNERS) and during training.
+ALL_PRUNERS = PRUNERS + DYNAMIC_PRUNERS
 #: pruner.* options of the during-training pruners (the PaI options apply too: scope, keep_*_layer_dense).
 DYNAMIC_DEFAULTS: dict[str, Any] = {
     "update_every": 1000,       # steps between mask updates
@@ -607,5 +609,5 @@ class SparseTraining:
         return out
 
 
-__all__ = ["BEGIN", "DYNAMIC_DEFAULTS", "DYNAMIC_PRUNERS", "GMP", "Gibbs", "RigL", "SET", "Schedule", "SparseTraining",
+__all__ = ["BEGIN", "DYNAMIC_DEFAULTS", "ALL_PRUNERS", "DYNAMIC_PRUNERS", "GMP", "Gibbs", "RigL", "SET", "Schedule", "SparseTraining",
            "UnitGibbs", "drop_and_grow", "drop_fraction", "gibbs_sample", "gmp_sparsity", "options", "rewire"]

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear, _forward, _SparseLinearFunction, eligible
+from sparse_offline_rl.sparse.linear import SparseLinear, _forward, _SparseLinearFunction, eligible
 
 
 class StackedDense(nn.Module):

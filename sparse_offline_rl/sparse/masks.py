@@ -29,8 +29,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear, sparse_layers
-from sparse_offline_rl.pruning.stacked import StackedDense
+from sparse_offline_rl.sparse.linear import SparseLinear, sparse_layers
+from sparse_offline_rl.sparse.stacked_layers import StackedDense
 
 # The group whose hook enforces masks on each optimizer: binding a new MaskSet to an algorithm
 # replaces the old one's hooks instead of stacking a second set of masks on top. Weak both ways, so

@@ -30,9 +30,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.masks import MaskSet
-from sparse_offline_rl.pruning.sparse_linear import eligible, sparsify_algorithm, to_sparse
-from sparse_offline_rl.pruning.structured import narrow_algorithm
+from sparse_offline_rl.sparse.masks import MaskSet
+from sparse_offline_rl.sparse.linear import eligible, sparsify_algorithm, to_sparse
+from sparse_offline_rl.sparse.narrow import narrow_algorithm
 
 MODES = ("auto", "sparse", "dense")
 #: In "auto", a layer goes sparse only if its measured call is at most this fraction of the dense one's.

@@ -7,9 +7,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.pruning.graph import LayerGraph, connectivity, network_members
-from sparse_offline_rl.pruning.masks import prunable_parameters
-from sparse_offline_rl.pruning.sparse_linear import SparseLinear
+from sparse_offline_rl.sparse.wiring import LayerGraph, connectivity, network_members
+from sparse_offline_rl.sparse.masks import prunable_parameters
+from sparse_offline_rl.sparse.linear import SparseLinear
 
 
 def count_params_flops(module: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:

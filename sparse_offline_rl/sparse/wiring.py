@@ -24,7 +24,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from sparse_offline_rl.pruning.masks import prunable_parameters
+from sparse_offline_rl.sparse.masks import prunable_parameters
 
 
 class WiringError(ValueError):

@@ -109,7 +109,7 @@ def _product(w: torch.Tensor, dense: torch.Tensor, out: torch.Tensor, bias: torc
 
 class _SparseLinearFunction(torch.autograd.Function):
     """y = x W^T + b. `feature_major`: x is given, and y returned, transposed ((in, B) and (out, B),
-    contiguous), the layout member-stacked networks keep between layers (pruning/stacked.py). The
+    contiguous), the layout member-stacked networks keep between layers (sparse/stacked_layers.py). The
     transposes happen inside the Function, so its output is no view and in-place activations after
     it stay cheap (an in-place op on a view of a Function's output makes autograd zero-fill and copy
     a whole buffer in backward)."""

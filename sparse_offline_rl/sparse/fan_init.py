@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
-from sparse_offline_rl.pruning.masks import MaskSet, prunable_parameters
+from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.seeding import Stream, stream_seed
 
 #: The reference's `unit_scaled_init` scale (variance = scale / fan_avg).
