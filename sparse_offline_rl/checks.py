@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sparse_offline_rl.errors import ConfigError
+from sparse_offline_rl.errors import ConfigError, StaleRunError
 
 KINDS = (bool, int, float, str)
 INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
@@ -119,10 +119,6 @@ def check_field(key: str, value: Any, hint: Any, interval: str | None = None) ->
 # -- one run, one config ---------------------------------------------------------------------------
 #: Settings that cannot change a run's result: they may differ between a launch and its re-launch.
 VOLATILE_KEYS = frozenset({"resume", "threads", "progress", "tensorboard", "verbose"})
-
-
-class StaleRunError(ConfigError):
-    """The job directory holds a run of another config (a reused sweep dir, a changed preset)."""
 
 
 def check_same_config(stored: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:

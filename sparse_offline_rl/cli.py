@@ -24,16 +24,12 @@ from typing import Any, Mapping
 from hydra.types import RunMode
 
 from sparse_offline_rl.checks import check_same_config
-from sparse_offline_rl.errors import USER_ERRORS
+from sparse_offline_rl.errors import JobError, USER_ERRORS
 from sparse_offline_rl.io import atomic_write_json, load_checkpoint
 from sparse_offline_rl.training.stacked import stackable, train_stacked
 from sparse_offline_rl.training.trainer import to_dict, train, validate_config
 
 FAILED_FILE = "failed.json"
-
-
-class JobError(RuntimeError):
-    """A sweep job that cannot run; Hydra records it as failed and the other jobs carry on."""
 
 
 def run_training(cfg: Any, run_dir: str) -> float:

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.checks import parse_overrides, to_int
-from sparse_offline_rl.errors import USER_ERRORS, ConfigError
+from sparse_offline_rl.errors import ConfigError, ExportError, USER_ERRORS
 from sparse_offline_rl.evaluation.agent import EvalAgent, load_agent
 from sparse_offline_rl.io import atomic_write_bytes_with, atomic_write_json, cpu_model
 from sparse_offline_rl.sparse.wiring import WiringError
@@ -61,10 +61,6 @@ MAX_ABS_DIFF = 1e-5
 #: includes time spent descheduled (measured: 30 ms windows read 40% slow under load 3 on 2 cores).
 ROUNDS, WINDOW_S = 25, 0.002
 ONNX_OPSET = 17
-
-
-class ExportError(ValueError):
-    """A run whose actor cannot be exported, or whose export does not reproduce the framework's actions."""
 
 
 class Policy(nn.Module):

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from sparse_offline_rl.errors import D3rlpyNotInstalledError
 from sparse_offline_rl.algorithms.base import ProblemSpec, register_algorithm
 from sparse_offline_rl.data.buffer import Batch
 
@@ -84,10 +85,6 @@ class ValueView(nn.Module):
 
 
 VIEWS: dict[str, type[nn.Module]] = {"q_funcs": CriticView, "targ_q_funcs": CriticView, "value_func": ValueView}
-
-
-class D3rlpyNotInstalledError(ImportError):
-    """`algo=d3rlpy:<name>` without d3rlpy installed; the message says how to install it."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
+from sparse_offline_rl.errors import PluginImportError
 from sparse_offline_rl.algorithms.base import _REGISTRY, available_algorithms, get_algorithm, register_algorithm
 
 ENTRY_POINT_GROUP = "sparse_offline_rl.algorithms"
@@ -36,10 +37,6 @@ _loaded: set[tuple[str, str]] = set()
 
 class PluginWarning(UserWarning):
     """An entry-point plug-in failed to load; the built-ins and other plug-ins still work."""
-
-
-class PluginImportError(ImportError):
-    """A module named with `plugins=` / `import_plugin` could not be imported."""
 
 
 def plugin_errors() -> dict[str, str]:

@@ -20,6 +20,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from sparse_offline_rl.errors import PerturbationError
 from sparse_offline_rl.data.envs import make_env
 
 # What each dynamics perturbation multiplies (mass also scales inertia: the bodies keep their shape).
@@ -31,10 +32,6 @@ ALL_GROUPS = INITIAL_STATE_GROUPS + DYNAMICS_GROUPS + NOISE_GROUPS
 NOMINAL_LEVEL = {**{g: 1.0 for g in INITIAL_STATE_GROUPS + DYNAMICS_GROUPS}, **{g: 0.0 for g in NOISE_GROUPS}}
 # Separate random streams per noise kind, so adding a kind never shifts the draws of another.
 _NOISE_STREAM = {"obs_noise": 1, "action_noise": 2, "sticky": 3}
-
-
-class PerturbationError(ValueError):
-    """A perturbation name or level that cannot be applied."""
 
 
 def check_level(group: str, level: float) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sparse_offline_rl.errors import SuiteError
 from sparse_offline_rl.evaluation.agent import EvalAgent
 from sparse_offline_rl.evaluation.perturbations import ALL_GROUPS, NOMINAL_LEVEL, check_level, env_factory, episode_transforms
 from sparse_offline_rl.evaluation.rollout import AgentPolicy, run_episodes
@@ -28,10 +29,6 @@ from sparse_offline_rl.data.envs import make_env
 # beyond the shards of the project's datasets (data.rollout.reset_seed) and below the training-time
 # evaluation blocks (evaluation.rollout.EVAL_SEED_BLOCK).
 HELDOUT_SEED_BASE = 1_900_000_000
-
-
-class SuiteError(ValueError):
-    """An unknown suite or a malformed suite definition."""
 
 
 @dataclass(frozen=True)

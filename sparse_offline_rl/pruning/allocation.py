@@ -16,14 +16,11 @@ from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 import torch
 from torch import nn
 
+from sparse_offline_rl.errors import LayerCollapseError
 from sparse_offline_rl.sparse.wiring import LayerGraph, connectivity, layer_graph
 
 SCOPES = ("global", "layer", "erk")
 K = TypeVar("K", bound=Hashable)
-
-
-class LayerCollapseError(ValueError):
-    """A prunable layer kept no weight at all: the network is disconnected."""
 
 
 def keep_count(total: int, density: float) -> int:

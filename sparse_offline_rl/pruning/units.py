@@ -58,7 +58,7 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.checks import check_value
-from sparse_offline_rl.errors import ConfigError
+from sparse_offline_rl.errors import ConfigError, UnitCollapseError
 from sparse_offline_rl.pruning.allocation import keep_count, top_mask
 from sparse_offline_rl.sparse.density import count_params_flops
 from sparse_offline_rl.sparse.wiring import LayerGraph, WiringError, layer_graph
@@ -91,11 +91,6 @@ UNIT_SCORES = ("sum", "gate")
 #: The pruners a gate saliency is defined for: it is a derivative of their loss (SNIP) or gradient
 #: norm (GraSP) with respect to the gate.
 GATE_METHODS = ("snip", "grasp")
-
-
-
-class UnitCollapseError(ValueError):
-    """A structured target would leave a hidden layer with no unit."""
 
 
 def check_options(pruner: Mapping[str, Any]) -> None:

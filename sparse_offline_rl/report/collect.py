@@ -7,6 +7,8 @@ never started is listed as missing instead of silently dropped.
 """
 from __future__ import annotations
 
+from sparse_offline_rl.errors import ReportError
+
 import csv
 import json
 import math
@@ -24,10 +26,6 @@ FINAL_EVALS = 3
 JOB_MARKERS = ("summary.json", "failed.json", "checkpoint.pt", ".hydra")
 SKIP_DIRS = {".submitit", "tensorboard", "report", ".hydra"}
 DEFAULT_EXCLUDE = ("sweep", "resume", "threads", "progress", "tensorboard", "verbose")
-
-
-class ReportError(ValueError):
-    """A sweep directory that cannot be reported on; the message says why."""
 
 
 @dataclass

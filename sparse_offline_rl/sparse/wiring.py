@@ -24,11 +24,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from sparse_offline_rl.errors import WiringError
 from sparse_offline_rl.sparse.masks import prunable_parameters
-
-
-class WiringError(ValueError):
-    """The data flow between a network's Linear layers cannot be read from its forward."""
 
 
 class _LinearLeafTracer(torch.fx.Tracer):
