@@ -35,6 +35,7 @@ class Stream(enum.IntEnum):
     SELECTION_ROWS = 10  # which held-out transitions the TD error, BC loss and LogME use
     SELECTION_BOOTSTRAP = 11  # the bootstrap replicates of each score (P(best), expected regret)
     SPARSE_INIT = 12  # pruner.sparse_init's re-draw, from the pruning seed the run derived (PRUNING)
+    BUDGET_SEARCH = 13  # pruner.budget_search=constrained: the allocator's samples of layer densities
 
 
 def stream_seed(run_seed: int, stream: Stream) -> int:
