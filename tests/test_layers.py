@@ -82,3 +82,52 @@ def test_the_checker_sees_lazy_and_type_checking_imports(tmp_path):
         "def f():\n    import sparse_offline_rl.cli\n    from sparse_offline_rl import evaluation\n"
     )
     assert [room_of(m) for _, m in imported_modules(source)] == ["training", "cli", "evaluation"]
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) for every `from <package module> import name` in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE):
+            found += [(node.lineno, node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A name starting with one underscore is its module's own; another module that needs it gets a public one."""
+    private = [f"{path.relative_to(ROOT.parent)}:{line} imports {name} from {module}"
+               for path in sorted(ROOT.rglob("*.py")) for line, module, name in imported_names(path)
+               if name.startswith("_") and not name.startswith("__")]
+    assert not private, "private names imported across modules:\n" + "\n".join(private)
+
+
+def test_no_module_imports_itself_back_through_a_circle():
+    """Modules form a directed acyclic graph (lazy imports included), inside each package as well as
+    between them; a package's `__init__` may re-export from its own modules."""
+    edges: dict[str, set[str]] = {}
+    modules = {module_of(path): path for path in ROOT.rglob("*.py")}
+    for name, path in modules.items():
+        targets = {m for _, m in imported_modules(path) if m in modules and m != name}
+        if path.name == "__init__.py":
+            targets = {m for m in targets if not m.startswith(name + ".")}
+        edges[name] = {t for t in targets if not (modules[t].name == "__init__.py" and name.startswith(t + "."))}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node: str, stack: list[str]) -> bool:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle.extend(stack[stack.index(nxt):] + [node, nxt] if nxt in stack else [node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, stack + [node]):
+                return True
+        state[node] = 2
+        return False
+
+    assert not any(visit(m, []) for m in sorted(modules) if state.get(m) is None), " -> ".join(cycle)
