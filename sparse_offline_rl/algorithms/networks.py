@@ -86,7 +86,9 @@ class DeterministicActor(nn.Module):
 class GaussianActor(nn.Module):
     """IQL's actor: Normal with tanh-squashed mean and a state-independent, clamped log-std."""
 
-    members = 1  # stacked agents (pruning.stacked.stack_network sets it): log_std is then (members, act_dim)
+    # The stacked agents' count K (sparse.stacked_layers.stack_network sets it, by this name): log_std is
+    # then (K, act_dim), each agent's lined up with its rows.
+    members = 1
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
         super().__init__()
@@ -100,7 +102,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
         mean = self.mean(obs)
-        log_std = member_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
+        log_std = per_agent_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
         z = (action - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -114,7 +116,7 @@ class TanhGaussianActor(nn.Module):
     The log-std is `multiplier * head + offset` before clamping, both learned scalars (CORL's CQL
     actor, which starts them at 1 and -1: a smaller initial std); None keeps the plain head."""
 
-    members = 1  # stacked agents (pruning.stacked.stack_network sets it): the two scalars are then (members,)
+    members = 1  # stacked agents' count K (set by sparse.stacked_layers.stack_network): the two scalars are then (K,)
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float,
                  log_std_multiplier: float | None = None, log_std_offset: float | None = None) -> None:
@@ -128,9 +130,9 @@ class TanhGaussianActor(nn.Module):
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         if self.log_std_multiplier is not None:
-            log_std = member_rows(self.log_std_multiplier(), log_std, self.members) * log_std
+            log_std = per_agent_rows(self.log_std_multiplier(), log_std, self.members) * log_std
         if self.log_std_offset is not None:
-            log_std = log_std + member_rows(self.log_std_offset(), log_std, self.members)
+            log_std = log_std + per_agent_rows(self.log_std_offset(), log_std, self.members)
         return mean, log_std.clamp(-20.0, 2.0)
 
     def sample(self, obs: torch.Tensor, noise: "NoiseSource | StackedNoise | None" = None,
@@ -160,28 +162,64 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(mean) * self.max_action
 
 
-def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
-    """Each member's mean of `x`, whose dimension `dim` holds the members' rows member-major
-    (members * B of them, see `ProblemSpec.members`): shape (members,). A stacked loss is the sum of
-    these, so each member gets exactly its own gradient (a plain mean over all rows would scale it
-    by 1 / members, which Adam's eps does not ignore). One member: exactly `x.mean()`, a 0-dim
+def per_agent_mean(x: torch.Tensor, agents: int, dim: int = -1) -> torch.Tensor:
+    """Each stacked agent's mean of `x`, whose dimension `dim` holds the agents' rows agent-major
+    (agents * B of them, see `ProblemSpec.members`): shape (agents,). A stacked loss is the sum of
+    these, so each agent gets exactly its own gradient (a plain mean over all rows would scale it
+    by 1 / agents, which Adam's eps does not ignore). One agent: exactly `x.mean()`, a 0-dim
     tensor, so a single run computes what it always did."""
-    if members == 1:
+    if agents == 1:
         return x.mean()
     dim = dim % x.dim()
-    return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
+    return x.unflatten(dim, (agents, -1)).movedim(dim, 0).flatten(1).mean(1)
 
 
-def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int) -> torch.Tensor:
-    """A per-member value lined up with `rows` ((members * B, ...), member-major), for elementwise
-    use. Stacked, `value` is (members, *shape) and each member's copy is repeated over its B rows
-    (shape (members * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
-    returned as it is. `members` is a plain int (a module's `members`), so torch.fx can still trace
+def per_agent_rows(value: torch.Tensor, rows: torch.Tensor, agents: int) -> torch.Tensor:
+    """A per-agent value lined up with `rows` ((agents * B, ...), agent-major), for elementwise
+    use. Stacked, `value` is (agents, *shape) and each agent's copy is repeated over its B rows
+    (shape (agents * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
+    returned as it is. `agents` is a plain int (a module's `members`), so torch.fx can still trace
     the networks that call this."""
-    if members == 1:
+    if agents == 1:
         return value
-    repeated = value.repeat_interleave(rows.shape[0] // members, dim=0)
+    repeated = value.repeat_interleave(rows.shape[0] // agents, dim=0)
     return repeated.view(*repeated.shape, *[1] * (rows.dim() - value.dim()))
+
+
+# The names the README gives plug-ins (from before stacked agents and ensemble members were told apart).
+member_mean = per_agent_mean
+member_rows = per_agent_rows
+
+
+class AgentRows:
+    """How the K stacked agents of one algorithm object share its batches, for losses written for
+    one agent (`ProblemSpec.members`, training.stacked): each agent's B rows in turn,
+    ((K * B, ...), agent-major). A loss takes its batch means with `mean` (each agent's own),
+    joins row blocks with `cat` and lines a per-agent learned number up with rows with `align`;
+    `split` shows the agents as a dimension (K, B) before the rows, for reductions over a part of
+    an agent's rows (CQL's proposals). With K = 1 each is the plain single-agent operation (and
+    `split` does nothing), so a single run computes exactly what the paper's loss does."""
+
+    def __init__(self, agents: int = 1) -> None:
+        self.count = agents
+
+    def mean(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """E over the batch, per agent: () for one agent, (K,) stacked (`per_agent_mean`)."""
+        return per_agent_mean(x, self.count, dim)
+
+    def align(self, value: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A per-agent value (a temperature) lined up with `rows` (`per_agent_rows`)."""
+        return per_agent_rows(value, rows, self.count)
+
+    def cat(self, *parts: torch.Tensor) -> torch.Tensor:
+        """Row blocks (each agent-major) joined agent by agent: `torch.cat(parts)` for one agent."""
+        if self.count == 1:
+            return torch.cat(parts)
+        return torch.cat([part.view(self.count, -1, *part.shape[1:]) for part in parts], 1).flatten(0, 1)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """The last dimension (agent-major rows) as (K, rows per agent); one agent: `x` itself."""
+        return x if self.count == 1 else x.unflatten(-1, (self.count, -1))
 
 
 class Scalar(nn.Module):
@@ -221,17 +259,17 @@ class NoiseSource:
 
 
 class StackedNoise:
-    """The NoiseSources of stacked members as one: a draw of shape (members * B, ...) is each
-    member's own draw of (B, ...) from its own generator, in member order, so every member sees the
-    noise its separate run would. The generators are the members' objects (not copies)."""
+    """The NoiseSources of stacked agents as one: a draw of shape (K * B, ...) is each agent's own
+    draw of (B, ...) from its own generator, in agent order, so every agent sees the noise its
+    separate run would. The generators are the agents' objects (not copies)."""
 
     def __init__(self, sources: Sequence[NoiseSource]) -> None:
         self.sources = list(sources)
 
     def _draw(self, shape: Sequence[int], draw) -> torch.Tensor:
         rows, *rest = shape
-        per_member = (rows // len(self.sources), *rest)
-        return torch.cat([draw(per_member, s) for s in self.sources])
+        per_agent = (rows // len(self.sources), *rest)
+        return torch.cat([draw(per_agent, s) for s in self.sources])
 
     def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         return self._draw(shape, lambda s, src: src.randn(s, like))
