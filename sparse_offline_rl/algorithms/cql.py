@@ -179,8 +179,9 @@ class CQL:
 
     def critic_loss(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Kumar et al. 2020, Eq. 4 (CQL(H)) with the logsumexp importance-sampled (their appendix F),
-        summed over the twin critics: the TD error plus cql_alpha times the gap."""
-        cfg, t = self.config, self.config.cql_temperature
+        summed over the twin critics: the TD error (without the paper's 1/2, as CORL) plus cql_alpha
+        times the gap."""
+        t = self.config.cql_temperature
         target = self.agents.split(self.td_target(b))
         proposals, log_mu = self.proposals(b)
         q_data, q_ood = self.q_values(b, proposals)

@@ -1,9 +1,16 @@
 """Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight.
 
 The Linear layers `mlp` builds are marked eligible for compressed sparse kernels
-(`pruning.sparse_linear.allow_sparse_kernels`): after pruning, the trainer may replace them by
+(`sparse.linear.allow_sparse_kernels`): after pruning, the trainer may replace them by
 SparseLinear layers where that is faster. So a network built from `mlp` (as every network here is,
 and a plug-in's that uses them) must only call its layers, never read their `weight` after pruning.
+
+Stacked agents (training.stacked) live here and in sparse.stacked_layers, not in the losses: the
+stacked layers compute K agents' networks as one on a batch of K agents' rows (agent-major); a
+network's own per-agent parameter (a log-std) is lined up with the rows by the network
+(`per_agent_rows`, with the count K that stack_network writes into its `members`); `StackedNoise`
+gives each agent its own noise; and `AgentRows` is all a loss written for one agent needs to
+become a stacked one (each agent's batch means, row blocks joined agent by agent).
 """
 from __future__ import annotations
 
