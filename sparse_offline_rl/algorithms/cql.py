@@ -28,19 +28,17 @@ import torch
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
-    OPTIMIZERS,
+    AgentRows,
     NoiseSource,
     Scalar,
     TanhGaussianActor,
     TwinQ,
-    adam,
     cql_reference_init,
     frozen_copy,
     frozen_params,
-    make_optimizer,
-    AgentRows,
     polyak_update,
 )
+from sparse_offline_rl.algorithms.optimizers import OPTIMIZERS, adam, make_optimizer
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 

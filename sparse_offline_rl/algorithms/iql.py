@@ -19,16 +19,15 @@ import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
-    OPTIMIZERS,
+    AgentRows,
     DeterministicActor,
     GaussianActor,
     TwinQ,
     ValueNet,
     frozen_copy,
-    make_optimizer,
-    AgentRows,
     polyak_update,
 )
+from sparse_offline_rl.algorithms.optimizers import OPTIMIZERS, make_optimizer
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
