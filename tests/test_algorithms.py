@@ -23,6 +23,7 @@ from sparse_offline_rl.algorithms import (
     get_algorithm,
     make_algorithm,
 )
+from sparse_offline_rl.algorithms.networks import AgentRows
 from sparse_offline_rl.data.buffer import Batch
 
 ALGOS = ["iql", "cql", "td3bc"]
@@ -278,6 +279,27 @@ def test_cql_reference_init_is_corls():
     assert not trunk[-1].bias.any() and trunk[0].bias.any()  # hidden layers keep PyTorch's default
     default = build("cql", obs_dim=4, act_dim=2)
     assert default.critic.qs[0][0].bias.any() and default.critic.qs[0][-1].weight.norm().item() > 0.1
+
+
+# -- stacked agents' rows (networks.AgentRows) -------------------------------------------------------
+def test_agent_rows_are_the_plain_operations_for_one_agent():
+    rows, x = AgentRows(1), torch.randn(2, 6)
+    assert torch.equal(rows.mean(x), x.mean()) and rows.mean(x).dim() == 0
+    assert rows.split(x) is x
+    assert torch.equal(rows.cat(x[0], x[1]), torch.cat([x[0], x[1]]))
+    assert torch.equal(rows.align(torch.tensor(2.0), x), torch.tensor(2.0))
+
+
+def test_agent_rows_keep_each_stacked_agents_rows_apart():
+    rows = AgentRows(3)
+    a, b = torch.randn(3 * 4, 2), torch.randn(3 * 5, 2)  # 4 and 5 rows per agent, agent-major
+    assert torch.allclose(rows.mean(a, dim=0), torch.stack([a[4 * k:4 * (k + 1)].mean() for k in range(3)]))
+    joined = rows.cat(a, b)  # agent k: its 4 rows of a, then its 5 of b
+    assert torch.equal(joined[9:13], a[4:8]) and torch.equal(joined[13:18], b[5:10])
+    q = rows.split(torch.randn(2, 3 * 9))  # (critics, K * rows) -> (critics, K, rows)
+    assert q.shape == (2, 3, 9)
+    aligned = rows.align(torch.tensor([1.0, 2.0, 3.0]), a)
+    assert aligned.shape == (12, 1) and torch.equal(aligned[4:8, 0], torch.full((4,), 2.0))
 
 
 # -- registry and configuration --------------------------------------------------------------------

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
-from sparse_offline_rl.algorithms.networks import FusedAdam, GaussianActor, Lamb, Scalar, make_optimizer
+from sparse_offline_rl.algorithms.networks import GaussianActor, Scalar
+from sparse_offline_rl.algorithms.optimizers import FusedAdam, Lamb, make_optimizer
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.sparse.linear import sparsify_, swap_optimizer_params

@@ -33,8 +33,9 @@ class ProblemSpec:
     total_steps: int = 1_000_000  # for schedules (e.g. IQL's cosine actor lr)
     device: str = "cpu"
     optim: str = "adam"  # the networks' optimizer: adam | lamb (networks.make_optimizer)
-    # Agents trained together in one object (training.stacked): a batch holds each member's B rows
-    # in turn ([members * B, ...], member-major) and a loss is the sum of the members' own losses.
+    # K stacked agents trained together in one object (training.stacked; the field keeps its
+    # plug-in-facing name): a batch holds each agent's B rows in turn ([K * B, ...], agent-major), and
+    # a loss is the sum of the agents' own losses (networks.AgentRows takes each agent's means).
     # 1 for every single run.
     members: int = 1
 

@@ -9,6 +9,15 @@ mu: uniform over the action box, the current policy at s and the current policy 
 at s, as in the original CQL code and CORL). Actor: SAC, alpha * log pi(a|s) - min_j Q_j(s, a), with
 alpha tuned towards entropy -|A|. Per step (CORL order): losses on the current networks, then the
 alpha, actor and critic steps, then the Polyak update of the target critic.
+
+Stacked agents (training.stacked): the losses are the single agent's. Batch means are taken through
+`self.agents` (networks.AgentRows): for K stacked agents, each agent's own mean over its rows, so
+each loss is (K,); row blocks are joined agent by agent (`agents.cat`), the temperature is lined up
+with each agent's rows (`agents.align`) and, for the logsumexp over each state's proposals,
+`agents.split` puts a K dimension before the rows (a shape (..., B) in the docstrings below is then
+(..., K, B)). The networks, the temperature and the multiplier are stacked by sparse.stacked_layers,
+the noise by networks.StackedNoise; the update backpropagates the sum of the K losses, so each
+agent gets exactly its own gradient.
 """
 from __future__ import annotations
 
@@ -19,20 +28,17 @@ import torch
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
-    OPTIMIZERS,
+    AgentRows,
     NoiseSource,
     Scalar,
     TanhGaussianActor,
     TwinQ,
-    adam,
     cql_reference_init,
     frozen_copy,
     frozen_params,
-    make_optimizer,
-    member_mean,
-    member_rows,
     polyak_update,
 )
+from sparse_offline_rl.algorithms.optimizers import OPTIMIZERS, adam, make_optimizer
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -75,13 +81,13 @@ class CQLConfig:
 @register_algorithm("cql")
 class CQL:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
-    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
+    stackable = True  # batch means per agent (self.agents): training.stacked may train several in one object
 
     Config = CQLConfig
 
     def __init__(self, config: CQLConfig, spec: ProblemSpec) -> None:
         self.config = config
-        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
+        self.agents = AgentRows(spec.members)  # K > 1 stacked agents: each loss below is then (K,)
         self.act_dim = spec.act_dim
         self.max_action = spec.max_action
         dev = torch.device(spec.device)
@@ -120,68 +126,83 @@ class CQL:
 
     # -- losses (each touches only the network it trains) --------------------------------------
     def actor_loss(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAC actor loss with the critic frozen; also returns log pi for the temperature loss."""
+        """SAC's actor loss E[alpha * log pi(a|s) - min_i Q_i(s, a)], a ~ pi(.|s), with the critic
+        frozen; also returns log pi for the temperature loss."""
         action, log_pi = self.actor.sample(b.observations, self.noise)
         with frozen_params(self.critic):
             q = self.critic(b.observations, action).min(0).values
-        alpha = member_rows(self.log_alpha().exp().detach(), log_pi, self.members)
-        return member_mean(alpha * log_pi - q, self.members), log_pi.detach()
+        alpha = self.agents.align(self.log_alpha().exp().detach(), log_pi)
+        return self.agents.mean(alpha * log_pi - q), log_pi.detach()
 
     def alpha_loss(self, log_pi: torch.Tensor) -> torch.Tensor:
-        log_alpha = member_rows(self.log_alpha(), log_pi, self.members)
-        return -member_mean(log_alpha * (log_pi + self.target_entropy), self.members)
+        """SAC's temperature loss: -E[log alpha * (log pi(a|s) + target entropy)]."""
+        log_alpha = self.agents.align(self.log_alpha(), log_pi)
+        return -self.agents.mean(log_alpha * (log_pi + self.target_entropy))
+
+    @torch.no_grad()
+    def td_target(self, b: Batch) -> torch.Tensor:
+        """r + gamma * (1 - d) * min_j Q'_j(s', a'), a' ~ pi(.|s') (minus alpha * log pi(a'|s') with
+        backup_entropy)."""
+        next_action, next_log_pi = self.actor.sample(b.next_observations, self.noise)
+        next_q = self.critic_target(b.next_observations, next_action).min(0).values
+        if self.config.backup_entropy:
+            next_q = next_q - self.agents.align(self.log_alpha().exp(), next_log_pi) * next_log_pi
+        return b.rewards + self.config.discount * (1.0 - b.dones) * next_q
+
+    @torch.no_grad()
+    def proposals(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The out-of-distribution actions, n per state from each proposal mu (uniform, pi(.|s),
+        pi(.|s'), in that order; 3 * B * n rows, row j * B * n + b * n + i for proposal j and state
+        b), and their log-densities log mu(a), shaped (3, B, n)."""
+        n, act_dim, m = self.config.cql_n_actions, self.act_dim, self.max_action
+        rows = b.actions.shape[0] * n
+        uniform = self.noise.uniform((rows, act_dim), -m, m, like=b.actions)
+        # The actor runs once per state (not per proposal): n samples of each of the 2B states.
+        policy, policy_log_pi = self.actor.sample(self.agents.cat(b.observations, b.next_observations), self.noise, n=n)
+        # Uniform on [-m, m]^|A|; the actor's log pi is that of the tanh sample, so the scaling by
+        # max_action (m) adds -|A| log m.
+        uniform_log_mu = torch.full((rows,), -act_dim * math.log(2.0 * m), device=b.actions.device)
+        log_mu = self.agents.cat(uniform_log_mu, policy_log_pi - act_dim * math.log(m))
+        return self.agents.cat(uniform, policy), self.agents.split(log_mu).unflatten(-1, (3, -1, n))
+
+    def q_values(self, b: Batch, proposals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q_i(s, a) of the data actions, (2, B), and of the proposals (all scored at s), (2, 3, B, n):
+        one critic forward for both."""
+        n = self.config.cql_n_actions
+        obs_rep = b.observations.repeat_interleave(n, 0)  # row b * n + i is state b
+        q = self.critic(self.agents.cat(b.observations, obs_rep, obs_rep, obs_rep), self.agents.cat(b.actions, proposals))
+        q = self.agents.split(q)
+        batch = q.shape[-1] // (1 + 3 * n)
+        return q[..., :batch], q[..., batch:].unflatten(-1, (3, batch, n))
 
     def critic_loss(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, n, k = self.config, self.config.cql_n_actions, self.members
-        batch, act_dim = b.actions.shape
-        batch //= k  # rows per member: stacked members' rows come one member after the other
-
-        def per_member(*parts: torch.Tensor) -> torch.Tensor:
-            """Row blocks (each member-major) joined member by member, keeping the rows member-major."""
-            return torch.cat([part.view(k, -1, *part.shape[1:]) for part in parts], 1).flatten(0, 1)
-
-        with torch.no_grad():
-            next_action, next_log_pi = self.actor.sample(b.next_observations, self.noise)
-            next_q = self.critic_target(b.next_observations, next_action).min(0).values
-            if cfg.backup_entropy:
-                next_q = next_q - member_rows(self.log_alpha().exp(), next_log_pi, k) * next_log_pi
-            target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
-
-            # Out-of-distribution proposals, n per state: uniform, pi(.|s) and pi(.|s'), in that order.
-            obs_rep = b.observations.repeat_interleave(n, 0)  # row b * n + j is state b
-            rand_a = self.noise.uniform((k * batch * n, act_dim), -self.max_action, self.max_action, like=b.actions)
-            # The actor runs once per state (not per proposal): n samples of each of the 2B states.
-            pol_a, pol_log_pi = self.actor.sample(per_member(b.observations, b.next_observations), self.noise, n=n)
-            # Log-densities of the proposals: uniform on [-m, m]^|A|; the actor's log pi is that of
-            # the tanh sample, so the scaling by max_action (m) adds -|A| log m.
-            rand_log_mu = torch.full((k * batch * n,), -act_dim * math.log(2.0 * self.max_action), device=b.actions.device)
-            log_mu = per_member(rand_log_mu, pol_log_pi - act_dim * math.log(self.max_action)).view(k, 3, batch, n)
-
-        # One critic forward for the data actions and all 3 * B * n proposals (all scored at s).
-        q_all = self.critic(per_member(b.observations, obs_rep, obs_rep, obs_rep),
-                            per_member(b.actions, rand_a, pol_a)).view(2, k, -1)  # (2, K, B + 3 * B * n)
-        q_data, q_ood = q_all[:, :, :batch], q_all[:, :, batch:].view(2, k, 3, batch, n)
-        td_loss = (q_data - target.view(k, batch)).pow(2).mean(-1).sum(0)  # (K,): sum over the critics of each one's MSE
-
-        q_ood = q_ood - log_mu  # importance weights for the logsumexp
-        t = cfg.cql_temperature
-        logsumexp = t * torch.logsumexp(q_ood / t, dim=(2, 4))  # (2, K, B): over the 3 * n proposals
-        gap = (logsumexp - q_data).mean(-1)  # (2, K): how far above the data the OOD values sit
-
-        if cfg.lagrange_threshold is None:
-            cql_loss = cfg.cql_alpha * gap.sum(0)
-            alpha_prime_loss = None
-        else:
-            alpha_prime = self.log_alpha_prime().exp().clamp(0.0, 1e6)
-            cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gap - cfg.lagrange_threshold).sum(0)
-            # The multiplier grows while the gap exceeds the threshold (dual ascent, CORL's form).
-            alpha_prime_loss = -alpha_prime * cfg.cql_alpha * (gap.detach() - cfg.lagrange_threshold).sum(0) * 0.5
-        info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(0), "q_data": q_data.detach().mean((0, 2))}
+        """Kumar et al. 2020, Eq. 4 (CQL(H)) with the logsumexp importance-sampled (their appendix F),
+        summed over the twin critics: the TD error (without the paper's 1/2, as CORL) plus cql_alpha
+        times the gap."""
+        t = self.config.cql_temperature
+        target = self.agents.split(self.td_target(b))
+        proposals, log_mu = self.proposals(b)
+        q_data, q_ood = self.q_values(b, proposals)
+        td_loss = (q_data - target).pow(2).mean(-1).sum(0)  # sum over the critics of each one's MSE
+        # logsumexp over the 3 * n proposals of each state, each weighted by 1 / mu(a).
+        logsumexp = t * torch.logsumexp((q_ood - log_mu) / t, dim=(-3, -1))  # (2, B)
+        gap = (logsumexp - q_data).mean(-1)  # (2,): how far above the data the OOD values sit
+        cql_loss, alpha_prime_loss = self.conservative_penalty(gap)
+        info = {"td_loss": td_loss.detach(), "cql_gap": gap.detach().mean(0), "q_data": q_data.detach().mean((0, -1))}
         if alpha_prime_loss is not None:
             info["alpha_prime_loss"] = alpha_prime_loss
-        # One value per member; a single run's are scalars, as the protocol's metrics are.
-        shape = () if k == 1 else (k,)
-        return (td_loss + cql_loss).reshape(shape), {name: v.reshape(shape) for name, v in info.items()}
+        return td_loss + cql_loss, info
+
+    def conservative_penalty(self, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cql_alpha * the critics' summed gap; in the Lagrange variant scaled by the multiplier
+        alpha', whose own loss (returned, else None) grows it while the gap exceeds the threshold
+        (dual ascent, CORL's form)."""
+        cfg = self.config
+        if cfg.lagrange_threshold is None:
+            return cfg.cql_alpha * gap.sum(0), None
+        alpha_prime = self.log_alpha_prime().exp().clamp(0.0, 1e6)
+        cql_loss = alpha_prime.detach() * cfg.cql_alpha * (gap - cfg.lagrange_threshold).sum(0)
+        return cql_loss, -alpha_prime * cfg.cql_alpha * (gap.detach() - cfg.lagrange_threshold).sum(0) * 0.5
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "critic":
@@ -198,7 +219,7 @@ class CQL:
         q_loss, info = self.critic_loss(b)
         alpha_prime_loss = info.pop("alpha_prime_loss", None)
 
-        # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
+        # Stacked agents: each loss is (K,), and its sum gives each agent its own gradient.
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.sum().backward()
         self.alpha_opt.step()

@@ -1,8 +1,14 @@
-"""Implicit Q-Learning (Kostrikov et al., 2022), reference settings of CORL for D4RL MuJoCo.
+"""Implicit Q-Learning (Kostrikov et al., "Offline Reinforcement Learning with Implicit Q-Learning",
+2021; ICLR 2022), reference settings of CORL for D4RL MuJoCo.
 
-Update order per step: value (expectile regression on min target-Q), twin Q (to r + gamma * V(s'),
-with V as it was before this step's value update, as in CORL), Polyak target update, then
-advantage-weighted actor.
+Update order per step: value (expectile regression on min target-Q, Eq. 5), twin Q (to
+r + gamma * V(s'), Eq. 6, with V as it was before this step's value update, as in CORL), Polyak
+target update, then advantage-weighted actor (Eq. 7).
+
+Stacked agents (training.stacked): the losses are the single agent's; every batch mean is taken
+through `self.agents` (networks.AgentRows), which for K stacked agents is each agent's own mean over
+its rows (shape (K,)), and the networks are stacked by sparse.stacked_layers, so one object trains K
+agents. The update backpropagates the sum of the K losses: each agent gets exactly its own gradient.
 """
 from __future__ import annotations
 
@@ -13,16 +19,15 @@ import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
-    OPTIMIZERS,
+    AgentRows,
     DeterministicActor,
     GaussianActor,
     TwinQ,
     ValueNet,
     frozen_copy,
-    make_optimizer,
-    member_mean,
     polyak_update,
 )
+from sparse_offline_rl.algorithms.optimizers import OPTIMIZERS, make_optimizer
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -46,21 +51,27 @@ class IQLConfig:
     normalize_reward: bool = True  # r * 1000 / (max episode return - min episode return)
 
 
+def expectile_l2(u: torch.Tensor, expectile: float) -> torch.Tensor:
+    """L_2^tau(u) = |tau - 1(u < 0)| u^2, elementwise (Eq. 5's asymmetric square)."""
+    weight = torch.where(u > 0, expectile, 1.0 - expectile)
+    return weight * u.pow(2)
+
+
 def expectile_loss(diff: torch.Tensor, expectile: float, members: int = 1) -> torch.Tensor:
-    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return member_mean(weight * diff.pow(2), members)
+    """The batch mean of `expectile_l2`, per stacked agent (`members` of them)."""
+    return AgentRows(members).mean(expectile_l2(diff, expectile))
 
 
 @register_algorithm("iql")
 class IQL:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
-    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
+    stackable = True  # batch means per agent (self.agents): training.stacked may train several in one object
 
     Config = IQLConfig
 
     def __init__(self, config: IQLConfig, spec: ProblemSpec) -> None:
         self.config = config
-        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
+        self.agents = AgentRows(spec.members)  # K > 1 stacked agents: each loss below is then (K,)
         dev = torch.device(spec.device)
         actor = DeterministicActor if config.deterministic_actor else GaussianActor
         self.actor = actor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
@@ -86,25 +97,28 @@ class IQL:
 
     # -- losses (each touches only the network it trains) --------------------------------------
     def value_loss(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 5: E[L_2^tau(min_i Q'_i(s, a) - V(s))]; also the advantages, for the actor."""
         with torch.no_grad():
             target_q = self.critic_target(b.observations, b.actions).min(0).values
         adv = target_q - self.value(b.observations)
-        return expectile_loss(adv, self.config.expectile, self.members), adv.detach()
+        return self.agents.mean(expectile_l2(adv, self.config.expectile)), adv.detach()
 
     @torch.no_grad()
     def td_target(self, b: Batch) -> torch.Tensor:
+        """r + gamma * (1 - d) * V(s')."""
         return b.rewards + self.config.discount * (1.0 - b.dones) * self.value(b.next_observations)
 
     def critic_loss(self, b: Batch, target: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: E[(r + gamma V(s') - Q_i(s, a))^2], averaged over the two critics."""
         qs = self.critic(b.observations, b.actions)
-        # Mean over critics of each critic's MSE.
-        return member_mean(F.mse_loss(qs, target.expand_as(qs), reduction="none"), self.members)
+        return self.agents.mean(F.mse_loss(qs, target.expand_as(qs), reduction="none"))
 
     def actor_loss(self, b: Batch, adv: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: -E[exp(beta * (Q(s, a) - V(s))) log pi(a|s)], the weights clipped at max_exp_adv."""
         weights = torch.exp(self.config.beta * adv).clamp(max=self.config.max_exp_adv)
         if self.config.deterministic_actor:  # -log-likelihood of a unit-variance Gaussian, up to constants
-            return member_mean(weights * (self.actor(b.observations) - b.actions).pow(2).sum(-1), self.members)
-        return -member_mean(weights * self.actor.log_prob(b.observations, b.actions), self.members)
+            return self.agents.mean(weights * (self.actor(b.observations) - b.actions).pow(2).sum(-1))
+        return -self.agents.mean(weights * self.actor.log_prob(b.observations, b.actions))
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "value":
@@ -118,7 +132,7 @@ class IQL:
         raise KeyError(f"IQL has no network '{network}'; networks: actor, critic, value")
 
     # -- one gradient step ---------------------------------------------------------------------
-    # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
+    # Stacked agents: each loss is (K,), and its sum gives each agent its own gradient.
     def update(self, b: Batch) -> dict[str, torch.Tensor]:
         q_target = self.td_target(b)  # before the value step (CORL)
         v_loss, adv = self.value_loss(b)

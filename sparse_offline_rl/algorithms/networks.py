@@ -1,20 +1,35 @@
 """Networks shared by the built-in algorithms: plain Linear MLPs, so pruning sees every weight.
 
 The Linear layers `mlp` builds are marked eligible for compressed sparse kernels
-(`pruning.sparse_linear.allow_sparse_kernels`): after pruning, the trainer may replace them by
+(`sparse.linear.allow_sparse_kernels`): after pruning, the trainer may replace them by
 SparseLinear layers where that is faster. So a network built from `mlp` (as every network here is,
 and a plug-in's that uses them) must only call its layers, never read their `weight` after pruning.
+
+Stacked agents (training.stacked) live here and in sparse.stacked_layers, not in the losses: the
+stacked layers compute K agents' networks as one on a batch of K agents' rows (agent-major); a
+network's own per-agent parameter (a log-std) is lined up with the rows by the network
+(`per_agent_rows`, with the count K that stack_network writes into its `members`); `StackedNoise`
+gives each agent its own noise; and `AgentRows` is all a loss written for one agent needs to
+become a stacked one (each agent's batch means, row blocks joined agent by agent).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from sparse_offline_rl.algorithms.optimizers import (  # noqa: F401  (their home before optimizers.py)
+    OPTIMIZERS,
+    FusedAdam,
+    Lamb,
+    adam,
+    lamb_groups,
+    make_optimizer,
+)
 from sparse_offline_rl.sparse.linear import allow_sparse_kernels
 
 
@@ -86,7 +101,9 @@ class DeterministicActor(nn.Module):
 class GaussianActor(nn.Module):
     """IQL's actor: Normal with tanh-squashed mean and a state-independent, clamped log-std."""
 
-    members = 1  # stacked agents (pruning.stacked.stack_network sets it): log_std is then (members, act_dim)
+    # The stacked agents' count K (sparse.stacked_layers.stack_network sets it, by this name): log_std is
+    # then (K, act_dim), each agent's lined up with its rows.
+    members = 1
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float) -> None:
         super().__init__()
@@ -100,7 +117,7 @@ class GaussianActor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Sum over action dims of the Normal log-density (written out: faster than torch.distributions)."""
         mean = self.mean(obs)
-        log_std = member_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
+        log_std = per_agent_rows(self.log_std, mean, self.members).clamp(-20.0, 2.0)
         z = (action - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -114,7 +131,7 @@ class TanhGaussianActor(nn.Module):
     The log-std is `multiplier * head + offset` before clamping, both learned scalars (CORL's CQL
     actor, which starts them at 1 and -1: a smaller initial std); None keeps the plain head."""
 
-    members = 1  # stacked agents (pruning.stacked.stack_network sets it): the two scalars are then (members,)
+    members = 1  # stacked agents' count K (set by sparse.stacked_layers.stack_network): the two scalars are then (K,)
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], max_action: float,
                  log_std_multiplier: float | None = None, log_std_offset: float | None = None) -> None:
@@ -128,9 +145,9 @@ class TanhGaussianActor(nn.Module):
     def _mean_log_std(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.trunk(obs).split(self.act_dim, dim=-1)
         if self.log_std_multiplier is not None:
-            log_std = member_rows(self.log_std_multiplier(), log_std, self.members) * log_std
+            log_std = per_agent_rows(self.log_std_multiplier(), log_std, self.members) * log_std
         if self.log_std_offset is not None:
-            log_std = log_std + member_rows(self.log_std_offset(), log_std, self.members)
+            log_std = log_std + per_agent_rows(self.log_std_offset(), log_std, self.members)
         return mean, log_std.clamp(-20.0, 2.0)
 
     def sample(self, obs: torch.Tensor, noise: "NoiseSource | StackedNoise | None" = None,
@@ -160,28 +177,64 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(mean) * self.max_action
 
 
-def member_mean(x: torch.Tensor, members: int, dim: int = -1) -> torch.Tensor:
-    """Each member's mean of `x`, whose dimension `dim` holds the members' rows member-major
-    (members * B of them, see `ProblemSpec.members`): shape (members,). A stacked loss is the sum of
-    these, so each member gets exactly its own gradient (a plain mean over all rows would scale it
-    by 1 / members, which Adam's eps does not ignore). One member: exactly `x.mean()`, a 0-dim
+def per_agent_mean(x: torch.Tensor, agents: int, dim: int = -1) -> torch.Tensor:
+    """Each stacked agent's mean of `x`, whose dimension `dim` holds the agents' rows agent-major
+    (agents * B of them, see `ProblemSpec.members`): shape (agents,). A stacked loss is the sum of
+    these, so each agent gets exactly its own gradient (a plain mean over all rows would scale it
+    by 1 / agents, which Adam's eps does not ignore). One agent: exactly `x.mean()`, a 0-dim
     tensor, so a single run computes what it always did."""
-    if members == 1:
+    if agents == 1:
         return x.mean()
     dim = dim % x.dim()
-    return x.unflatten(dim, (members, -1)).movedim(dim, 0).flatten(1).mean(1)
+    return x.unflatten(dim, (agents, -1)).movedim(dim, 0).flatten(1).mean(1)
 
 
-def member_rows(value: torch.Tensor, rows: torch.Tensor, members: int) -> torch.Tensor:
-    """A per-member value lined up with `rows` ((members * B, ...), member-major), for elementwise
-    use. Stacked, `value` is (members, *shape) and each member's copy is repeated over its B rows
-    (shape (members * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
-    returned as it is. `members` is a plain int (a module's `members`), so torch.fx can still trace
+def per_agent_rows(value: torch.Tensor, rows: torch.Tensor, agents: int) -> torch.Tensor:
+    """A per-agent value lined up with `rows` ((agents * B, ...), agent-major), for elementwise
+    use. Stacked, `value` is (agents, *shape) and each agent's copy is repeated over its B rows
+    (shape (agents * B, *shape, 1, ...) to broadcast against `rows`); a single run's value is
+    returned as it is. `agents` is a plain int (a module's `members`), so torch.fx can still trace
     the networks that call this."""
-    if members == 1:
+    if agents == 1:
         return value
-    repeated = value.repeat_interleave(rows.shape[0] // members, dim=0)
+    repeated = value.repeat_interleave(rows.shape[0] // agents, dim=0)
     return repeated.view(*repeated.shape, *[1] * (rows.dim() - value.dim()))
+
+
+# The names the README gives plug-ins (from before stacked agents and ensemble members were told apart).
+member_mean = per_agent_mean
+member_rows = per_agent_rows
+
+
+class AgentRows:
+    """How the K stacked agents of one algorithm object share its batches, for losses written for
+    one agent (`ProblemSpec.members`, training.stacked): each agent's B rows in turn,
+    ((K * B, ...), agent-major). A loss takes its batch means with `mean` (each agent's own),
+    joins row blocks with `cat` and lines a per-agent learned number up with rows with `align`;
+    `split` shows the agents as a dimension (K, B) before the rows, for reductions over a part of
+    an agent's rows (CQL's proposals). With K = 1 each is the plain single-agent operation (and
+    `split` does nothing), so a single run computes exactly what the paper's loss does."""
+
+    def __init__(self, agents: int = 1) -> None:
+        self.count = agents
+
+    def mean(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """E over the batch, per agent: () for one agent, (K,) stacked (`per_agent_mean`)."""
+        return per_agent_mean(x, self.count, dim)
+
+    def align(self, value: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """A per-agent value (a temperature) lined up with `rows` (`per_agent_rows`)."""
+        return per_agent_rows(value, rows, self.count)
+
+    def cat(self, *parts: torch.Tensor) -> torch.Tensor:
+        """Row blocks (each agent-major) joined agent by agent: `torch.cat(parts)` for one agent."""
+        if self.count == 1:
+            return torch.cat(parts)
+        return torch.cat([part.view(self.count, -1, *part.shape[1:]) for part in parts], 1).flatten(0, 1)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """The last dimension (agent-major rows) as (K, rows per agent); one agent: `x` itself."""
+        return x if self.count == 1 else x.unflatten(-1, (self.count, -1))
 
 
 class Scalar(nn.Module):
@@ -221,17 +274,17 @@ class NoiseSource:
 
 
 class StackedNoise:
-    """The NoiseSources of stacked members as one: a draw of shape (members * B, ...) is each
-    member's own draw of (B, ...) from its own generator, in member order, so every member sees the
-    noise its separate run would. The generators are the members' objects (not copies)."""
+    """The NoiseSources of stacked agents as one: a draw of shape (K * B, ...) is each agent's own
+    draw of (B, ...) from its own generator, in agent order, so every agent sees the noise its
+    separate run would. The generators are the agents' objects (not copies)."""
 
     def __init__(self, sources: Sequence[NoiseSource]) -> None:
         self.sources = list(sources)
 
     def _draw(self, shape: Sequence[int], draw) -> torch.Tensor:
         rows, *rest = shape
-        per_member = (rows // len(self.sources), *rest)
-        return torch.cat([draw(per_member, s) for s in self.sources])
+        per_agent = (rows // len(self.sources), *rest)
+        return torch.cat([draw(per_agent, s) for s in self.sources])
 
     def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         return self._draw(shape, lambda s, src: src.randn(s, like))
@@ -265,153 +318,3 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- (1 - tau) * target + tau * online, in one fused call over all parameters."""
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
-
-
-class FusedAdam(torch.optim.Adam):
-    """`torch.optim.Adam(fused=True)` whose `step` calls the fused kernel directly once every
-    parameter has its state, skipping the generic per-step Python bookkeeping of `Optimizer.step`
-    (about 60 us a call on this project's 2-core reference machine: three optimizers a step).
-
-    Same kernel and same arguments as Adam's own fused path, so results are bit-identical; it is an
-    `Adam` (state_dict / load_state_dict / schedulers unchanged, checkpoints interchangeable). Falls
-    back to `Adam.step` for a closure, several parameter groups, missing gradients, amsgrad, a
-    tensor lr, or before the state exists; the cached lists are rebuilt when `load_state_dict`
-    replaces the state.
-    """
-
-    _fast: tuple[Any, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
-
-    def _fast_lists(self):
-        group = self.param_groups[0]
-        if self._fast is not None and self._fast[0] is self.state:
-            return self._fast
-        params = group["params"]
-        states = [self.state.get(p) for p in params]
-        if not states or any(not s or "exp_avg" not in s for s in states):
-            return None
-        self._fast = (self.state, params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                      [s["step"] for s in states])
-        return self._fast
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        if closure is not None or len(self.param_groups) != 1:
-            return super().step(closure)
-        group = self.param_groups[0]
-        if group["amsgrad"] or group["maximize"] or group["differentiable"] or isinstance(group["lr"], torch.Tensor) \
-                or group.get("decoupled_weight_decay", False):
-            return super().step(closure)
-        lists = self._fast_lists()
-        if lists is None:
-            return super().step(closure)
-        _, params, exp_avgs, exp_avg_sqs, steps = lists
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):
-            return super().step(closure)
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
-                           beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                           maximize=False, grad_scale=None, found_inf=None)
-        return None
-
-
-def adam(module: nn.Module, lr: float) -> torch.optim.Adam:
-    """Fused Adam (one kernel for all of a network's tensors; on CPU about 3x faster than foreach)."""
-    return FusedAdam(module.parameters(), lr=lr, fused=True)
-
-
-class Lamb(torch.optim.Optimizer):
-    """LAMB (You et al. 2020): Adam's bias-corrected moments, optional decoupled weight decay,
-    u = m_hat / (sqrt(v_hat) + eps) + weight_decay * w, and per parameter tensor the trust ratio
-    ||w|| / ||u|| (1 when either norm is 0): w <- w - lr * ratio * u.
-
-    Only weight matrices take the ratio and the weight decay. Given tensors rather than groups,
-    Lamb puts those with ndim <= 1 (biases, IQL's log-std vector, CQL's log-std scalars) in a group
-    with `trust_ratio` off and no weight decay, so they take Adam's step: under the ratio a tensor
-    that starts at zero stays near zero (each step is lr times its own size) and a scalar can never
-    change sign. The split is made here, by shape, once: a later sparse-kernel swap replaces a
-    matrix by its 1-D CSR values within the same group, so it keeps the ratio.
-
-    The state uses Adam's names (`step`, `exp_avg`, `exp_avg_sq`), so mask enforcement and the
-    sparse-kernel parameter swap treat it as they treat Adam's.
-    """
-
-    # The norms read whole tensors: a MaskSet zeroes pruned gradient entries before each step, so
-    # the moments and u stay zero there and both norms run over the kept weights only.
-    needs_masked_gradients = True
-
-    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 weight_decay: float = 0.0) -> None:
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "trust_ratio": True}
-        super().__init__(lamb_groups(params), defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._step_group(group, params)
-        return loss
-
-    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        for p in params:
-            if not self.state[p]:
-                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                 "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-        states = [self.state[p] for p in params]
-        grads = [p.grad for p in params]
-        exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        beta1, beta2 = group["betas"]
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        counts = [float(t) for t in steps]
-        denom = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** n for n in counts])
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, group["eps"])
-        update = torch._foreach_div(exp_avgs, [1 - beta1 ** n for n in counts])
-        torch._foreach_div_(update, denom)
-        if group["weight_decay"]:
-            torch._foreach_add_(update, params, alpha=group["weight_decay"])
-        if group["trust_ratio"]:
-            w_norm = torch.stack(torch._foreach_norm(params))
-            u_norm = torch.stack(torch._foreach_norm(update))
-            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-            torch._foreach_mul_(update, list((ratio * -group["lr"]).unbind()))
-        else:
-            torch._foreach_mul_(update, -group["lr"])
-        torch._foreach_add_(params, update)
-
-
-def lamb_groups(params) -> list[dict]:
-    """Lamb's parameter groups: explicit groups as given; plain tensors split into the matrices
-    (trust ratio and weight decay from the defaults) and the rest (neither)."""
-    params = list(params)
-    if any(isinstance(p, dict) for p in params):
-        return params
-    matrices = [p for p in params if p.ndim >= 2]
-    vectors = [p for p in params if p.ndim < 2]
-    groups = [{"params": matrices}, {"params": vectors, "trust_ratio": False, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-OPTIMIZERS = ("adam", "lamb")
-
-
-def make_optimizer(module: nn.Module, lr: float, kind: str = "adam", weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The optimizer of one network, by the run's `optim=` choice (the built-ins' one switch);
-    `weight_decay` (`algo.weight_decay`) is LAMB's decoupled decay of the weight matrices."""
-    if kind == "adam":
-        if weight_decay:
-            raise ValueError(f"weight_decay={weight_decay!r} is invalid with optim=adam: it is LAMB's (optim=lamb); 0 is required")
-        return adam(module, lr)
-    if kind == "lamb":
-        return Lamb(module.parameters(), lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optim={kind!r} is invalid; accepted: {', '.join(OPTIMIZERS)}")

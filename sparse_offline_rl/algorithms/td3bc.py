@@ -4,6 +4,12 @@ TD3 (twin critics, target policy smoothing, delayed actor) whose actor loss adds
 term: -lambda * Q1(s, pi(s)) + (pi(s) - a)^2 with lambda = alpha / mean|Q1|, so the Q term's scale
 does not depend on the reward scale. Per step: critic update; every `policy_freq` steps also the
 actor update and the Polyak update of all three target networks (as in TD3 / CORL).
+
+Stacked agents (training.stacked): the losses are the single agent's; every batch mean (the MSEs,
+mean|Q1| of lambda) is taken through `self.agents` (networks.AgentRows), which for K stacked agents
+is each agent's own mean over its rows (shape (K,)); the networks are stacked by
+sparse.stacked_layers and the noise by networks.StackedNoise. The update backpropagates the sum of
+the K losses, so each agent gets exactly its own gradient.
 """
 from __future__ import annotations
 
@@ -14,16 +20,15 @@ import torch.nn.functional as F
 
 from sparse_offline_rl.algorithms.base import ProblemSpec, collect_state, register_algorithm, restore_state
 from sparse_offline_rl.algorithms.networks import (
-    OPTIMIZERS,
+    AgentRows,
     DeterministicActor,
     NoiseSource,
     TwinQ,
     frozen_copy,
     frozen_params,
-    make_optimizer,
-    member_mean,
     polyak_update,
 )
+from sparse_offline_rl.algorithms.optimizers import OPTIMIZERS, make_optimizer
 from sparse_offline_rl.checks import within
 from sparse_offline_rl.data.buffer import Batch
 
@@ -47,13 +52,13 @@ class TD3BCConfig:
 @register_algorithm("td3bc")
 class TD3BC:
     supported_optimizers = OPTIMIZERS  # its networks' optimizers come from make_optimizer(..., spec.optim)
-    stackable = True  # losses per member (member_mean): training.stacked may train several in one object
+    stackable = True  # batch means per agent (self.agents): training.stacked may train several in one object
 
     Config = TD3BCConfig
 
     def __init__(self, config: TD3BCConfig, spec: ProblemSpec) -> None:
         self.config = config
-        self.members = spec.members  # > 1: stacked agents, each loss below is one per member (shape (members,))
+        self.agents = AgentRows(spec.members)  # K > 1 stacked agents: each loss below is then (K,)
         self.max_action = spec.max_action
         dev = torch.device(spec.device)
         self.actor = DeterministicActor(spec.obs_dim, spec.act_dim, config.hidden, spec.max_action).to(dev)
@@ -77,6 +82,8 @@ class TD3BC:
 
     # -- losses (each touches only the network it trains) --------------------------------------
     def critic_loss(self, b: Batch) -> torch.Tensor:
+        """TD3's: sum over the twin critics of E[(Q_i(s, a) - y)^2], y = r + gamma * (1 - d) * min_j
+        Q'_j(s', a'), with a' the target actor's action plus clipped noise."""
         cfg = self.config
         with torch.no_grad():
             # Target policy smoothing: a clipped Gaussian around the target actor's action.
@@ -87,16 +94,18 @@ class TD3BC:
             target = b.rewards + cfg.discount * (1.0 - b.dones) * next_q
         qs = self.critic(b.observations, b.actions)  # (2, B)
         mse = F.mse_loss(qs, target.expand_as(qs), reduction="none")
-        return sum(member_mean(q_mse, self.members) for q_mse in mse)  # sum of both critics' MSE
+        return sum(self.agents.mean(q_mse) for q_mse in mse)
 
     def actor_loss(self, b: Batch) -> torch.Tensor:
+        """Fujimoto & Gu 2021, Eq. 3 (as a loss): -lambda * E[Q1(s, pi(s))] + E[(pi(s) - a)^2], with
+        lambda = alpha / E|Q1(s, pi(s))| (Eq. 4) not differentiated; the squared error is averaged
+        over the action dimensions too (CORL)."""
         pi = self.actor(b.observations)
         with frozen_params(self.critic):  # gradient flows through the action into the actor only
             q = self.critic.q1(b.observations, pi)
-        # lambda = alpha / mean|Q1| over each member's own batch.
-        lmbda = self.config.alpha / member_mean(q.abs(), self.members).detach()
-        bc = member_mean(F.mse_loss(pi, b.actions, reduction="none"), self.members, dim=0)
-        return -lmbda * member_mean(q, self.members) + bc
+        lmbda = self.config.alpha / self.agents.mean(q.abs()).detach()
+        bc = self.agents.mean(F.mse_loss(pi, b.actions, reduction="none"), dim=0)
+        return -lmbda * self.agents.mean(q) + bc
 
     def saliency_loss(self, network: str, batch: Batch) -> torch.Tensor:
         if network == "critic":
@@ -106,7 +115,7 @@ class TD3BC:
         raise KeyError(f"TD3BC has no network '{network}'; networks: actor, critic")
 
     # -- one gradient step ---------------------------------------------------------------------
-    # Stacked members: each loss is (members,), and its sum gives each member its own gradient.
+    # Stacked agents: each loss is (K,), and its sum gives each agent its own gradient.
     def update(self, b: Batch) -> dict[str, torch.Tensor]:
         q_loss = self.critic_loss(b)
         self.critic_opt.zero_grad(set_to_none=True)
