@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import sparse_offline_rl.sparse_training.dynamic as dynamic_module
+import sparse_offline_rl.sparse_training.gibbs as gibbs_module
 import sparse_offline_rl.training.trainer as trainer_module
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
@@ -426,7 +426,7 @@ def test_a_unit_draw_never_empties_a_layer(monkeypatch, scope):
     graph = layer_graph(algo.net)
     energy = unit_scores(graph, {n: p.detach().pow(2) for n, p in prunable_parameters(algo.net).items()})
     with monkeypatch.context() as m:
-        m.setattr(dynamic_module, "gibbs_sample", lambda e, *args: torch.zeros(e.shape, dtype=torch.bool))
+        m.setattr(gibbs_module, "gibbs_sample", lambda e, *args: torch.zeros(e.shape, dtype=torch.bool))
         training.after_step(1, algo, masks, None)
     units = unit_masks_of(algo.net, masks.masks["net"])
     assert {h: torch.nonzero(u).flatten().tolist() for h, u in units.items()} == {
