@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import sparse_offline_rl.sparse_training.dynamic as dynamic_module
+import sparse_offline_rl.sparse_training.gibbs as gibbs_module
+import sparse_offline_rl.sparse_training.registry as registry
 import sparse_offline_rl.training.trainer as trainer_module
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
@@ -29,6 +30,7 @@ from sparse_offline_rl.sparse_training.dynamic import (
     gmp_sparsity,
     options,
 )
+from sparse_offline_rl.sparse_training.rule import MaskRule
 from sparse_offline_rl.sparse.linear import SparseLinear
 from sparse_offline_rl.pruning.units import UnitCollapseError, hidden_members, unit_scores, weight_masks
 from sparse_offline_rl.training.trainer import StepInfo, train
@@ -426,7 +428,7 @@ def test_a_unit_draw_never_empties_a_layer(monkeypatch, scope):
     graph = layer_graph(algo.net)
     energy = unit_scores(graph, {n: p.detach().pow(2) for n, p in prunable_parameters(algo.net).items()})
     with monkeypatch.context() as m:
-        m.setattr(dynamic_module, "gibbs_sample", lambda e, *args: torch.zeros(e.shape, dtype=torch.bool))
+        m.setattr(gibbs_module, "gibbs_sample", lambda e, *args: torch.zeros(e.shape, dtype=torch.bool))
         training.after_step(1, algo, masks, None)
     units = unit_masks_of(algo.net, masks.masks["net"])
     assert {h: torch.nonzero(u).flatten().tolist() for h, u in units.items()} == {
@@ -440,3 +442,60 @@ def test_a_unit_draw_never_empties_a_layer(monkeypatch, scope):
     too_sparse = SparseTraining({"name": "gibbs", "structure": "units", "scope": scope}, 100, {"net": 0.95}, 16, seed=0)
     with pytest.raises(UnitCollapseError, match="every layer keeps at least one unit" if scope == "global" else "with no unit"):
         too_sparse.start(UnitAlgo(), MaskSet({}), {})  # at the start, not at `end`
+
+
+def test_the_registry_holds_every_rule_and_the_tables_follow_from_it():
+    assert registry.DYNAMIC_PRUNERS == ("gmp", "set", "rigl", "gibbs")
+    assert all(issubclass(rule, MaskRule) for rule in (*registry.RULES.values(), *registry.UNIT_RULES.values()))
+    assert registry.BEGIN == {"gmp": 0.2, "set": 0.0, "rigl": 0.0, "gibbs": 0.0}
+    assert registry.SPARSE_INIT == {"set": True, "rigl": True}
+    assert registry.METHOD_OPTIONS == {"drop_fraction": ("set", "rigl"), "drop_decay": ("set", "rigl"),
+                                       "temperature_start": ("gibbs",), "temperature_end": ("gibbs",)}
+    assert [name for name, rule in registry.RULES.items() if rule.dense_gradient] == ["rigl"]
+
+
+class Halve(MaskRule):
+    """A rule added in one place (the registry): at each update keep the first half of each layer's
+    kept weights, in storage order."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    @classmethod
+    def for_run(cls, run, algo, masks):
+        return cls([])
+
+    def new_masks(self, schedule, step, algo, masks, batch):
+        self.seen.append(step)
+        out = {}
+        for name, layers in masks.masks.items():
+            out[name] = {}
+            for pname, mask in layers.items():
+                kept = torch.where(mask.reshape(-1).bool())[0]
+                new = torch.zeros(mask.numel(), dtype=torch.bool)
+                new[kept[: len(kept) // 2]] = True
+                out[name][pname] = new.view(mask.shape)
+        return out
+
+    def logged(self, schedule, step):
+        return {"halved": True}
+
+
+def test_a_rule_added_to_the_registry_runs_under_the_driver(monkeypatch):
+    monkeypatch.setitem(registry.RULES, "halve", Halve)
+    assert options({"name": "halve", "update_every": 5})["begin"] == 0.0
+    with pytest.raises(ValueError, match="pruner.drop_fraction applies to set and rigl, not to pruner=halve"):
+        options({"name": "halve", "drop_fraction": 0.2})
+    training = SparseTraining({"name": "halve", "update_every": 5}, 20, {"net": 0.5}, 16, seed=0)
+    assert training.initial_pruner()["name"] == "random" and training.initial_pruner()["scope"] == "erk"
+    algo = TinyAlgo()
+    masks = MaskSet({"net": {n: torch.ones(p.shape) for n, p in prunable_parameters(algo.net).items()}}).bind(algo)
+    training.start(algo, masks, {})
+    for step in range(1, 21):
+        algo.update(torch.randn(16, 4))
+        training.after_step(step, algo, masks, None)
+    assert training.rule.seen == [5, 10, 15]  # `end` 0.8 of 20 steps
+    report = training.report()
+    assert [u["step"] for u in report["updates"]] == [5, 10, 15] and all(u["halved"] for u in report["updates"])
+    assert report["updates"][-1]["sparsity"] == pytest.approx(1 - 1 / 8, abs=0.02)
+    assert training.state_dict()["generator"] is None  # it draws nothing
