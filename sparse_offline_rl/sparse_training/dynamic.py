@@ -48,7 +48,8 @@ from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_co
 from sparse_offline_rl.sparse.density import count_params_flops, dense_gradient_flops, step_flops
 from sparse_offline_rl.sparse.wiring import LayerGraph, network_members
 from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
-from sparse_offline_rl.pruning.prune import PRUNERS, _wiring
+from sparse_offline_rl.pruning.scorers import PRUNERS
+from sparse_offline_rl.sparse.wiring import try_layer_graph as _wiring
 from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.sparse.kernels import LayerChoice, add_to_report, apply_sparse_kernels, choose_kernels, kernels_of
 from sparse_offline_rl.sparse.fan_init import check as check_sparse_init
