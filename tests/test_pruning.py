@@ -25,7 +25,7 @@ from sparse_offline_rl.pruning import (
     prune_module,
     saliency,
 )
-from sparse_offline_rl.pruning.prune import _iterate
+from sparse_offline_rl.pruning.iterative import prune_rounds as _iterate
 from sparse_offline_rl.sparse_training.dynamic import SparseTraining
 from sparse_offline_rl.pruning.allocation import allocate, erk_densities, first_last_layers, keep_count, top_mask
 
@@ -508,3 +508,84 @@ def test_pruner_configs_are_accepted(path: Path) -> None:
     mask_set, report = prune_at_initialization(FakeAlgo(), make_sampler(), initial, 0.5, seed=0)
     start = {"gmp": "dense", "gibbs": "dense", "set": "random", "rigl": "random"}.get(cfg["name"], cfg["name"])
     assert report["pruner"] == start and bool(mask_set) == (start != "dense")
+
+
+# -- the typed pruner config and the scorer registry -----------------------------------------------
+PRUNER_YAMLS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pruner").glob("*.yaml"))
+#: Keys whose YAML value is the method's own default, not the dataclass's (rounds: SynFlow 100;
+#: scope, begin, sparse_init: the during-training methods').
+PER_METHOD = {"name", "rounds", "scope", "begin", "sparse_init"}
+
+
+@pytest.mark.parametrize("path", PRUNER_YAMLS, ids=lambda p: p.stem)
+def test_pruner_yaml_mirrors_the_config_dataclass(path) -> None:
+    import dataclasses
+
+    import yaml
+
+    from sparse_offline_rl.pruning.config import PrunerConfig
+    from sparse_offline_rl.pruning.scorers import DEFAULT_ROUNDS
+
+    on_disk = yaml.safe_load(path.read_text())
+    assert on_disk["name"] == path.stem
+    config = PrunerConfig.from_mapping(on_disk)  # every key a field, every value accepted
+    defaults = dataclasses.asdict(PrunerConfig())
+    assert {k: v for k, v in on_disk.items() if k not in PER_METHOD} == {
+        k: defaults[k] for k in on_disk if k not in PER_METHOD}
+    if path.stem in DEFAULT_ROUNDS and path.stem != "dense":  # dense ignores rounds
+        assert on_disk["rounds"] == DEFAULT_ROUNDS[path.stem] == config.rounds
+
+
+def test_pruner_config_covers_every_yaml_key_and_todays_defaults() -> None:
+    import dataclasses
+
+    import yaml
+
+    from sparse_offline_rl.pruning.config import DURING_TRAINING_DEFAULTS, PRUNER_DEFAULTS, PrunerConfig
+    from sparse_offline_rl.sparse_training.dynamic import DYNAMIC_DEFAULTS
+
+    keys = set().union(*(yaml.safe_load(p.read_text()) for p in PRUNER_YAMLS))
+    fields = {f.name for f in dataclasses.fields(PrunerConfig)}
+    assert keys <= fields and fields - keys <= set(DURING_TRAINING_DEFAULTS)
+    assert DURING_TRAINING_DEFAULTS == DYNAMIC_DEFAULTS
+    assert set(PRUNER_DEFAULTS) | set(DURING_TRAINING_DEFAULTS) | {"name"} == fields
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"scope": "local"}, "pruner.scope='local' is invalid: one of global, layer, erk or null is required"),
+    ({"rounds": 0}, "pruner.rounds=0 is invalid: a positive integer or null is required"),
+    ({"batch_size": True}, "pruner.batch_size=True is invalid: a positive integer is required"),
+    ({"budget_params": {"actor": 0}}, "pruner.budget_params.actor=0 is invalid"),
+    ({"update_every": 0}, "pruner.update_every=0 is invalid"),
+    ({"drop_decay": "linear"}, "pruner.drop_decay='linear' is invalid; accepted: cosine, constant"),
+    ({"temperature_end": 0}, r"pruner.temperature_end=0 is invalid: a number in (0, inf)"),
+    ({"sparse_init": "yes"}, "pruner.sparse_init='yes' is invalid: true or false is required"),
+    ({"budget_cost_max": 3}, "go together"),
+    ({"budget_params": 10, "budget_flops": 10}, "give at most one of"),
+    ({"structure": "units", "weight_sparsity": 0.5, "budget_params": 100}, "cannot be combined"),
+    ({"unit_score": "gate"}, "pruner.unit_score='gate' applies with pruner.structure=units only"),
+])
+def test_pruner_config_checks_each_value_once(change, words) -> None:
+    from sparse_offline_rl.errors import ConfigError
+    from sparse_offline_rl.pruning.config import PrunerConfig
+
+    with pytest.raises(ConfigError) as err:
+        PrunerConfig.from_mapping({"name": "snip", **change})
+    assert words in str(err.value)
+
+
+def test_pruner_config_keeps_what_was_given_and_none_means_default() -> None:
+    from sparse_offline_rl.pruning.config import PrunerConfig
+
+    config = PrunerConfig.from_mapping({"name": "gibbs", "scope": None, "update_every": 10})
+    assert config.scope == "global" and config.update_every == 10 and config.given == {"update_every"}
+
+
+def test_the_registry_is_the_one_list_of_pruners() -> None:
+    from sparse_offline_rl.pruning import DEFAULT_ROUNDS, PRUNERS
+    from sparse_offline_rl.pruning.scorers import DATA_DRIVEN, SCORERS
+
+    assert PRUNERS == tuple(sorted(SCORERS)) == ("dense", "grasp", "magnitude", "random", "snip", "synflow")
+    assert DEFAULT_ROUNDS == {"synflow": 100, "snip": 1, "grasp": 1, "random": 1, "magnitude": 1, "dense": 0}
+    assert set(DATA_DRIVEN) == {"snip", "grasp"}
+    assert SCORERS["random"].rounds(7) == 1 and SCORERS["synflow"].rounds(None) == 100 and SCORERS["snip"].rounds(3) == 3

@@ -470,7 +470,8 @@ def test_apply_sparse_kernels_after_pruning():
     from sparse_offline_rl.data.buffer import Batch
     from sparse_offline_rl.pruning import prune_at_initialization
     from sparse_offline_rl.sparse.masks import layer_weights
-    from sparse_offline_rl.sparse.kernels import apply_sparse_kernels, restore_pruned
+    from sparse_offline_rl.sparse.checkpoint import restore_pruned
+    from sparse_offline_rl.sparse.kernels import apply_sparse_kernels
 
     torch.manual_seed(0)
     algo = make_algorithm("td3bc", ProblemSpec(obs_dim=11, act_dim=3, total_steps=100), {"hidden": [64, 64]})

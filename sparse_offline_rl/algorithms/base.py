@@ -97,6 +97,11 @@ def register_algorithm(name: str, config_cls: type | None = None) -> Callable[[t
     return decorate
 
 
+def is_registered(cls: type) -> bool:
+    """Whether `cls` is the factory of some registered algorithm (under any name)."""
+    return any(entry.factory is cls for entry in _REGISTRY.values())
+
+
 def available_algorithms() -> list[str]:
     from sparse_offline_rl.algorithms import load_plugins
 

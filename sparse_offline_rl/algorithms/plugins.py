@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from sparse_offline_rl.errors import PluginImportError
-from sparse_offline_rl.algorithms.base import _REGISTRY, available_algorithms, get_algorithm, register_algorithm
+from sparse_offline_rl.algorithms.base import available_algorithms, get_algorithm, is_registered, register_algorithm
 
 ENTRY_POINT_GROUP = "sparse_offline_rl.algorithms"
 
@@ -46,7 +46,7 @@ def plugin_errors() -> dict[str, str]:
 
 def _register_entry_point(ep: EntryPoint) -> None:
     obj = ep.load()
-    if isinstance(obj, type) and not any(entry.factory is obj for entry in _REGISTRY.values()):
+    if isinstance(obj, type) and not is_registered(obj):
         register_algorithm(ep.name)(obj)  # a class its module did not decorate: named by the entry point
 
 

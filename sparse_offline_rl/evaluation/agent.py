@@ -15,7 +15,7 @@ from sparse_offline_rl.algorithms import OfflineAlgorithm, ProblemSpec, make_alg
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import load_checkpoint
-from sparse_offline_rl.sparse.kernels import restore_pruned
+from sparse_offline_rl.sparse.checkpoint import restore_pruned
 from sparse_offline_rl.sparse.narrow import layouts_of, network_densities
 
 

@@ -2,23 +2,26 @@
 
 Layout (as in Synaptic-Flow):
 - `prune.py`: the entry points: `saliency(method, module, loss_fn, input_shape, **opts)` (scores for
-  any `nn.Module`), `prune_module(module, method, keep, ...)` (masks for one network, iterative
-  schedules included), `prune_at_initialization(algo, sample_batch, pruner, sparsity, seed)` (what
-  the trainer calls: options, per-network targets and budgets, scoring batches, the report).
-- `scores.py`: one small function per saliency method.
+  any `nn.Module`), `prune_at_initialization(algo, sample_batch, pruner, sparsity, seed)` (what the
+  trainer calls: checks the config and dispatches to unstructured pruning or whole units).
+- `config.py`: `PrunerConfig`, the typed pruner.* config (every key of configs/pruner/*.yaml, each
+  value checked once in `PrunerConfig.from_mapping`), and values given per network.
+- `scorers.py`: the scorer registry, one small class per method (name, needs data, default rounds,
+  `score(masks)`); `PRUNERS` and `DEFAULT_ROUNDS` are read from it. `scores.py`: the score functions.
+- `iterative.py`: `prune_module(module, method, keep, ...)`: masks for one network, the scoring
+  rounds of iterative schedules per ensemble member, the layer-collapse check.
 - `allocation.py`: scores -> exact per-layer counts and boolean masks (global / layer / ERK scope,
-  per ensemble member), the layer-collapse check.
-- `graph.py`: how a network's Linear layers are wired, read from its `forward`.
-- `density.py`: what pruning kept: params and FLOPs, the per-network report, the density table.
-- `masks.py`: the masks during training (re-applied by optimizer hooks, changed by `set_masks`).
-- `dynamic.py`: sparsity during training (GMP, SET, RigL, Gibbs): schedules, mask updates, training FLOPs.
-- `rng.py`: scoring leaves every RNG of training where it was.
-- `sparse_init.py`: `pruner.sparse_init`, the kept weights re-drawn to their fans under the mask.
-- `sparse_linear.py`, `sparse_choice.py`: compressed sparse layers for pruned networks, and the
-  measured per-layer choice between them and dense-masked layers.
-- `structured.py`: `pruner.structure=units`: whole hidden units scored (the pruner's weight scores
+  per ensemble member), the layers kept dense (`keep_dense_layers`), the layer-collapse check.
+- `budgets.py`: parameter / FLOP / cost budgets: the bisection on the sparsity, the user's cost function.
+- `batches.py`: the scoring batches (drawn once) and each network's seed.
+- `weights.py`: unstructured pruning of an algorithm (per-network targets, budgets, the report).
+- `units.py`: `pruner.structure=units`: whole hidden units scored (the pruner's weight scores
   summed per unit, or for SNIP / GraSP a unit gate's saliency), removed, and the networks made
-  physically narrower (`narrow_algorithm`).
+  physically narrower, then `weights.py` on the narrow layers for `weight_sparsity`.
+- `rng.py`: scoring leaves every RNG of training where it was.
+
+The mechanism the masks live in (masks, wiring, CSR layers, kernels, density, fan init, narrowing,
+checkpoint layouts) is `sparse/`; masks that change during training are `sparse_training/`.
 
 Prunable weights are the weight matrices of `nn.Linear` layers (biases and norms are never pruned),
 named as in `module.named_parameters()`. After pruning, a layer may be a `SparseLinear` storing only
@@ -29,6 +32,7 @@ from __future__ import annotations
 from sparse_offline_rl.pruning.allocation import LayerCollapseError
 from sparse_offline_rl.sparse.density import count_params_flops, format_density_table
 from sparse_offline_rl.sparse.masks import MaskSet, layer_weights, network_density, prunable_parameters
+from sparse_offline_rl.pruning.config import PrunerConfig
 from sparse_offline_rl.pruning.prune import (
     DEFAULT_ROUNDS,
     PRUNER_DEFAULTS,
@@ -39,8 +43,6 @@ from sparse_offline_rl.pruning.prune import (
     saliency,
 )
 
-
-
 __all__ = [
     "per_network",
     "DEFAULT_ROUNDS",
@@ -48,6 +50,7 @@ __all__ = [
     "MaskSet",
     "PRUNERS",
     "PRUNER_DEFAULTS",
+    "PrunerConfig",
     "count_params_flops",
     "format_density_table",
     "layer_weights",

@@ -16,7 +16,7 @@ from typing import Collection, Hashable, Mapping, Sequence, TypeVar
 import torch
 from torch import nn
 
-from sparse_offline_rl.errors import LayerCollapseError
+from sparse_offline_rl.errors import LayerCollapseError, WiringError
 from sparse_offline_rl.sparse.wiring import LayerGraph, connectivity, layer_graph
 
 SCOPES = ("global", "layer", "erk")
@@ -219,6 +219,21 @@ def check_layer_collapse(
     return list(dict.fromkeys(collapsed + disconnected))
 
 
+def keep_dense_layers(graph: LayerGraph | None, network: str, *, first: bool = False, last: bool = False,
+                      wiring_error: str | None = None, also_needs: Sequence[str] = ()) -> list[str]:
+    """The layers pruner.keep_first_layer_dense / keep_last_layer_dense keep dense (`first`, `last`):
+    those reading the network input and those producing its output, once each. Without the wiring
+    (`graph` None) none, unless they are asked for, or something in `also_needs` (e.g.
+    "pruner=synflow") needs the wiring: then WiringError naming the network and `wiring_error`."""
+    needs = [k for k, on in (("keep_first_layer_dense", first), ("keep_last_layer_dense", last)) if on]
+    needs += list(also_needs)
+    if graph is None:
+        if needs:
+            raise WiringError(f"{' and '.join(needs)} need(s) the wiring of network '{network}': {wiring_error}")
+        return []
+    return list(dict.fromkeys((graph.first_layers() if first else []) + (graph.last_layers() if last else [])))
+
+
 def first_last_layers(module: nn.Module) -> tuple[list[str], list[str]]:
     """Weight names of the layers reading the network input and of those producing its output,
     from the traced Linear data-flow graph (an ensemble critic has one of each per member)."""
@@ -235,6 +250,7 @@ __all__ = [
     "first_last_layers",
     "group_counts",
     "keep_count",
+    "keep_dense_layers",
     "layer_counts",
     "pin_pruned",
     "top_mask",

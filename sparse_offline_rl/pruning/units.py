@@ -41,7 +41,7 @@ rest goes to the top-scored units; a sparsity leaving fewer units than hidden la
 `layer`, no unit in some layer) is an error naming the network.
 
 Budgets (`budget_params`, `budget_flops`, `budget_cost`) search the unit fraction instead of the
-weight sparsity, by the bisection `prune.least_sparsity_within`, on the narrowed networks; the cost
+weight sparsity, by the bisection `budgets.search`, on the narrowed networks; the cost
 function receives physically narrow copies, so a latency or size cost measures what deploys.
 
 The layout (kept unit indices per layer, and which layer each layer reads) is in the pruning report
@@ -57,63 +57,27 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.checks import check_value
-from sparse_offline_rl.errors import ConfigError, UnitCollapseError
+from sparse_offline_rl.errors import UnitCollapseError
 from sparse_offline_rl.pruning.allocation import keep_count, top_mask
-from sparse_offline_rl.sparse.density import count_params_flops
-from sparse_offline_rl.sparse.wiring import LayerGraph, WiringError, layer_graph
-from sparse_offline_rl.sparse.masks import MaskSet, layer_weights, prunable_parameters
-from sparse_offline_rl.pruning.prune import (
-    DATA_DRIVEN,
-    PRUNER_DEFAULTS,
-    _check_sparsity,
-    _draw_batch,
-    _evaluate_cost,
-    _rounds,
-    _scorer,
-    _seed_for,
-    budget_networks,
-    least_sparsity_within,
-    load_cost,
-    per_network,
-    prune_at_initialization,
-)
+from sparse_offline_rl.pruning.batches import scoring_batches, seed_for
+from sparse_offline_rl.pruning.budgets import budget_networks, cost_of, evaluate_cost, load_cost, search
+from sparse_offline_rl.pruning.config import PrunerConfig, check_sparsity, per_network
 from sparse_offline_rl.pruning.rng import untouched_rngs
+from sparse_offline_rl.pruning.scorers import scorer_class
 from sparse_offline_rl.pruning.scores import LossClosure, Scores, grasp_scores, masked_weights, snip_products
+from sparse_offline_rl.pruning.weights import prune_weights
+from sparse_offline_rl.sparse.density import count_params_flops
+from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.sparse.narrow import Units, layout_of, narrow_, narrow_algorithm
+from sparse_offline_rl.sparse.wiring import LayerGraph, WiringError, layer_graph
 
-STRUCTURES = ("unstructured", "units")
-UNIT_SCOPES = ("global", "layer")
-#: Options only structure=units reads (their defaults are in prune.PRUNER_DEFAULTS).
-UNIT_OPTIONS = ("weight_sparsity", "unit_score")
-#: pruner.unit_score: the summed weight scores of a unit, or the saliency of a gate on its activation.
-UNIT_SCORES = ("sum", "gate")
-#: The pruners a gate saliency is defined for: it is a derivative of their loss (SNIP) or gradient
-#: norm (GraSP) with respect to the gate.
-GATE_METHODS = ("snip", "grasp")
+Score = Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]]
 
 
-def check_options(pruner: Mapping[str, Any]) -> None:
-    """The structure-related pruner.* keys, checked before data loads (ConfigError naming the key)."""
-    structure = pruner.get("structure") or "unstructured"
-    check_value("pruner.structure", structure, str, choices=STRUCTURES)
-    weight_sparsity = pruner.get("weight_sparsity")
-    for name, value in (weight_sparsity.items() if isinstance(weight_sparsity, Mapping) else [(None, weight_sparsity)]):
-        check_value("pruner.weight_sparsity" + (f".{name}" if name else ""), value, float, "[0, 1)", optional=name is None)
-    if structure == "unstructured" and weight_sparsity is not None:
-        raise ConfigError("pruner.weight_sparsity applies with pruner.structure=units only (unstructured pruning "
-                          "reads `sparsity`)")
-    unit_score = pruner.get("unit_score") or "sum"
-    check_value("pruner.unit_score", unit_score, str, choices=UNIT_SCORES)
-    if unit_score == "gate" and structure != "units":
-        raise ConfigError("pruner.unit_score='gate' applies with pruner.structure=units only (unstructured pruning "
-                          "scores weights)")
-    if unit_score == "gate" and pruner.get("name") not in GATE_METHODS:
-        raise ConfigError(f"pruner.unit_score='gate' is invalid with pruner={pruner.get('name')}: a unit gate's "
-                          f"saliency is defined for {', '.join(GATE_METHODS)}; accepted here: sum")
-    if structure == "units" and (pruner.get("scope") or "global") not in UNIT_SCOPES:
-        raise ConfigError(f"pruner.scope={pruner.get('scope')!r} is invalid with pruner.structure=units: one of "
-                          f"{', '.join(UNIT_SCOPES)} is required (ERK sets weight densities, not unit counts)")
+def check_options(pruner: Mapping[str, Any]) -> PrunerConfig:
+    """The pruner.* keys, structure=units ones included, checked before data loads (ConfigError naming
+    the key): `PrunerConfig.from_mapping`, which this name is kept for."""
+    return PrunerConfig.from_mapping(pruner)
 
 
 # -- which units ----------------------------------------------------------------------------------
@@ -261,140 +225,166 @@ def unit_graph(net: nn.Module, name: str) -> LayerGraph:
         raise WiringError(f"pruner.structure=units needs the wiring of network '{name}': {err}") from None
 
 
-def prune_units(algo: Any, sample_batch: Callable[..., Any], pruner: Mapping[str, Any],
+class FirstRound:
+    """A network's scorer whose first-round scores are computed once: they do not depend on the
+    target, so a budget search reuses them at every probe."""
+
+    def __init__(self, score: Score) -> None:
+        self.score, self.first = score, None
+
+    def __call__(self, alive: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
+        if alive is not None:
+            return self.score(alive)
+        if self.first is None:
+            self.first = self.score(None)
+        return self.first
+
+
+class UnitPass:
+    """structure=units for one algorithm: the wiring of every network, its scorer (once the scoring
+    batches are drawn) and the units kept at a unit sparsity, narrowed copies for budget probes."""
+
+    def __init__(self, algo: Any, cfg: PrunerConfig, seed: int) -> None:
+        self.algo, self.cfg, self.seed = algo, cfg, seed
+        self.scorer = scorer_class(cfg.name)
+        self.pruning = cfg.name != "dense"
+        self.nets: dict[str, nn.Module] = dict(algo.networks())
+        self.names = list(self.nets)
+        self.rounds = self.scorer.rounds(cfg.rounds)
+        self.graphs = {n: unit_graph(net, n) for n, net in self.nets.items()} if self.pruning else {}
+        self.unpruned = {n: {**count_params_flops(net), "weights": sum(p.numel() for p in prunable_parameters(net).values())}
+                         for n, net in self.nets.items()}
+        # Units per hidden layer as built (the graphs keep referring to the layers narrowing replaces).
+        self.sizes = {n: {h: g.layers[g.names.index(h)].out_features for h in hidden_layers(g)}
+                      for n, g in self.graphs.items()}
+        self.aggregate = unit_aggregate(cfg.name, cfg.unit_score)
+        self.scorers: dict[str, FirstRound] = {}
+
+    def draw(self, sample_batch: Callable[..., Any]) -> None:
+        """The scoring batches (all networks see the same ones) and each network's scorer."""
+        cfg = self.cfg
+        batches = scoring_batches(sample_batch, self.scorer.needs_data, cfg.num_batches, cfg.batch_size)
+        for name in self.graphs:
+            losses = [partial(self.algo.saliency_loss, name, b) for b in batches]
+            score = (gate_scorer(cfg.name, self.nets[name], losses, name) if cfg.unit_score == "gate" else
+                     self.scorer(self.nets[name], losses, None, seed_for(self.seed, name), name, self.graphs[name]).score)
+            self.scorers[name] = FirstRound(score)
+
+    def units_at(self, name: str, s: float) -> Units | None:
+        if not self.pruning or s <= 0:
+            return None
+        kept, _ = choose_units(self.scorers[name], self.graphs[name], s, self.cfg.scope, self.rounds, name, self.aggregate)
+        return kept
+
+    def narrowed(self, name: str, s: float) -> nn.Module:
+        kept = self.units_at(name, s)
+        net = copy.deepcopy(self.nets[name])
+        if kept is not None:
+            narrow_(net, layout_of(self.graphs[name], kept))
+        return net
+
+    def count_budget(self, targets: dict[str, float]) -> dict[str, Any]:
+        """budget_params / budget_flops: per network the least unit sparsity within its budget."""
+        kind = self.cfg.budget_kind
+        key = kind.split("_")[1]
+        budgets = per_network(getattr(self.cfg, kind), self.names, kind)
+        report: dict[str, Any] = {"kind": kind, "networks": {}}
+        for name in self.names:
+            limit = int(budgets[name])
+            top = max_unit_sparsity(self.graphs[name], self.cfg.scope)
+            # Bracketed to a quarter of one unit: the least feasible unit count itself.
+            chosen, probes = search(lambda s, name=name: count_params_flops(self.narrowed(name, s))[key], limit, top,
+                                    tol=1 / (4 * sum(self.sizes[name].values())))
+            if chosen is None:
+                raise ValueError(f"pruner.{kind}={limit} for network '{name}' is below what one unit per "
+                                 f"hidden layer needs ({probes[-1][1]:g} {key}) with pruner.structure=units")
+            targets[name] = chosen
+            report["networks"][name] = {"budget": limit, "unit_sparsity": chosen, key: cost_of(probes, chosen),
+                                        "probes": len(probes)}
+        return report
+
+    def cost_budget(self, targets: dict[str, float], searched: list[str]) -> dict[str, Any]:
+        """budget_cost: the least unit sparsity of the searched networks whose cost (on narrow copies)
+        is within budget_cost_max."""
+        path, limit = self.cfg.budget_cost, float(self.cfg.budget_cost_max)
+        fn = load_cost(path)
+
+        def cost_at(s: float) -> float:
+            return evaluate_cost(fn, path, {n: self.narrowed(n, s if n in searched else targets[n]) for n in self.names}, {})
+
+        top = min(max_unit_sparsity(self.graphs[n], self.cfg.scope) for n in searched)
+        chosen, probes = search(cost_at, limit, top)
+        if chosen is None:
+            raise ValueError(f"pruner.budget_cost={path!r}: no unit sparsity meets budget_cost_max={limit:g} "
+                             f"(cost {probes[-1][1]:g} at unit sparsity {top:.4f}, one unit per hidden layer "
+                             f"left; {probes[0][1]:g} unpruned)")
+        targets.update({n: chosen for n in searched})
+        return {"kind": "budget_cost", "budget_cost": path, "budget_cost_max": limit, "networks": searched,
+                "unit_sparsity": chosen, "cost": cost_of(probes, chosen),
+                "probes": [{"sparsity": s, "cost": v} for s, v in probes]}
+
+
+def choose_layouts(run: UnitPass, sample_batch: Callable[..., Any], targets: dict[str, float]
+                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The kept units of every network ({network: layout}) and the budget search's report; every
+    RNG put back after scoring. `targets` (unit sparsities) is updated by a budget."""
+    searched = budget_networks(run.cfg, run.names)
+    budget_report = None
+    layouts: dict[str, Any] = {}
+    with untouched_rngs(run.algo, sample_batch):
+        torch.manual_seed(run.seed)
+        run.draw(sample_batch)
+        if run.pruning and run.cfg.budget_kind in ("budget_params", "budget_flops"):
+            budget_report = run.count_budget(targets)
+        elif run.pruning and run.cfg.budget_kind == "budget_cost":
+            budget_report = run.cost_budget(targets, searched)
+        for name in run.names:
+            kept = run.units_at(name, targets[name])
+            if kept is not None:
+                layouts[name] = layout_of(run.graphs[name], kept)
+    return layouts, budget_report
+
+
+def prune_units(algo: Any, sample_batch: Callable[..., Any], cfg: PrunerConfig | Mapping[str, Any],
                 sparsity: float | Mapping[str, float], seed: int = 0) -> tuple[MaskSet, dict[str, Any]]:
     """`prune_at_initialization` for structure=units (it dispatches here): remove units, narrow the
     networks, then prune the narrow weights to `weight_sparsity` with the same pruner. Same RNG
     contract: every RNG is put back after scoring."""
-    check_options(pruner)
-    cfg = {**PRUNER_DEFAULTS, **{k: v for k, v in pruner.items() if v is not None}}
-    method, scope = cfg.get("name", "dense"), cfg["scope"]
-    nets: dict[str, nn.Module] = dict(algo.networks())
-    names = list(nets)
-    budget_kind = next((k for k in ("budget_params", "budget_flops", "budget_cost") if cfg[k] is not None), None)
-    if budget_kind and cfg["weight_sparsity"] is not None:
-        raise ValueError(f"pruner.{budget_kind} with pruner.structure=units sets the unit fraction; "
-                         "pruner.weight_sparsity cannot be combined with it")
-    targets = {n: _check_sparsity(s, n) for n, s in per_network(sparsity, names, "sparsity").items()}
-    rounds = _rounds(method, cfg["rounds"])
-    graphs = {n: unit_graph(net, n) for n, net in nets.items()} if method != "dense" else {}
-    unpruned = {n: {**count_params_flops(net), "weights": sum(p.numel() for p in prunable_parameters(net).values())}
-                for n, net in nets.items()}
-    searched = budget_networks(cfg, names)
-    # Units per hidden layer as built (the graphs keep referring to the layers narrowing replaces).
-    sizes = {n: {h: g.layers[g.names.index(h)].out_features for h in hidden_layers(g)} for n, g in graphs.items()}
-
-    layouts: dict[str, Any] = {}
-    budget_report: dict[str, Any] | None = None
-    with untouched_rngs(algo, sample_batch):
-        torch.manual_seed(seed)
-        batches = ([_draw_batch(sample_batch, cfg["batch_size"]) for _ in range(cfg["num_batches"])]
-                   if method in DATA_DRIVEN else [])
-        first_round: dict[str, Any] = {}
-
-        def scorer(name: str) -> Callable[[Mapping[str, torch.Tensor] | None], Mapping[str, torch.Tensor]]:
-            losses = [partial(algo.saliency_loss, name, b) for b in batches]
-            score = (gate_scorer(method, nets[name], losses, name) if cfg["unit_score"] == "gate"
-                     else _scorer(method, nets[name], losses, None, _seed_for(seed, name), name, graphs[name]))
-
-            def cached(alive: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
-                # One-round scores do not depend on the target: computed once per network for a search.
-                if alive is not None:
-                    return score(alive)
-                if name not in first_round:
-                    first_round[name] = score(None)
-                return first_round[name]
-
-            return cached
-
-        scorers = {n: scorer(n) for n in graphs}
-        aggregate = unit_aggregate(method, cfg["unit_score"])
-
-        def units_at(name: str, s: float) -> Units | None:
-            if method == "dense" or s <= 0:
-                return None
-            kept, _ = choose_units(scorers[name], graphs[name], s, scope, rounds, name, aggregate)
-            return kept
-
-        def narrowed(name: str, s: float) -> nn.Module:
-            kept = units_at(name, s)
-            net = copy.deepcopy(nets[name])
-            if kept is not None:
-                narrow_(net, layout_of(graphs[name], kept))
-            return net
-
-        if budget_kind in ("budget_params", "budget_flops") and method != "dense":
-            key = budget_kind.split("_")[1]
-            budgets = per_network(cfg[budget_kind], names, budget_kind)
-            budget_report = {"kind": budget_kind, "networks": {}}
-            for name in names:
-                limit = int(budgets[name])
-                probes: list[dict[str, float]] = []
-
-                def count_at(s: float, name: str = name, probes: list = probes) -> float:
-                    value = count_params_flops(narrowed(name, s))[key]
-                    probes.append({"sparsity": s, key: value})
-                    return value
-
-                top = max_unit_sparsity(graphs[name], scope)
-                # Bracketed to a quarter of one unit: the least feasible unit count itself.
-                chosen = least_sparsity_within(count_at, limit, top, tol=1 / (4 * sum(sizes[name].values())))
-                if chosen is None:
-                    raise ValueError(f"pruner.{budget_kind}={limit} for network '{name}' is below what one unit per "
-                                     f"hidden layer needs ({probes[-1][key]:g} {key}) with pruner.structure=units")
-                targets[name] = chosen
-                budget_report["networks"][name] = {"budget": limit, "unit_sparsity": chosen, key: next(
-                    p[key] for p in reversed(probes) if p["sparsity"] == chosen), "probes": len(probes)}
-        elif budget_kind == "budget_cost" and method != "dense":
-            path, limit = cfg["budget_cost"], float(cfg["budget_cost_max"])
-            fn = load_cost(path)
-            probes = []
-
-            def cost_at(s: float) -> float:
-                value = _evaluate_cost(fn, path, {n: narrowed(n, s if n in searched else targets[n]) for n in names}, {})
-                probes.append({"sparsity": s, "cost": value})
-                return value
-
-            top = min(max_unit_sparsity(graphs[n], scope) for n in searched)
-            chosen = least_sparsity_within(cost_at, limit, top)
-            if chosen is None:
-                raise ValueError(f"pruner.budget_cost={path!r}: no unit sparsity meets budget_cost_max={limit:g} "
-                                 f"(cost {probes[-1]['cost']:g} at unit sparsity {top:.4f}, one unit per hidden layer "
-                                 f"left; {probes[0]['cost']:g} unpruned)")
-            targets.update({n: chosen for n in searched})
-            budget_report = {"kind": "budget_cost", "budget_cost": path, "budget_cost_max": limit, "networks": searched,
-                             "unit_sparsity": chosen, "cost": next(p["cost"] for p in reversed(probes) if p["sparsity"] == chosen),
-                             "probes": probes}
-        for name in names:
-            kept = units_at(name, targets[name])
-            if kept is not None:
-                layouts[name] = layout_of(graphs[name], kept)
+    cfg = cfg if isinstance(cfg, PrunerConfig) else PrunerConfig.from_mapping(cfg)
+    run = UnitPass(algo, cfg, seed)
+    targets = {n: check_sparsity(s, n) for n, s in per_network(sparsity, run.names, "sparsity").items()}
+    layouts, budget_report = choose_layouts(run, sample_batch, targets)
     narrow_algorithm(algo, layouts)
+    weight_sparsity = cfg.weight_sparsity if cfg.weight_sparsity is not None else 0.0
+    mask_set, report = prune_weights(algo, sample_batch, cfg.weights_only(), weight_sparsity, seed=seed)
+    units_report = add_units_report(report, run, targets, layouts)
+    report.update({"structure": "units", "units": units_report, "unit_budget": budget_report,
+                   "weight_sparsity": cfg.weight_sparsity, "unit_score": cfg.unit_score})
+    return mask_set, report
 
-    weight_cfg = {k: v for k, v in pruner.items() if k not in ("structure", *UNIT_OPTIONS, "budget_params", "budget_flops",
-                                                                 "budget_cost", "budget_cost_max", "budget_networks")}
-    weight_sparsity = cfg["weight_sparsity"] if cfg["weight_sparsity"] is not None else 0.0
-    mask_set, report = prune_at_initialization(algo, sample_batch, weight_cfg, weight_sparsity, seed=seed)
+
+def add_units_report(report: dict[str, Any], run: UnitPass, targets: Mapping[str, float],
+                     layouts: Mapping[str, Any]) -> dict[str, Any]:
+    """The weight pass's report made the units': per network its targets and what it had as built,
+    and the totals again. Returns the kept units of each network (`report["units"]`)."""
     units_report: dict[str, Any] = {}
-    for name in names:
+    for name in run.names:
         info = report["networks"][name]
         layout = layouts.get(name, {"kept_units": {}, "inputs_from": {}})
-        units = {layer: {"kept": len(idx), "total": sizes[name][layer]} for layer, idx in layout["kept_units"].items()}
+        units = {layer: {"kept": len(idx), "total": run.sizes[name][layer]} for layer, idx in layout["kept_units"].items()}
         kept_n, total_n = sum(u["kept"] for u in units.values()), sum(u["total"] for u in units.values())
         units_report[name] = {
-            "target_unit_sparsity": targets[name] if method != "dense" else 0.0,
+            "target_unit_sparsity": targets[name] if run.pruning else 0.0,
             "unit_sparsity": 1 - kept_n / total_n if total_n else 0.0,
             "units": units,
             "layout": layout,
-            "prunable_weights_unpruned": unpruned[name]["weights"],
+            "prunable_weights_unpruned": run.unpruned[name]["weights"],
         }
         # What the network had as built: params / FLOPs in the report and the density table compare to it.
-        info["params_dense"], info["flops_dense"] = unpruned[name]["params_dense"], unpruned[name]["flops_dense"]
+        info["params_dense"], info["flops_dense"] = run.unpruned[name]["params_dense"], run.unpruned[name]["flops_dense"]
         info["weight_sparsity_target"] = info.pop("target_sparsity")
         info["target_sparsity"] = units_report[name]["target_unit_sparsity"]
-        info["target_from"] = budget_kind or "sparsity"
+        info["target_from"] = run.cfg.budget_kind or "sparsity"
         info["target_applies_to"] = "hidden units"
     report["total"] = {k: sum(r[k] for r in report["networks"].values()) for k in report["total"]}
-    report.update({"structure": "units", "units": units_report, "unit_budget": budget_report,
-                   "weight_sparsity": cfg["weight_sparsity"], "unit_score": cfg["unit_score"]})
-    return mask_set, report
+    return units_report

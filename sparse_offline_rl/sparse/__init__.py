@@ -10,4 +10,7 @@ during training); everything here is shared by both, by the algorithms, evaluati
 - `kernels.py`: the measured per-layer choice between a CSR layer and a dense-masked one.
 - `density.py`: what a network keeps: parameters, FLOPs, dead units, the density table.
 - `fan_init.py`: kept weights re-drawn to their fans under the mask (`pruner.sparse_init`).
+- `narrow.py`: physically narrower networks (hidden units removed) and their layouts.
+- `checkpoint.py`: `restore_pruned`, a saved pruned algorithm rebuilt (narrowed, its layers converted
+  as recorded) before its state is loaded.
 """

@@ -19,7 +19,7 @@ its layers) are ever converted, whatever the mode: other code may read a layer's
 (d3rlpy's modules), and those layers stay dense-masked.
 
 The choice is recorded by the caller (it decides the parameter layout, so a resumed run must reuse
-it rather than measure again under other load): `restore_pruned` rebuilds a checkpoint's layout.
+it rather than measure again under other load): `checkpoint.restore_pruned` rebuilds a checkpoint's layout.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ from torch import nn
 
 from sparse_offline_rl.sparse.masks import MaskSet
 from sparse_offline_rl.sparse.linear import eligible, sparsify_algorithm, to_sparse
-from sparse_offline_rl.sparse.narrow import narrow_algorithm
 
 MODES = ("auto", "sparse", "dense")
 #: In "auto", a layer goes sparse only if its measured call is at most this fraction of the dense one's.
@@ -188,19 +187,6 @@ def apply_sparse_kernels(algo, masks: MaskSet, kernels: Mapping[str, Mapping[str
     masks.unbind()
     sparsify_algorithm(algo, masks.masks, {net: dict(kernels.get(net, {})) for net in masks.masks})
     return masks.bind(algo)
-
-
-def restore_pruned(algo, state: Mapping[str, Any], masks_state: Mapping[str, Mapping[str, torch.Tensor]],
-                   kernels: Mapping[str, Mapping[str, str]] | None,
-                   units: Mapping[str, Mapping[str, Any]] | None = None) -> MaskSet:
-    """Load a saved pruned algorithm into a freshly built `algo`: networks pruned by units are narrowed
-    first (`units`: {network: layout}, `structured.layouts_of(report)`), then its layers are converted
-    as the saved `kernels` say (None: all dense-masked, as before sparse kernels existed), before the
-    state is loaded, since narrow and sparse layers' parameters have other shapes. Returns the bound masks."""
-    narrow_algorithm(algo, units)
-    masks = apply_sparse_kernels(algo, MaskSet.from_state_dict(masks_state), kernels or {})
-    algo.load_state_dict(state)
-    return masks
 
 
 def add_to_report(report: dict[str, Any], choices: Mapping[str, Mapping[str, LayerChoice]], mode: str,

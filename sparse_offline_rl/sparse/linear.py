@@ -83,7 +83,7 @@ def _kernels(layer: "SparseLinear", values: torch.Tensor) -> _Kernels:
     return k
 
 
-def _forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: "SparseLinear") -> tuple[torch.Tensor, torch.Tensor]:
+def csr_forward(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: "SparseLinear") -> tuple[torch.Tensor, torch.Tensor]:
     """y = x W^T + b for 2-D x, and the (in, B) contiguous x^T that the weight gradient reuses."""
     xt = x.t()
     if not xt.is_contiguous():
@@ -107,7 +107,7 @@ def _product(w: torch.Tensor, dense: torch.Tensor, out: torch.Tensor, bias: torc
         torch.addmm(bias.unsqueeze(1), w, dense, out=out)
 
 
-class _SparseLinearFunction(torch.autograd.Function):
+class SparseLinearFunction(torch.autograd.Function):
     """y = x W^T + b. `feature_major`: x is given, and y returned, transposed ((in, B) and (out, B),
     contiguous), the layout member-stacked networks keep between layers (sparse/stacked_layers.py). The
     transposes happen inside the Function, so its output is no view and in-place activations after
@@ -117,7 +117,7 @@ class _SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, layer: "SparseLinear",
                 feature_major: bool = False) -> torch.Tensor:
-        y, xt = _forward(x.t() if feature_major else x, values, bias, layer)
+        y, xt = csr_forward(x.t() if feature_major else x, values, bias, layer)
         ctx.layer = layer
         ctx.has_bias = bias is not None
         ctx.feature_major = feature_major
@@ -211,9 +211,9 @@ class SparseLinear(nn.Module):
         x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad
                                         or (self.bias is not None and self.bias.requires_grad)):
-            y = _SparseLinearFunction.apply(x2, self.values, self.bias, self)
+            y = SparseLinearFunction.apply(x2, self.values, self.bias, self)
         else:  # target networks, evaluation: no graph, so skip the autograd.Function machinery
-            y = _forward(x2, self.values, self.bias, self)[0]
+            y = csr_forward(x2, self.values, self.bias, self)[0]
         return y if x.dim() == 2 else y.reshape(*lead, self.out_features)
 
     def mask(self) -> torch.Tensor:

@@ -11,7 +11,7 @@ networks only ever move towards masked online weights (Polyak, hard copies), so 
 An optimizer whose step reads whole tensors (LAMB's trust-ratio norms) says so with
 `needs_masked_gradients = True` and also gets a step pre-hook that zeroes the pruned gradient entries.
 
-Layers converted to compressed `SparseLinear` layers (sparse_choice.apply_sparse_kernels) store only
+Layers converted to compressed `SparseLinear` layers (kernels.apply_sparse_kernels) store only
 their kept weights, so a pruned entry is zero by construction: `bind` checks that such a layer's
 pattern is its mask and leaves it out of the hooks. One MaskSet thus describes every pruned layer
 (for checkpoints and reports) whichever way each is computed.

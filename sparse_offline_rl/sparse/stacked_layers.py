@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparse_offline_rl.sparse.linear import SparseLinear, _forward, _SparseLinearFunction, eligible
+from sparse_offline_rl.sparse.linear import SparseLinear, csr_forward, SparseLinearFunction, eligible
 
 
 class StackedDense(nn.Module):
@@ -74,8 +74,8 @@ class StackedSparse(SparseLinear):
         # the (K, out) parameter.
         bias = self.bias.reshape(-1)
         if torch.is_grad_enabled() and (ht.requires_grad or self.values.requires_grad or self.bias.requires_grad):
-            return _SparseLinearFunction.apply(ht, self.values, bias, self, True)
-        return _forward(ht.t(), self.values, bias, self)[0].t()
+            return SparseLinearFunction.apply(ht, self.values, bias, self, True)
+        return csr_forward(ht.t(), self.values, bias, self)[0].t()
 
 
 class StackedMLP(nn.Sequential):

@@ -267,4 +267,15 @@ def network_members(module: nn.Module, graph: LayerGraph | None) -> list[list[st
     return graph.members() if graph is not None else [list(prunable_parameters(module))]
 
 
-__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph", "network_members"]
+def try_layer_graph(module: nn.Module, example_inputs: Sequence[torch.Tensor] | None = None
+                    ) -> tuple[LayerGraph | None, str | None]:
+    """The layer graph read from `forward`, or None and the reason it cannot be known. Only what needs
+    the wiring (SynFlow, layers kept dense) fails loudly without it; for the rest such a network is one
+    member, and its dead units are not reported."""
+    try:
+        return layer_graph(module, example_inputs), None
+    except WiringError as err:
+        return None, str(err)
+
+
+__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph", "network_members", "try_layer_graph"]

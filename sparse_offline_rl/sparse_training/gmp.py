@@ -8,10 +8,9 @@ from typing import Any, Mapping
 
 import torch
 
-from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, pin_pruned
-from sparse_offline_rl.pruning.prune import _wiring
+from sparse_offline_rl.pruning.allocation import allocate, group_counts, keep_count, keep_dense_layers, pin_pruned
 from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
-from sparse_offline_rl.sparse.wiring import network_members
+from sparse_offline_rl.sparse.wiring import network_members, try_layer_graph
 from sparse_offline_rl.sparse_training.rule import MaskRule, Masks, RuleRun
 from sparse_offline_rl.sparse_training.schedule import Schedule, gmp_sparsity
 
@@ -19,18 +18,14 @@ from sparse_offline_rl.sparse_training.schedule import Schedule, gmp_sparsity
 def dense_layers_and_members(pruner: Mapping[str, Any], algo: Any,
                              masks: MaskSet) -> tuple[dict[str, list[str]], dict[str, list[list[str]]]]:
     """Per masked network, the layers pruner.keep_first/last_layer_dense keep dense and the
-    parameter names of each ensemble member; ValueError when the wanted layers need wiring that
+    parameter names of each ensemble member; WiringError (a ValueError) when the wanted layers need wiring that
     cannot be read."""
     dense, members = {}, {}
     for name in masks.masks:
         net = algo.networks()[name]
-        graph, error = _wiring(net)
-        wanted = [k for k in ("keep_first_layer_dense", "keep_last_layer_dense") if pruner.get(k)]
-        if wanted and graph is None:
-            raise ValueError(f"{' and '.join(wanted)} need(s) the wiring of network '{name}': {error}")
-        dense[name] = ((graph.first_layers() if pruner.get("keep_first_layer_dense") else [])
-                       + (graph.last_layers() if pruner.get("keep_last_layer_dense") else [])) if graph else []
-        dense[name] = list(dict.fromkeys(dense[name]))
+        graph, error = try_layer_graph(net)
+        dense[name] = keep_dense_layers(graph, name, first=bool(pruner.get("keep_first_layer_dense")),
+                                        last=bool(pruner.get("keep_last_layer_dense")), wiring_error=error)
         members[name] = network_members(net, graph)
     return dense, members
 

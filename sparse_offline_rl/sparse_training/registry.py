@@ -3,7 +3,7 @@ place a new rule is added; `UNIT_RULES` holds the rules offered with pruner.stru
 name tables the rest of the package reads are worked out from them."""
 from __future__ import annotations
 
-from sparse_offline_rl.pruning.prune import PRUNERS
+from sparse_offline_rl.pruning.scorers import PRUNERS
 from sparse_offline_rl.sparse_training.drop_grow import SET, RigL
 from sparse_offline_rl.sparse_training.gibbs import Gibbs, UnitGibbs
 from sparse_offline_rl.sparse_training.gmp import GMP

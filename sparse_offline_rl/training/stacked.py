@@ -49,7 +49,7 @@ from sparse_offline_rl.evaluation.rollout import EpisodeStats, MembersPolicy, ru
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import MaskSet
 from sparse_offline_rl.sparse_training.dynamic import DYNAMIC_PRUNERS
-from sparse_offline_rl.sparse.kernels import restore_pruned
+from sparse_offline_rl.sparse.checkpoint import restore_pruned
 from sparse_offline_rl.sparse.stacked_layers import (
     Link,
     join_optimizer_state,

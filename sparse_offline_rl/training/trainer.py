@@ -40,8 +40,8 @@ from sparse_offline_rl.sparse.kernels import (
     apply_sparse_kernels,
     choose_kernels,
     kernels_of,
-    restore_pruned,
 )
+from sparse_offline_rl.sparse.checkpoint import restore_pruned
 from sparse_offline_rl.pruning.units import check_options
 from sparse_offline_rl.sparse.narrow import layouts_of, network_densities
 from sparse_offline_rl.seeding import Stream, stream_seed
