@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_offline_rl.data.behavior import snapshot_keeps, train
+from sparse_offline_rl.generation.behavior import snapshot_keeps, train
 from sparse_offline_rl.io import file_lock
 
 
@@ -62,8 +62,8 @@ def test_a_second_process_on_the_same_work_folder_is_refused(tmp_path: Path) -> 
 
 
 def test_finalize_ships_measured_expert_and_medium_in_full_precision(tmp_path: Path) -> None:
-    from sparse_offline_rl.data.behavior import finalize
-    from sparse_offline_rl.data.policies import load_checkpoint
+    from sparse_offline_rl.generation.behavior import finalize
+    from sparse_offline_rl.generation.policies import load_checkpoint
 
     work = tmp_path / "work"
     train("hopper", steps=400, every=100, snapshot_every=400, start_steps=100, batch_size=32, hidden=16,

@@ -17,17 +17,18 @@ from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.errors import DatasetError, UnknownNameError
 from sparse_offline_rl.io import atomic_write_bytes_with, file_lock
 from sparse_offline_rl.data.envs import TASKS, Task, get_task
-from sparse_offline_rl.data.policies import policy_info
-from sparse_offline_rl.data.generate import (
+from sparse_offline_rl.data.project import (
     DEFAULT_ROOT,
     ENVS,
     NAMESPACE,
     QUALITIES,
     datasets_root,
     make_command,
-    make_dataset,
     minari_id,
+    policy_info,
 )
+# The one arrow up from loading to making: a project dataset is made on its first use.
+from sparse_offline_rl.generation.generate import make_dataset
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 PROJECT_ID = re.compile(rf"^({'|'.join(ENVS)})-({'|'.join(QUALITIES)})$")
