@@ -437,3 +437,18 @@ def test_a_project_dataset_made_by_earlier_policies_is_refused(tmp_path: Path, p
     (policy_dir / "hopper" / "policies.json").write_text(json.dumps({**info, "ref_max_score": 3300.0}))  # retrained
     with pytest.raises(DatasetError, match=r"earlier behaviour policies .* 3000.0; the shipped policies' are -20.0 / 3300.0"):
         load_dataset("hopper-medium")
+
+
+def test_old_generation_paths_import_the_moved_modules() -> None:
+    import importlib
+    import warnings
+
+    from sparse_offline_rl.generation import behavior, collect, generate, policies
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for old, new in (("generate", generate), ("policies", policies), ("rollout", collect), ("behavior", behavior)):
+            assert importlib.import_module(f"sparse_offline_rl.data.{old}") is new
+    # the shipped actors.npz keys: the class's name is in none of them
+    assert list(SACActor(11, 3, 8).state_dict()) == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
+                                                     "head.weight", "head.bias"]

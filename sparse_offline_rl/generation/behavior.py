@@ -28,7 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -61,8 +61,8 @@ GAMMA, TAU = 0.99, 0.005
 # The SAC itself is generation.sac; its names stay importable from here, where they were before.
 __all__ = ["CHECKPOINT_EVAL_EPISODES", "CHECKPOINT_EVAL_SEED", "MEDIUM_CANDIDATES", "MEDIUM_FRACTION", "REFERENCE_SEED",
            "REPLAY_EVERY", "SAC", "SNAPSHOT_DIR", "TRAIN_SEED_OFFSET", "BehaviourRun", "ReplayBuffer", "TwinCritic",
-           "VectorLinear", "finalize", "main", "parse_kv", "plot_training", "snapshot_dir", "snapshot_keeps", "train",
-           "work_dir"]
+           "VectorLinear", "choose_levels", "finalize", "main", "measure_returns", "parse_kv", "plot_training",
+           "snapshot_dir", "snapshot_keeps", "train", "work_dir"]
 
 
 def work_dir(env: str, seed: int = 0) -> Path:
@@ -280,63 +280,71 @@ def finalize(env: str, work: Path | str | None = None, policy_dir: Path = POLICY
     all_arrays = {c["name"]: {k: v.astype(np.float32) for k, v in _load_npz(work / "actors" / f"{c['name']}.npz").items()}
                   for c in ckpts}
 
-    def measure(policy: Any, label: str) -> dict[str, float]:
-        eps = rollout(task.name, policy, REFERENCE_SEED, episodes=episodes, n_envs=20, progress=f"{task.name} {label}")
-        rets = np.array([e.ret for e in eps])
-        lens = np.array([len(e) for e in eps])
-        return {"mean": float(rets.mean()), "std": float(rets.std()), "min": float(rets.min()),
-                "max": float(rets.max()), "mean_length": float(lens.mean()), "episodes": len(eps)}
+    def measure(name: str) -> dict[str, float]:
+        policy = (RandomPolicy(task.act_dim) if name == "random"
+                  else ActorPolicy(actor_from_arrays(all_arrays[name], task.obs_dim, task.act_dim)))
+        return measure_returns(task.name, policy, name, episodes)
 
-    def policy_of(name: str) -> ActorPolicy:
-        return ActorPolicy(actor_from_arrays(all_arrays[name], task.obs_dim, task.act_dim))
-
-    random_stats = measure(RandomPolicy(task.act_dim), "random")
-    # Re-measure the top few candidates on `episodes` episodes: 10-episode evaluations are noisy.
-    best = sorted(ckpts, key=lambda c: c["eval_return"], reverse=True)[:top]
-    candidates = {c["name"]: measure(policy_of(c["name"]), c["name"]) for c in best}
-    expert_name = max(candidates, key=lambda n: candidates[n]["mean"])
-    expert_stats = candidates[expert_name]
-    target = random_stats["mean"] + MEDIUM_FRACTION * (expert_stats["mean"] - random_stats["mean"])
-    step_of = {c["name"]: c["step"] for c in ckpts}
-    expert_step = step_of[expert_name]
-    # Medium: a policy half-way through learning is erratic (walker2d at ~1/3 of the expert: 10-episode
-    # means off by 1000), so the few checkpoints nearest the target are re-measured and the closest kept.
-    before = [c for c in ckpts if c["step"] <= expert_step]
-    near = sorted(before, key=lambda c: (abs(c["eval_return"] - target), c["step"]))[:MEDIUM_CANDIDATES]
-    medium_candidates = {c["name"]: measure(policy_of(c["name"]), c["name"]) for c in near}
-    medium_name = min(medium_candidates, key=lambda n: abs(medium_candidates[n]["mean"] - target))
-    medium_stats = medium_candidates[medium_name]
-    medium_step = step_of[medium_name]
-    replay = [c["name"] for c in ckpts if c["step"] <= medium_step and c["step"] % replay_every == 0]
-
+    levels = choose_levels(ckpts, measure, top, replay_every)
     out = policy_dir / task.name
     out.mkdir(parents=True, exist_ok=True)
     # Replay-only actors go in half precision (their data is a mixture; this halves the repository's
     # growth); expert and medium stay float32, exactly the policies measured above.
-    measured = {expert_name, medium_name}
-    keep = sorted(set(replay) | measured)
+    measured = {levels["expert"], levels["medium"]}
+    keep = sorted(set(levels["medium-replay"]) | measured)
     _save_npz(out / "actors.npz", {f"{n}/{k}": (v if n in measured else v.astype(np.float16))
                                    for n in keep for k, v in all_arrays[n].items()}, compressed=True)
     info = {
         "env": task.name, "env_id": task.env_id,
         "training": {k: log[k] for k in ("algorithm", "seed", "hyperparameters", "step_cap", "steps_done", "wall_s",
                                          "sessions")},
-        "policies": {"expert": expert_name, "medium": medium_name, "medium-replay": replay},
+        "policies": {k: levels[k] for k in ("expert", "medium", "medium-replay")},
         "medium_rule": f"of the {MEDIUM_CANDIDATES} checkpoints (up to expert) whose 10-episode return is nearest random + "
-                       f"{MEDIUM_FRACTION:.3f} * (expert - random) = {target:.1f}, the one whose {episodes}-episode "
+                       f"{MEDIUM_FRACTION:.3f} * (expert - random) = {levels['target']:.1f}, the one whose {episodes}-episode "
                        f"return is nearest",
         "medium_replay_rule": f"every checkpoint up to medium whose step is a multiple of {replay_every} (float16)",
-        "returns": {"random": random_stats, "medium": medium_stats, "expert": expert_stats},
-        "expert_candidates": candidates,
-        "medium_candidates": medium_candidates,
+        **{k: levels[k] for k in ("returns", "expert_candidates", "medium_candidates")},
         "reference_seed": REFERENCE_SEED,
-        "ref_min_score": random_stats["mean"], "ref_max_score": expert_stats["mean"],
+        "ref_min_score": levels["returns"]["random"]["mean"], "ref_max_score": levels["returns"]["expert"]["mean"],
         "checkpoints": ckpts,
         "finalize_command": f"python -m sparse_offline_rl.data.behavior finalize env={task.name} episodes={episodes} top={top}",
     }
     atomic_write_json(out / "policies.json", info)
     plot_training(log, out / "return_curve.png")
     return info
+
+
+def measure_returns(env: str, policy: Any, label: str, episodes: int) -> dict[str, float]:
+    """Return statistics of `episodes` episodes from the reference seed."""
+    eps = rollout(env, policy, REFERENCE_SEED, episodes=episodes, n_envs=20, progress=f"{env} {label}")
+    rets = np.array([e.ret for e in eps])
+    lens = np.array([len(e) for e in eps])
+    return {"mean": float(rets.mean()), "std": float(rets.std()), "min": float(rets.min()),
+            "max": float(rets.max()), "mean_length": float(lens.mean()), "episodes": len(eps)}
+
+
+def choose_levels(ckpts: list[dict[str, Any]], measure: Callable[[str], dict[str, float]], top: int,
+                  replay_every: int) -> dict[str, Any]:
+    """The expert, medium and medium-replay checkpoint names (see `finalize`), the medium target, and
+    the measured returns; `measure` takes a checkpoint name or "random"."""
+    random_stats = measure("random")
+    # Re-measure the top few candidates on `episodes` episodes: 10-episode evaluations are noisy.
+    best = sorted(ckpts, key=lambda c: c["eval_return"], reverse=True)[:top]
+    candidates = {c["name"]: measure(c["name"]) for c in best}
+    expert_name = max(candidates, key=lambda n: candidates[n]["mean"])
+    expert_stats = candidates[expert_name]
+    target = random_stats["mean"] + MEDIUM_FRACTION * (expert_stats["mean"] - random_stats["mean"])
+    step_of = {c["name"]: c["step"] for c in ckpts}
+    # Medium: a policy half-way through learning is erratic (walker2d at ~1/3 of the expert: 10-episode
+    # means off by 1000), so the few checkpoints nearest the target are re-measured and the closest kept.
+    before = [c for c in ckpts if c["step"] <= step_of[expert_name]]
+    near = sorted(before, key=lambda c: (abs(c["eval_return"] - target), c["step"]))[:MEDIUM_CANDIDATES]
+    medium_candidates = {c["name"]: measure(c["name"]) for c in near}
+    medium_name = min(medium_candidates, key=lambda n: abs(medium_candidates[n]["mean"] - target))
+    replay = [c["name"] for c in ckpts if c["step"] <= step_of[medium_name] and c["step"] % replay_every == 0]
+    return {"expert": expert_name, "medium": medium_name, "medium-replay": replay, "target": target,
+            "returns": {"random": random_stats, "medium": medium_candidates[medium_name], "expert": expert_stats},
+            "expert_candidates": candidates, "medium_candidates": medium_candidates}
 
 
 def plot_training(log: dict[str, Any], path: Path) -> Path:
