@@ -20,6 +20,9 @@ MOVED = {
     "sparse_offline_rl.pruning.sparse_init": "sparse_offline_rl.sparse.fan_init",
     "sparse_offline_rl.pruning.dynamic": "sparse_offline_rl.sparse_training.dynamic",
     "sparse_offline_rl.pruning.structured": "sparse_offline_rl.pruning.units",
+    "sparse_offline_rl.data.generate": "sparse_offline_rl.generation.generate",
+    "sparse_offline_rl.data.policies": "sparse_offline_rl.generation.policies",
+    "sparse_offline_rl.data.rollout": "sparse_offline_rl.generation.collect",
 }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparse_offline_rl.data.behavior import snapshot_keeps, train
+from sparse_offline_rl.generation.behavior import snapshot_keeps, train
 from sparse_offline_rl.io import file_lock
 
 
@@ -62,8 +62,8 @@ def test_a_second_process_on_the_same_work_folder_is_refused(tmp_path: Path) -> 
 
 
 def test_finalize_ships_measured_expert_and_medium_in_full_precision(tmp_path: Path) -> None:
-    from sparse_offline_rl.data.behavior import finalize
-    from sparse_offline_rl.data.policies import load_checkpoint
+    from sparse_offline_rl.generation.behavior import finalize
+    from sparse_offline_rl.generation.policies import load_checkpoint
 
     work = tmp_path / "work"
     train("hopper", steps=400, every=100, snapshot_every=400, start_steps=100, batch_size=32, hidden=16,
@@ -85,3 +85,12 @@ def test_finalize_ships_measured_expert_and_medium_in_full_precision(tmp_path: P
             np.testing.assert_array_equal(weight.astype(np.float32), expected if measured else expected.astype(np.float16))
             load_checkpoint("hopper", name, 11, 3, policy_dir=tmp_path / "policies")  # loads as a policy
     assert (tmp_path / "policies" / "hopper" / "return_curve.png").exists()
+
+
+def test_the_recorded_behaviour_command_still_runs() -> None:
+    import subprocess
+    import sys
+
+    # policies.json and train logs record `python -m sparse_offline_rl.data.behavior ...`
+    r = subprocess.run([sys.executable, "-m", "sparse_offline_rl.data.behavior"], capture_output=True, text=True)
+    assert r.returncode == 1 and "usage: python -m sparse_offline_rl.data.behavior" in r.stderr

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from sparse_offline_rl.data import DatasetError, load_d4rl_hdf5, load_dataset, make_dataset
-from sparse_offline_rl.data import generate as gen
+from sparse_offline_rl.generation import generate as gen
 from sparse_offline_rl.data.__main__ import main as cli
-from sparse_offline_rl.data.policies import POLICY_DIR, GaussianActor, actor_to_arrays, load_checkpoint
+from sparse_offline_rl.generation.policies import POLICY_DIR, SACActor, actor_to_arrays, load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -50,7 +50,7 @@ def policy_dir(tmp_path: Path) -> Path:
     (root / "hopper").mkdir(parents=True)
     torch.manual_seed(0)
     names = ["step_0000000", "step_0005000", "step_0010000"]
-    arrays = {f"{n}/{k}": v for n in names for k, v in actor_to_arrays(GaussianActor(11, 3, 32)).items()}
+    arrays = {f"{n}/{k}": v for n in names for k, v in actor_to_arrays(SACActor(11, 3, 32)).items()}
     np.savez(root / "hopper" / "actors.npz", **arrays)
     info = {"policies": {"expert": names[2], "medium": names[1], "medium-replay": names[:2]},
             "ref_min_score": -20.0, "ref_max_score": 3000.0,
@@ -302,7 +302,7 @@ def test_concurrent_first_use_makes_the_dataset_once(tmp_path: Path, policy_dir:
     import os
 
     from sparse_offline_rl.data import loaders
-    from sparse_offline_rl.data.policies import policy_info
+    from sparse_offline_rl.data.project import policy_info
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
     monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")  # not the repo's datasets/minari
@@ -424,7 +424,7 @@ def test_stats_table_counts_episodes_and_returns(tmp_path: Path, monkeypatch: py
 def test_a_project_dataset_made_by_earlier_policies_is_refused(tmp_path: Path, policy_dir: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from sparse_offline_rl.data import loaders
-    from sparse_offline_rl.data.policies import policy_info
+    from sparse_offline_rl.data.project import policy_info
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "root"))
     monkeypatch.setattr(loaders, "DEFAULT_ROOT", tmp_path / "root")
@@ -437,3 +437,18 @@ def test_a_project_dataset_made_by_earlier_policies_is_refused(tmp_path: Path, p
     (policy_dir / "hopper" / "policies.json").write_text(json.dumps({**info, "ref_max_score": 3300.0}))  # retrained
     with pytest.raises(DatasetError, match=r"earlier behaviour policies .* 3000.0; the shipped policies' are -20.0 / 3300.0"):
         load_dataset("hopper-medium")
+
+
+def test_old_generation_paths_import_the_moved_modules() -> None:
+    import importlib
+    import warnings
+
+    from sparse_offline_rl.generation import behavior, collect, generate, policies
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for old, new in (("generate", generate), ("policies", policies), ("rollout", collect), ("behavior", behavior)):
+            assert importlib.import_module(f"sparse_offline_rl.data.{old}") is new
+    # the shipped actors.npz keys: the class's name is in none of them
+    assert list(SACActor(11, 3, 8).state_dict()) == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias",
+                                                     "head.weight", "head.bias"]

@@ -15,8 +15,8 @@ from sparse_offline_rl.evaluation.perturbations import (
     DYNAMICS_GROUPS, ActionNoise, ObservationNoise, PerturbationError, StickyActions, episode_transforms,
     make_perturbed_env, noise_rng,
 )
-from sparse_offline_rl.data.behavior import REFERENCE_SEED, TRAIN_SEED_OFFSET
-from sparse_offline_rl.data.rollout import SEED_STRIDE, reset_seed
+from sparse_offline_rl.data.project import SEED_STRIDE, reset_seed
+from sparse_offline_rl.generation.behavior import REFERENCE_SEED, TRAIN_SEED_OFFSET
 from sparse_offline_rl.evaluation.rollout import EVAL_SEED_BLOCK, eval_seeds, run_episodes
 from sparse_offline_rl.evaluation.suite import (
     HELDOUT_SEED_BASE, SuiteError, get_suite, heldout_seeds, run_suite, seed_sets,

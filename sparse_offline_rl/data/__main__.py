@@ -7,11 +7,12 @@ from __future__ import annotations
 import sys
 import time
 
-from sparse_offline_rl.data.behavior import parse_kv
-from sparse_offline_rl.data.generate import DEFAULT_SIZE, datasets_root, make_dataset, minari_id
 from sparse_offline_rl.data.envs import d4rl_normalized_score
 from sparse_offline_rl.data.loaders import available_ids, load_dataset, load_minari
+from sparse_offline_rl.data.project import DEFAULT_SIZE, datasets_root, minari_id
 from sparse_offline_rl.errors import DatasetError
+from sparse_offline_rl.generation.behavior import parse_kv
+from sparse_offline_rl.generation.generate import make_dataset
 
 USAGE = __doc__
 

@@ -17,17 +17,18 @@ from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.errors import DatasetError, UnknownNameError
 from sparse_offline_rl.io import atomic_write_bytes_with, file_lock
 from sparse_offline_rl.data.envs import TASKS, Task, get_task
-from sparse_offline_rl.data.policies import policy_info
-from sparse_offline_rl.data.generate import (
+from sparse_offline_rl.data.project import (
     DEFAULT_ROOT,
     ENVS,
     NAMESPACE,
     QUALITIES,
     datasets_root,
     make_command,
-    make_dataset,
     minari_id,
+    policy_info,
 )
+# The one arrow up from loading to making: a project dataset is made on its first use.
+from sparse_offline_rl.generation.generate import make_dataset
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 PROJECT_ID = re.compile(rf"^({'|'.join(ENVS)})-({'|'.join(QUALITIES)})$")
@@ -64,81 +65,23 @@ def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDa
         for name in D4RL_REQUIRED:
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise DatasetError(f"{source}: field '{name}' missing")
-        obs_d, act_d, rew_d = f["observations"], f["actions"], f["rewards"]
-        next_d = f["next_observations"] if "next_observations" in f else None
         metadata = {f"metadata/{k}": _plain(v[()]) for k, v in f.get("metadata", {}).items() if isinstance(v, h5py.Dataset)}
         info_keys = sorted(f["infos"].keys()) if "infos" in f else []
-
-        if obs_d.ndim != 2:
-            raise DatasetError(f"{source}: field 'observations' must be (N, obs_dim), got shape {obs_d.shape}")
-        if act_d.ndim != 2:
-            raise DatasetError(f"{source}: field 'actions' must be (N, act_dim), got shape {act_d.shape}")
-        n = obs_d.shape[0]
-        flat_rewards = rew_d.size == n  # (N,), (N, 1) or any other layout of exactly N values
-        rew_shape = (n,) if flat_rewards else rew_d.shape
-        for name, shape in (("actions", act_d.shape), ("rewards", rew_shape), ("terminals", f["terminals"].shape),
-                            ("timeouts", f["timeouts"].shape)):
-            if len(shape) == 0 or shape[0] != n or (name != "actions" and len(shape) != 1):
-                raise DatasetError(f"{source}: field '{name}' has shape {shape}, expected {n} rows to match 'observations'")
-        if next_d is not None and next_d.shape != obs_d.shape:
-            raise DatasetError(f"{source}: field 'next_observations' has shape {next_d.shape}, 'observations' has {obs_d.shape}")
-        if n == 0:
-            raise DatasetError(f"{source}: dataset is empty (0 transitions)")
-        terminals, timeouts = _read_flag(f["terminals"], source, "terminals"), _read_flag(f["timeouts"], source, "timeouts")
-
-        # Boolean bookkeeping in place (a & ~b is a > b for bools): no full-size temporaries beyond the flags.
-        if next_d is None:
-            keep = np.logical_not(timeouts)
-            keep[-1] = False  # no successor row
-            ends_by_drop = timeouts  # reused: the row before a dropped row ends its episode
-            np.logical_not(keep[1:], out=ends_by_drop[:-1])
-            ends_by_drop[-1] = False
-            np.greater(ends_by_drop, terminals, out=ends_by_drop)  # ... unless it terminates
-            t_out = ends_by_drop[keep]
-            term = terminals[keep]
-        else:
-            keep = None  # every row
-            t_out = timeouts
-            t_out[-1] |= not terminals[-1]  # the file may end mid-episode: treat it as cut
-            term = terminals
-        del terminals, timeouts
-        m = len(term)
-        if m == 0:
-            raise DatasetError(f"{source}: no transitions left after dropping timeout rows")
-        np.greater(t_out, term, out=t_out)  # t_out &= ~term
-
-        task = _task_for_file(path, obs_d.shape[1], act_d.shape[1], env)
+        flat_rewards = _check_d4rl_shapes(f, source)
+        keep, term, t_out = _d4rl_transitions(f, source)
+        task = _task_for_file(path, f["observations"].shape[1], f["actions"].shape[1], env)
         warnings.warn(f"{source}: D4RL (mujoco-py v2) data is evaluated on gymnasium {task.env_id} dynamics, "
                       "which are close to but not equal to v2", stacklevel=2)
-        for name, d in (("observations", obs_d), ("actions", act_d), ("rewards", rew_d), ("next_observations", next_d)):
-            if d is not None:
-                _check_numeric(d.dtype, source, name)
-        observations = np.empty((m, obs_d.shape[1]), np.float32)
-        next_observations = np.empty((m, obs_d.shape[1]), np.float32)
-        actions = np.empty((m, act_d.shape[1]), np.float32)
-        rewards = np.empty(m, np.float32)
-        if flat_rewards and (rew_d.ndim == 0 or rew_d.shape[0] != n):  # e.g. (1, N): not row-aligned
-            _take_rows(rew_d[()].reshape(n), keep, rewards)
-        else:
-            _take_rows(rew_d, keep, rewards)
-        _take_rows(act_d, keep, actions)
-        if next_d is None:
-            _take_rows(obs_d, keep, observations, next_observations)
-        else:
-            _take_rows(obs_d, keep, observations)
-            _take_rows(next_d, keep, next_observations)
+        arrays = _read_d4rl_arrays(f, source, keep, len(term), flat_rewards)
     del keep
 
     ends = np.flatnonzero(term | t_out)
     starts = np.concatenate([[0], ends + 1])
     ds = OfflineDataset(
-        observations=observations,
-        actions=actions,
-        rewards=rewards,
-        next_observations=next_observations,
+        **arrays,
         terminals=term,
         timeouts=t_out,
-        episode_starts=starts[starts < m].astype(np.int64),
+        episode_starts=starts[starts < len(term)].astype(np.int64),
         env_id=task.env_id,
         ref_min_score=task.d4rl_random_score,
         ref_max_score=task.d4rl_expert_score,
@@ -146,6 +89,79 @@ def load_d4rl_hdf5(path: str | os.PathLike, env: str | None = None) -> OfflineDa
         metadata={"format": "d4rl-hdf5", "info_keys": info_keys, **metadata},
     )
     return ds
+
+
+def _check_d4rl_shapes(f, source: str) -> bool:
+    """Checks that every field has one row per observation; says whether the rewards are N flat values."""
+    obs_d, act_d, rew_d = f["observations"], f["actions"], f["rewards"]
+    next_d = f["next_observations"] if "next_observations" in f else None
+    if obs_d.ndim != 2:
+        raise DatasetError(f"{source}: field 'observations' must be (N, obs_dim), got shape {obs_d.shape}")
+    if act_d.ndim != 2:
+        raise DatasetError(f"{source}: field 'actions' must be (N, act_dim), got shape {act_d.shape}")
+    n = obs_d.shape[0]
+    flat_rewards = rew_d.size == n  # (N,), (N, 1) or any other layout of exactly N values
+    rew_shape = (n,) if flat_rewards else rew_d.shape
+    for name, shape in (("actions", act_d.shape), ("rewards", rew_shape), ("terminals", f["terminals"].shape),
+                        ("timeouts", f["timeouts"].shape)):
+        if len(shape) == 0 or shape[0] != n or (name != "actions" and len(shape) != 1):
+            raise DatasetError(f"{source}: field '{name}' has shape {shape}, expected {n} rows to match 'observations'")
+    if next_d is not None and next_d.shape != obs_d.shape:
+        raise DatasetError(f"{source}: field 'next_observations' has shape {next_d.shape}, 'observations' has {obs_d.shape}")
+    if n == 0:
+        raise DatasetError(f"{source}: dataset is empty (0 transitions)")
+    return flat_rewards
+
+
+def _d4rl_transitions(f, source: str) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(rows kept or None for all, terminals, timeouts) of the kept rows, by D4RL's transition rule."""
+    terminals, timeouts = _read_flag(f["terminals"], source, "terminals"), _read_flag(f["timeouts"], source, "timeouts")
+    # Boolean bookkeeping in place (a & ~b is a > b for bools): no full-size temporaries beyond the flags.
+    if "next_observations" not in f:
+        keep = np.logical_not(timeouts)
+        keep[-1] = False  # no successor row
+        ends_by_drop = timeouts  # reused: the row before a dropped row ends its episode
+        np.logical_not(keep[1:], out=ends_by_drop[:-1])
+        ends_by_drop[-1] = False
+        np.greater(ends_by_drop, terminals, out=ends_by_drop)  # ... unless it terminates
+        t_out = ends_by_drop[keep]
+        term = terminals[keep]
+    else:
+        keep = None  # every row
+        t_out = timeouts
+        t_out[-1] |= not terminals[-1]  # the file may end mid-episode: treat it as cut
+        term = terminals
+    del terminals, timeouts
+    if len(term) == 0:
+        raise DatasetError(f"{source}: no transitions left after dropping timeout rows")
+    np.greater(t_out, term, out=t_out)  # t_out &= ~term
+    return keep, term, t_out
+
+
+def _read_d4rl_arrays(f, source: str, keep: np.ndarray | None, m: int, flat_rewards: bool) -> dict[str, np.ndarray]:
+    """The kept rows of the float fields, as float32 arrays of `m` rows."""
+    obs_d, act_d, rew_d = f["observations"], f["actions"], f["rewards"]
+    next_d = f["next_observations"] if "next_observations" in f else None
+    n = obs_d.shape[0]
+    for name, d in (("observations", obs_d), ("actions", act_d), ("rewards", rew_d), ("next_observations", next_d)):
+        if d is not None:
+            _check_numeric(d.dtype, source, name)
+    observations = np.empty((m, obs_d.shape[1]), np.float32)
+    next_observations = np.empty((m, obs_d.shape[1]), np.float32)
+    actions = np.empty((m, act_d.shape[1]), np.float32)
+    rewards = np.empty(m, np.float32)
+    if flat_rewards and (rew_d.ndim == 0 or rew_d.shape[0] != n):  # e.g. (1, N): not row-aligned
+        _take_rows(rew_d[()].reshape(n), keep, rewards)
+    else:
+        _take_rows(rew_d, keep, rewards)
+    _take_rows(act_d, keep, actions)
+    if next_d is None:
+        _take_rows(obs_d, keep, observations, next_observations)
+    else:
+        _take_rows(obs_d, keep, observations)
+        _take_rows(next_d, keep, next_observations)
+    return {"observations": observations, "actions": actions, "rewards": rewards,
+            "next_observations": next_observations}
 
 
 _CHUNK_ROWS = 1 << 14

@@ -1,14 +1,14 @@
 """The one pooled-rollout loop: a few live environments stepped in lockstep, one batched policy call per step.
 
-Dataset generation (`data.rollout.rollout`) and evaluation (`evaluation.rollout.run_episodes`) both run
+Dataset generation (`generation.collect.rollout`) and evaluation (`evaluation.rollout.run_episodes`) both run
 episodes this way. Each slot of the pool runs one episode at a time; when its episode ends the slot at once
 starts the next pending one, so short (early-terminating) episodes never leave the batch idle while a long
 one finishes. What an episode is (which env, which reset seed), how actions are chosen and what is recorded
 are the callers' business, passed in as callbacks; this module only owns the stepping order, so both
 callers stay deterministic in the same way.
 
-It lives in `data/` because data generation is upstream of evaluation in the package layout; it needs
-nothing but gymnasium's env API.
+It lives in `data/`, below both generation and evaluation in the package layout; it needs nothing but
+gymnasium's env API.
 """
 from __future__ import annotations
 

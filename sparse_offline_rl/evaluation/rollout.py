@@ -18,7 +18,7 @@ import torch
 
 from sparse_offline_rl.data.buffer import ObsNormalizer
 from sparse_offline_rl.data.pool import run_pool
-from sparse_offline_rl.data.rollout import SEED_STRIDE, reset_seed
+from sparse_offline_rl.data.project import SEED_STRIDE, reset_seed
 
 # Training-time evaluation: run seed r resets its episode k with reset_seed(EVAL_SEED_BLOCK + r, k). Each run
 # seed owns a block of SEED_STRIDE reset seeds, so two run seeds never share a start state, and the blocks lie

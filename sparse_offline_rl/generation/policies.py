@@ -1,23 +1,27 @@
-"""Behaviour policies used to generate datasets: a tanh-Gaussian MLP actor and the uniform random policy.
+"""Behaviour policies that generate datasets: the behaviour SAC's tanh-Gaussian MLP actor (`SACActor`) and
+the uniform random policy.
 
 Shipped actors are stored as plain `.npz` arrays (no pickle) under `datasets/policies/<env>/`, next to a
 JSON sidecar that records how they were trained and how well they do.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from sparse_offline_rl.data.project import POLICY_DIR, REPO_ROOT, policy_info
 from sparse_offline_rl.errors import DatasetError
 
+# POLICY_DIR, REPO_ROOT and policy_info live in data.project (loading reads the policies' reference
+# scores); they stay importable from here, where they were before generation moved out of data.
+__all__ = ["POLICY_DIR", "REPO_ROOT", "ActorPolicy", "Policy", "RandomPolicy", "SACActor", "actor_from_arrays",
+           "actor_to_arrays", "load_checkpoint", "policy_info"]
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POLICY_DIR = REPO_ROOT / "datasets" / "policies"
 
 
 class Policy(Protocol):
@@ -26,8 +30,9 @@ class Policy(Protocol):
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
 
-class GaussianActor(nn.Module):
-    """SAC's actor: MLP -> (mean, log_std); actions are tanh(mean + std * noise)."""
+class SACActor(nn.Module):
+    """The behaviour SAC's actor: MLP -> (mean, log_std); actions are tanh(mean + std * noise). (IQL's
+    actor is `algorithms.networks.GaussianActor`, a different network.)"""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256) -> None:
         super().__init__()
@@ -56,7 +61,7 @@ class ActorPolicy:
     D4RL also collected its SAC datasets with the stochastic policy.
     """
 
-    def __init__(self, actor: GaussianActor, deterministic: bool = False) -> None:
+    def __init__(self, actor: SACActor, deterministic: bool = False) -> None:
         self.actor = actor.eval()
         self.deterministic = deterministic
 
@@ -79,26 +84,15 @@ class RandomPolicy:
         return rng.uniform(-1.0, 1.0, size=(obs.shape[0], self.act_dim)).astype(np.float32)
 
 
-def actor_to_arrays(actor: GaussianActor) -> dict[str, np.ndarray]:
+def actor_to_arrays(actor: SACActor) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in actor.state_dict().items()}
 
 
-def actor_from_arrays(arrays: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> GaussianActor:
+def actor_from_arrays(arrays: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> SACActor:
     hidden = int(arrays["net.0.weight"].shape[0])
-    actor = GaussianActor(obs_dim, act_dim, hidden)
+    actor = SACActor(obs_dim, act_dim, hidden)
     actor.load_state_dict({k: torch.as_tensor(v) for k, v in arrays.items()})
     return actor
-
-
-def policy_info(env: str, policy_dir: Path = POLICY_DIR) -> dict[str, Any]:
-    """The JSON sidecar of an environment's shipped policies."""
-    path = policy_dir / env / "policies.json"
-    if not path.exists():
-        raise DatasetError(
-            f"{path}: no behaviour policies for '{env}'; train them with "
-            f"`python -m sparse_offline_rl.data.behavior train env={env}`"
-        )
-    return json.loads(path.read_text())
 
 
 def load_checkpoint(env: str, name: str, obs_dim: int, act_dim: int, policy_dir: Path = POLICY_DIR) -> ActorPolicy:

@@ -1,5 +1,6 @@
-"""Recorded rollouts for datasets: episodes run in the shared env pool (`data.pool.run_pool`), one policy
-call per step for all of them, each step kept.
+"""Collecting episodes for datasets: a policy run in the shared env pool (`data.pool.run_pool`), one
+policy call per step for all episodes, every step kept. (Evaluation's rollouts, which keep only returns,
+are `evaluation.rollout`.)
 
 Determinism: episode k of a rollout with `seed` is reset with `reset_seed(seed, k)` and the policy's
 noise comes from one numpy generator seeded by `seed`, so the same call gives the same episodes.
@@ -14,18 +15,12 @@ import torch
 from tqdm import tqdm
 
 from sparse_offline_rl.data.envs import get_task
-from sparse_offline_rl.data.policies import Policy
 from sparse_offline_rl.data.pool import run_pool
+from sparse_offline_rl.data.project import SEED_STRIDE, SHARD_STRIDE, reset_seed
+from sparse_offline_rl.generation.policies import Policy
 
-# Episode k of a rollout seeded `seed` resets with seed * SEED_STRIDE + k: readable, and disjoint
-# across rollout seeds (evaluation harnesses can hold out whole seed ranges). Dataset shards start at
-# multiples of SHARD_STRIDE episodes inside that range (see generate.py).
-SEED_STRIDE = 1_000_000_000
-SHARD_STRIDE = 1_000_000
-
-
-def reset_seed(seed: int, episode: int) -> int:
-    return seed * SEED_STRIDE + episode
+# The reset-seed rule lives in data.project (evaluation keeps off it); importable here as before the move.
+__all__ = ["SEED_STRIDE", "SHARD_STRIDE", "Episode", "reset_seed", "rollout"]
 
 
 @dataclass

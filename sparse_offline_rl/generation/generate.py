@@ -26,34 +26,30 @@ from tqdm import tqdm
 from minari.dataset.minari_storage import MinariStorage
 
 from sparse_offline_rl.data.envs import get_task
-from sparse_offline_rl.data.policies import POLICY_DIR, REPO_ROOT, Policy, RandomPolicy, load_checkpoint, policy_info
-from sparse_offline_rl.data.rollout import SEED_STRIDE, SHARD_STRIDE, Episode, rollout
+from sparse_offline_rl.data.project import (
+    DEFAULT_ROOT,
+    DEFAULT_SIZE,
+    ENVS,
+    NAMESPACE,
+    POLICY_DIR,
+    QUALITIES,
+    SEED_STRIDE,
+    SHARD_STRIDE,
+    datasets_root,
+    make_command,
+    minari_id,
+    policy_info,
+)
 from sparse_offline_rl.errors import DatasetError
+from sparse_offline_rl.generation.collect import Episode, rollout
+from sparse_offline_rl.generation.policies import Policy, RandomPolicy, load_checkpoint
 
-QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert")
-ENVS = ("halfcheetah", "hopper", "walker2d")
-DEFAULT_SIZE = 1_000_000
+# The ids, roots and the make command live in data.project (loading names a dataset before it is made);
+# they stay importable from here as before the move.
+__all__ = ["DEFAULT_ROOT", "DEFAULT_SIZE", "ENVS", "NAMESPACE", "QUALITIES", "SHARD_SIZE", "behaviour_plan", "collect",
+           "dataset_metadata", "datasets_root", "make_command", "make_dataset", "minari_id", "shards", "write_episodes"]
+
 SHARD_SIZE = 125_000  # transitions per shard: the unit of parallel generation
-NAMESPACE = "sorl"  # Minari namespace of the project's datasets: sorl/<env>/<quality>-v0
-DEFAULT_ROOT = REPO_ROOT / "datasets" / "minari"
-
-
-def datasets_root(out: str | os.PathLike | None = None) -> Path:
-    """Where datasets are written: `out`, else $MINARI_DATASETS_PATH, else the repo's datasets/minari."""
-    if out is not None:
-        return Path(out)
-    env_path = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(env_path) if env_path else DEFAULT_ROOT
-
-
-def minari_id(env: str, quality: str, size: int = DEFAULT_SIZE, seed: int = 0) -> str:
-    """sorl/hopper/medium-v0 for the defaults; non-default size/seed get their own id so they never shadow it."""
-    name = quality + (f"-n{size}" if size != DEFAULT_SIZE else "") + (f"-s{seed}" if seed != 0 else "")
-    return f"{NAMESPACE}/{get_task(env).name}/{name}-v0"
-
-
-def make_command(env: str, quality: str, size: int = DEFAULT_SIZE, seed: int = 0) -> str:
-    return f"python -m sparse_offline_rl.data make env={env} quality={quality} size={size} seed={seed}"
 
 
 def behaviour_plan(env: str, quality: str, size: int, policy_dir: Path = POLICY_DIR) -> list[tuple[str, int]]:
