@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "compat": set(),  # old module paths -> new ones, by name only
     # data -> generation only where loading needs making: a project dataset is made on its first use
     # (loaders.load_dataset), data's face re-exports make_dataset, and the `data make` command (__main__).
-    "data": BOTTOM | {"generation"},
+    "data": BOTTOM,
     "generation": BOTTOM | {"data"},  # making datasets: behaviour SAC, policies, collecting, writing
     "sparse": BOTTOM,  # the mechanism: masks, wiring, CSR and stacked layers, kernel choice, counts
     "pruning": BOTTOM | {"data", "sparse"},  # talks to algorithms only through the protocol's methods
@@ -30,6 +30,12 @@ ALLOWED: dict[str, set[str]] = {
     "algorithms": BOTTOM | {"data", "sparse"},
     "evaluation": BOTTOM | {"data", "sparse", "pruning", "algorithms"},
     "training": BOTTOM | {"data", "sparse", "pruning", "sparse_training", "algorithms", "evaluation"},
+}
+#: Single files allowed one arrow more than their room, each for a reason that says why.
+FILE_EXCEPTIONS: dict[str, tuple[str, str]] = {
+    "data/loaders.py": ("generation", "a project dataset missing on disk is made on first use"),
+    "data/__main__.py": ("generation", "`python -m sparse_offline_rl.data make` is a command"),
+    "data/behavior.py": ("generation", "the old path of `python -m ...data.behavior`, kept as a command"),
 }
 LIBRARY = set(ALLOWED)
 # The commands sit on top of the library and never import each other: run.py -> cli,
@@ -72,7 +78,8 @@ def test_every_room_imports_only_the_rooms_below_it():
         assert room in ALLOWED, f"{path}: room '{room}' has no place in the layering; add it to ALLOWED in {__file__}"
         for line, module in imported_modules(path):
             target = room_of(module)
-            if target != room and target not in ALLOWED[room]:
+            exception = FILE_EXCEPTIONS.get(path.relative_to(ROOT).as_posix(), ("", ""))[0]
+            if target != room and target not in ALLOWED[room] and target != exception:
                 violations.append(f"{path.relative_to(ROOT.parent)}:{line} ({room}) imports {module} ({target})")
     assert not violations, "imports that run against the layering:\n" + "\n".join(violations)
 
