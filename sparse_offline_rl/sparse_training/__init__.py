@@ -26,8 +26,9 @@ Modules, bottom to top:
 
 To add a rule: write a `MaskRule` subclass (its class attributes: `begin`, `starts_dense`,
 `own_options`, `dense_gradient`; its methods: `for_run`, `new_masks`, and `is_update` / `logged`
-where the defaults do not fit), give any new option a default in `options.DYNAMIC_DEFAULTS` (and
-its range check in `options.check_values`), and add it to `registry.RULES` under its pruner name.
+where the defaults do not fit), give any new option a field in `pruning.config.PrunerConfig` (its
+default and its check, in one place) and its YAML line, and add the rule to `registry.RULES` under
+its pruner name.
 """
 from sparse_offline_rl.sparse_training.dynamic import (
     ALL_PRUNERS,
