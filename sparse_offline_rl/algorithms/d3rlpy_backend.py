@@ -35,7 +35,7 @@ INSTALL_HINT = "pip install 'sparse-offline-rl[d3rlpy]' -c constraints/cpu.txt  
 
 # d3rlpy 2.8.1's defaults for the numeric options of each algorithm's config, passed to it by name.
 # (Factories, scalers and `batch_size` are not options here: the shared loop samples the batches and
-# normalises the data.) tests/test_d3rlpy_backend.py checks these against the installed d3rlpy.
+# normalises the data.) tests/test_algorithms_d3rlpy.py checks these against the installed d3rlpy.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "awac": ("AWACConfig", {"actor_learning_rate": 3e-4, "critic_learning_rate": 3e-4, "tau": 0.005,
                             "lam": 1.0, "n_action_samples": 1, "n_critics": 2}),

@@ -18,7 +18,7 @@ from sparse_offline_rl.data.dataset import OfflineDataset, episode_starts_from_f
 from sparse_offline_rl.data.envs import get_task
 from sparse_offline_rl.pruning import prunable_parameters, prune_at_initialization
 from sparse_offline_rl.training.trainer import StepInfo, train
-from test_plugins import masks_hold, run_cli
+from test_algorithms_plugins import masks_hold, run_cli
 
 SPEC = sorl.ProblemSpec(obs_dim=11, act_dim=3)
 

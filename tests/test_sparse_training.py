@@ -34,7 +34,7 @@ from sparse_offline_rl.sparse_training.rule import MaskRule
 from sparse_offline_rl.sparse.linear import SparseLinear
 from sparse_offline_rl.pruning.units import UnitCollapseError, hidden_members, unit_scores, weight_masks
 from sparse_offline_rl.training.trainer import StepInfo, train
-from test_mask_enforcement import DirectStep
+from test_sparse_masks import DirectStep
 from test_training import Interrupt, assert_same_state, interrupt_at
 
 
@@ -120,7 +120,7 @@ def test_gibbs_draws_the_target_count_in_expectation_and_anneals_to_magnitude():
 
 
 class TinyAlgo(DirectStep):
-    """test_mask_enforcement's algorithm (a hard target copy after each step) with Adam, and its own
+    """test_sparse_masks' algorithm (a hard target copy after each step) with Adam, and its own
     loss, which RigL takes its gradient of."""
 
     def __init__(self) -> None:
