@@ -37,6 +37,7 @@ def test_missing_d3rlpy_says_how_to_install(monkeypatch):
         sorl.make_algorithm("d3rlpy:iql", SPEC)
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 @pytest.mark.skipif(d3rlpy_available(), reason="d3rlpy is installed here")
 def test_cli_without_d3rlpy_is_one_line_before_loading_data():
     result = run_cli("algo=d3rlpy:iql", "dataset=/nonexistent.hdf5", "steps=1")

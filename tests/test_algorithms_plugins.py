@@ -171,6 +171,7 @@ def test_bad_plugin_module_is_one_clear_error(tmp_path):
     assert "bad_algo" not in sys.modules
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 def test_cli_trains_a_single_file_plugin(tmp_path):
     data = write_d4rl_hdf5(tmp_path / "tiny-hopper.hdf5", random_dataset("hopper", n=600))
     run_dir = tmp_path / "run"
@@ -188,6 +189,7 @@ def test_cli_trains_a_single_file_plugin(tmp_path):
     assert summary["density"]["actor"] == pytest.approx(0.1, abs=0.02)
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 def test_cli_reports_a_missing_plugin_file_in_one_line():
     result = run_cli("plugins=no_such_algo.py", "algo=iql", "--cfg", "job")
     assert result.returncode == 2
@@ -247,6 +249,7 @@ def test_entry_point_class_without_decorator_is_registered_under_the_entry_point
         sys.modules.pop("undecorated_algo", None)
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 def test_cli_selects_an_installed_plugin_without_plugins_option(tmp_path):
     write_entry_point_dist(tmp_path / "site", ENTRY_POINTS)
     result = run_cli("algo=awac", "algo.lam=3.0", "--cfg", "job", pythonpath=[str(tmp_path / "site"), str(PLUGIN_DIR)])

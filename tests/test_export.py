@@ -77,6 +77,7 @@ def framework_actions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         return obs, agent.algo.act(agent.normalizer(torch.from_numpy(obs))).numpy()
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_artefact_runs_without_the_framework_on_raw_observations_and_matches_act(fmt, trained, tmp_path):
     run_dir = trained("iql")

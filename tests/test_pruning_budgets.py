@@ -130,6 +130,7 @@ def test_cost_search_leaves_every_rng_untouched(dataset) -> None:
     assert all(map(torch.equal, dense, cost))
 
 
+@pytest.mark.slow  # a subprocess: python run.py / a standalone interpreter
 def test_cli_reports_the_cost_in_the_summary(tmp_path) -> None:
     import json
     import os
