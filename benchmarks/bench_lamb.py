@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from sparse_offline_rl.io import atomic_write_json  # noqa: E402
-from sparse_offline_rl.training import trainer  # noqa: E402
+from sparse_offline_rl.training import setup as run_setup, trainer  # noqa: E402
 
 LR_KEYS = ("actor_lr", "critic_lr", "value_lr")  # whichever of them the algorithm has
 
@@ -77,7 +77,7 @@ def run_contender(base: dict, optim: str, batch: int, lr: float | None, targets:
     clock = TrainingClock(min(int(cfg["eval"]["every"]), int(cfg["checkpoint_every"])), max_seconds)
     evals: list[dict] = []
     reached: dict[str, dict] = {}  # target -> the first evaluation at or above it
-    evaluate = trainer.evaluate
+    evaluate = run_setup.evaluate  # what Run.run_eval calls
 
     def evaluate_and_check(algo, *args, **kwargs):
         result, episodes = evaluate(algo, *args, **kwargs)
@@ -90,13 +90,13 @@ def run_contender(base: dict, optim: str, batch: int, lr: float | None, targets:
             raise Reached
         return result, episodes
 
-    trainer.evaluate = evaluate_and_check
+    run_setup.evaluate = evaluate_and_check
     try:
         trainer.train(cfg, run_dir, callbacks=[clock])
     except (Reached, OutOfTime):
         pass
     finally:
-        trainer.evaluate = evaluate
+        run_setup.evaluate = evaluate
     return {"optim": optim, "batch_size": batch, "lr": lr, "eval_every": int(cfg["eval"]["every"]),
             "reached": reached, "steps": clock.step, "train_seconds": round(clock.seconds, 2),
             "steps_per_sec": round(clock.counted / clock.seconds, 1) if clock.seconds else None,

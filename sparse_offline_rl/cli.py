@@ -27,7 +27,8 @@ from sparse_offline_rl.checks import check_same_config
 from sparse_offline_rl.errors import JobError, USER_ERRORS
 from sparse_offline_rl.io import atomic_write_json, load_checkpoint
 from sparse_offline_rl.training.stacked import stackable, train_stacked
-from sparse_offline_rl.training.trainer import to_dict, train, validate_config
+from sparse_offline_rl.training.config import to_dict, validate_config
+from sparse_offline_rl.training.trainer import train
 
 FAILED_FILE = "failed.json"
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_dataset
 from sparse_offline_rl.seeding import Stream, stream_seed
-from sparse_offline_rl.training import trainer
+from sparse_offline_rl.training import setup as trainer
 from sparse_offline_rl.training.trainer import setup_run, train
 
 SEEDS = range(4)

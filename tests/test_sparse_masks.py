@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import sparse_offline_rl as sorl
-import sparse_offline_rl.training.trainer as trainer_module
+import sparse_offline_rl.training.setup as trainer_module
 from conftest import REPO
 from sparse_offline_rl.pruning import MaskSet, prunable_parameters
 from sparse_offline_rl.sparse.kernels import apply_sparse_kernels

@@ -12,7 +12,7 @@ from sparse_offline_rl.algorithms import UnknownNameError, prepare_data
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import CheckpointError, load_checkpoint
 from sparse_offline_rl.pruning import layer_weights, prunable_parameters
-import sparse_offline_rl.training.trainer as trainer_module
+import sparse_offline_rl.training.setup as trainer_module
 from sparse_offline_rl.training.trainer import ConfigError, StepInfo, train
 
 
@@ -335,3 +335,67 @@ def test_threads_setting_is_the_runs_own(tmp_path, fast_config, hopper_data):
     before = torch.get_num_threads()
     train({**fast_config, "steps": 20, "threads": before + 1}, tmp_path, dataset=hopper_data)
     assert torch.get_num_threads() == before
+
+
+def test_config_yaml_equals_run_config_defaults():
+    """configs/config.yaml and RunConfig declare the same keys; each key the dataclass defaults has the
+    YAML's value there (the others are required, and the YAML gives them)."""
+    import dataclasses
+
+    import yaml
+
+    from sparse_offline_rl.training.config import EvalConfig, RunConfig
+
+    on_disk = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "config.yaml").read_text())
+    groups = {next(iter(entry)) for entry in on_disk.pop("defaults") if isinstance(entry, dict)}
+    on_disk.pop("hydra")
+    for cls, values, extra in ((RunConfig, on_disk, groups), (EvalConfig, on_disk["eval"], set())):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(fields) == set(values) | extra, cls.__name__
+        for name, f in fields.items():
+            if f.default is not dataclasses.MISSING:
+                assert values[name] == f.default, f"{cls.__name__}.{name}"
+
+
+def test_run_config_is_built_from_the_composed_config(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from sparse_offline_rl.training.config import RunConfig, to_dict, validate_config
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = to_dict(compose("config", overrides=["algo=cql", "sparsity=0.9", "eval.episodes=3"]))
+    config = validate_config(cfg)
+    assert isinstance(config, RunConfig) and config == RunConfig.from_dict(cfg)
+    assert (config.algo_name, config.env, config.dataset, config.sparsity) == ("cql", "hopper", "hopper-medium", 0.9)
+    assert (config.eval.episodes, config.eval.every, config.eval.suite, config.sparse_kernels) == (3, 5000, None, "auto")
+
+
+def test_run_config_defaults_fill_omitted_keys(fast_config):
+    from sparse_offline_rl.training.config import DEFAULTS, RunConfig
+
+    cfg = {k: v for k, v in fast_config.items() if k not in DEFAULTS}
+    cfg["eval"] = {k: v for k, v in cfg["eval"].items() if k != "suite"}
+    config = RunConfig.from_dict(cfg)
+    assert {k: getattr(config, k) for k in DEFAULTS} == DEFAULTS
+    assert config.optim == "adam" and config.sparse_kernels == "auto" and config.device == "cpu" and config.eval.suite is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"threads": 0}, "threads=0 is invalid: a positive integer or null is required"),
+        ({"eval": {"every": 10, "episodes": 0}}, "eval.episodes=0 is invalid: an integer in [1, "),
+        ({"eval": {"every": 10, "episodes": 1, "suite": ""}}, "eval.suite='' is invalid: a non-empty string or null"),
+        ({"optim": "sgd"}, "optim='sgd' is invalid: one of adam, lamb is required"),
+        ({"device": "tpu"}, "device='tpu' is invalid; accepted: cpu, cuda, cuda:N, auto"),
+        ({"verbose": "yes"}, "verbose='yes' is invalid: true or false is required"),
+        ({"val_fraction": 1.0}, "val_fraction=1.0 is invalid: a number in [0, 1) is required"),
+        ({"sparsity": {"actor": 1.5}}, "sparsity.actor=1.5 is invalid: a number in [0, 1) is required"),
+    ],
+)
+def test_run_config_names_key_value_and_what_is_accepted(fast_config, change, message):
+    from sparse_offline_rl.training.config import RunConfig
+
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({**fast_config, **change})
+    assert message in str(info.value)

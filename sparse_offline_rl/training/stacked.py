@@ -4,7 +4,7 @@
 steps, batch size and every other setting but the member keys (`MEMBER_KEYS`: seed, pruner,
 sparsity, sparse kernels) as one. How:
 
-1. Each member is set up exactly as its separate run (`trainer.setup_run`: its seed, its data
+1. Each member is set up exactly as its separate run (`setup.setup_run`: its seed, its data
    split, its network initialisation and noise generator, pruning with its own batches, its kernel
    choice), so its masks are the separate run's; or it is restored from its own checkpoint.
 2. The K member algorithms are stacked into one algorithm object built with
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -58,19 +58,10 @@ from sparse_offline_rl.sparse.stacked_layers import (
     split_parameters,
     stack_network,
 )
-from sparse_offline_rl.training.trainer import (
-    Callback,
-    Run,
-    StepInfo,
-    finish_run,
-    problem_spec,
-    run_steps,
-    setup_run,
-    single_step,
-    summarize_episodes,
-    to_dict,
-    validate_config,
-)
+from sparse_offline_rl.training.config import DEFAULTS, to_dict, validate_config
+from sparse_offline_rl.training.loop import Callback, StepInfo, run_steps, single_step
+from sparse_offline_rl.training.setup import Run, problem_spec, setup_run
+from sparse_offline_rl.training.summary import finish_run, summarize_episodes
 
 #: What members of one group may differ in.
 MEMBER_KEYS = ("seed", "pruner", "sparsity", "sparse_kernels")
@@ -90,7 +81,7 @@ def unstackable_reason(cfg: Mapping[str, Any]) -> str | None:
     if getattr(get_algorithm(name).factory, "stackable", False) is not True:
         return (f"algo={name} cannot be stacked (its losses are not written per member); stackable: iql, td3bc, cql "
                 "and plug-ins that set `stackable = True`; run its jobs one per process (hydra/launcher=local)")
-    if cfg.get("optim", "adam") != "adam":
+    if cfg.get("optim", DEFAULTS["optim"]) != "adam":
         return (f"optim={cfg['optim']!r} cannot be stacked: LAMB's trust ratio is per tensor, so a stacked tensor "
                 "would share one ratio across members; accepted: adam")
     if (pruner.get("structure") or "unstructured") != "unstructured" and pruner.get("name") not in DYNAMIC_PRUNERS:
@@ -131,15 +122,15 @@ class StackedAlgorithm:
     def __init__(self, runs: Sequence[Run]) -> None:
         self.runs = list(runs)
         members = [run.algo for run in runs]
-        cfg = runs[0].cfg
+        config = runs[0].config
         for run in runs[1:]:  # e.g. units removed at initialization give layers of other widths
             for name, net in run.algo.networks().items():
                 if layout(net) != layout(members[0].networks()[name]):
                     raise ConfigError(f"{run.run_dir}: its network '{name}' has other layer shapes than "
                                       f"{runs[0].run_dir}'s, so the two cannot be stacked")
         with torch.random.fork_rng(devices=[]):  # building it must not move any member's randomness
-            algo = make_algorithm(cfg["algo"]["name"], problem_spec(cfg, runs[0].dataset, runs[0].device, len(runs)),
-                                  algorithm_config(cfg["algo"]))
+            algo = make_algorithm(config.algo_name, problem_spec(config, runs[0].dataset, runs[0].device, len(runs)),
+                                  algorithm_config(config.algo))
         # First an exact copy of member 0 (layout, then state: optimizer settings, schedules,
         # counters, which are the same in every member), then every network stacked from all members.
         restore_pruned(algo, members[0].state_dict(), runs[0].masks.state_dict(), runs[0].kernels).unbind()
@@ -204,18 +195,18 @@ class StackedAlgorithm:
         """Every member's evaluation episodes in one pool of environments, the stacked actor choosing
         all members' actions in one call per env step; each member logs its own results. The
         actions are those of the member's own actor up to float rounding (see module docstring)."""
-        runs, cfg = self.runs, self.runs[0].cfg
+        runs, env = self.runs, self.runs[0].config.env
         per_member = len(runs[0].seeds_for_eval)
         seeds = [seed for run in runs for seed in run.seeds_for_eval]
         policy = MembersPolicy(self.algo, [run.normalizer for run in runs], per_member, runs[0].device)
-        stats = run_episodes(policy, lambda: make_env(cfg["env"]), seeds, discount=runs[0].discount,
+        stats = run_episodes(policy, lambda: make_env(env), seeds, discount=runs[0].discount,
                              max_parallel=len(seeds), policy_gets_episodes=True)
         results = []
         for k, run in enumerate(runs):
             rows = slice(k * per_member, (k + 1) * per_member)
             episodes = EpisodeStats(stats.returns[rows], stats.discounted_returns[rows], stats.lengths[rows],
                                     stats.first_observations[rows])
-            results.append(run.log_eval(step, summarize_episodes(episodes, run.dataset, cfg["env"]), episodes))
+            results.append(run.log_eval(step, summarize_episodes(episodes, run.dataset, env), episodes))
         return results
 
 
@@ -228,6 +219,34 @@ def _share_data(runs: Sequence[Run]) -> None:
         if other.data.shape == last.data.shape and torch.equal(other.data, last.data):
             last.data = other.data
             return
+
+
+def stacked_step(runs: Sequence[Run], current: dict[str, StackedAlgorithm],
+                 callbacks: Sequence[Callback]) -> Callable[[int], dict[str, torch.Tensor]]:
+    """One gradient step of the whole group (the `step_fn` of `run_steps`). After a mask update the
+    group is stacked again into `current["stacked"]`, where the loop's other closures read it."""
+    batch_size = runs[0].config.batch_size
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        stacked = current["stacked"]
+        batch = stacked.batch(batch_size)
+        metrics = stacked.algo.update(batch)
+        # Masks change per member, through the single-run code: the stacked state goes back into
+        # the members, each changes its masks (RigL on its own rows of the batch), and the group is
+        # stacked again from them (new patterns, kernels, optimizer state). Every step: FLOPs.
+        updating = any(run.sparse_training.updates_masks(step, run.masks) for run in runs)
+        if updating:
+            stacked.sync()
+        for k, run in enumerate(runs):
+            rows = Batch(*(field[k * batch_size:(k + 1) * batch_size] for field in batch)) if updating else None
+            run.kernels = run.sparse_training.after_step(step, run.algo, run.masks, rows) or run.kernels
+        if updating:
+            stacked = current["stacked"] = StackedAlgorithm(runs)
+        for callback in callbacks:
+            callback(StepInfo(step, stacked.algo, metrics, stacked.masks))
+        return metrics
+
+    return step_fn
 
 
 def train_stacked(cfgs: Sequence[Mapping[str, Any] | DictConfig], run_dirs: Sequence[Path | str],
@@ -255,30 +274,10 @@ def train_stacked(cfgs: Sequence[Mapping[str, Any] | DictConfig], run_dirs: Sequ
                           desc=f"catch up {run.run_dir.name}")
         # Rebuilt from the members after a mask update, so the closures below read it from here.
         current = {"stacked": StackedAlgorithm(runs)}
-        batch_size = int(cfgs[0]["batch_size"])
-
-        def step_fn(step: int) -> dict[str, torch.Tensor]:
-            stacked = current["stacked"]
-            batch = stacked.batch(batch_size)
-            metrics = stacked.algo.update(batch)
-            # Masks change per member, through the single-run code: the stacked state goes back into
-            # the members, each changes its masks (RigL on its own rows of the batch), and the group is
-            # stacked again from them (new patterns, kernels, optimizer state). Every step: FLOPs.
-            updating = any(run.sparse_training.updates_masks(step, run.masks) for run in runs)
-            if updating:
-                stacked.sync()
-            for k, run in enumerate(runs):
-                rows = Batch(*(field[k * batch_size:(k + 1) * batch_size] for field in batch)) if updating else None
-                run.kernels = run.sparse_training.after_step(step, run.algo, run.masks, rows) or run.kernels
-            if updating:
-                stacked = current["stacked"] = StackedAlgorithm(runs)
-            for callback in callbacks:
-                callback(StepInfo(step, stacked.algo, metrics, stacked.masks))
-            return metrics
-
+        step_fn = stacked_step(runs, current, callbacks)
         final = run_steps(runs, start, step_fn, current["stacked"].split_metrics, sync=lambda: current["stacked"].sync(),
                           evaluate_runs=lambda step: current["stacked"].evaluate(step),
-                          desc=f"{cfgs[0]['algo']['name']} x{len(runs)} stacked")
+                          desc=f"{runs[0].config.algo_name} x{len(runs)} stacked")
         group = {"members": len(runs), "run_dirs": [str(run.run_dir) for run in runs]}
         return [finish_run(run, result, extra={"stacked": group}) for run, result in zip(runs, final)]
     finally:
