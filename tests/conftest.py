@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny datasets with real MuJoCo dimensions, and a fast training config."""
+"""Shared fixtures and helpers: tiny datasets with real MuJoCo dimensions, a fast training config,
+interrupting a run at a step, comparing resumed state, and running `python run.py` in a subprocess."""
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -11,6 +15,7 @@ import torch
 
 from sparse_offline_rl.data.dataset import OfflineDataset, episode_starts_from_flags
 from sparse_offline_rl.data.envs import get_task
+from sparse_offline_rl.training.trainer import StepInfo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,3 +90,42 @@ def fast_config() -> dict:
 @pytest.fixture(scope="session")
 def hopper_data() -> OfflineDataset:
     return random_dataset("hopper")
+
+
+class Interrupt(Exception):
+    """Raised by a callback to cut a run short, as a kill would (tests of resume)."""
+
+
+def interrupt_at(step: int):
+    """A training callback that raises Interrupt when the run reaches `step`."""
+    def callback(info: StepInfo) -> None:
+        if info.step == step:
+            raise Interrupt
+
+    return callback
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Nested state dicts equal bit for bit (tensors) or by value (everything else)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{where} differs after resume"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def run_cli(*args: str, cwd: Path | str = REPO, pythonpath: list[str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a fresh interpreter at one thread (`pythonpath`: replaces PYTHONPATH)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sparse_offline_rl as sorl
-from conftest import REPO
+from conftest import REPO, run_cli
 from sparse_offline_rl.algorithms.d3rlpy_backend import VARIANTS, D3rlpyNotInstalledError, d3rlpy_available
 from sparse_offline_rl.algorithms.plugins import config_defaults
 from sparse_offline_rl.data.buffer import TransitionBuffer
@@ -18,7 +18,7 @@ from sparse_offline_rl.data.dataset import OfflineDataset, episode_starts_from_f
 from sparse_offline_rl.data.envs import get_task
 from sparse_offline_rl.pruning import prunable_parameters, prune_at_initialization
 from sparse_offline_rl.training.trainer import StepInfo, train
-from test_algorithms_plugins import masks_hold, run_cli
+from test_algorithms_plugins import masks_hold
 
 SPEC = sorl.ProblemSpec(obs_dim=11, act_dim=3)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -15,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparse_offline_rl as sorl
-from conftest import REPO, random_dataset, write_d4rl_hdf5
+from conftest import REPO, random_dataset, run_cli, write_d4rl_hdf5
 from sparse_offline_rl.algorithms import base, plugins
 from sparse_offline_rl.algorithms.plugins import PluginImportError, PluginWarning, config_defaults, store_algorithm_configs
 from sparse_offline_rl.pruning import layer_weights
@@ -64,12 +62,6 @@ def write_entry_point_dist(site, entry_points: str) -> None:
 
 
 ENTRY_POINTS = "[sparse_offline_rl.algorithms]\nawac = sorl_awac_plugin:AWAC\nbroken = sorl_no_such_module:Algo\n"
-
-
-def run_cli(*args: str, pythonpath: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath or [])}
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
 
 
 # -- decorator path ------------------------------------------------------------------------------

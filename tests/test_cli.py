@@ -3,19 +3,10 @@ one line on stderr with exit status 2."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, random_dataset, write_d4rl_hdf5
-
-
-def run_cli(*overrides: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+from conftest import random_dataset, run_cli, write_d4rl_hdf5
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from sparse_offline_rl.sparse.linear import sparse_layers
 from sparse_offline_rl.data.envs import make_env
 from sparse_offline_rl.training.trainer import train
 
-from test_training import Interrupt, interrupt_at
+from conftest import Interrupt, interrupt_at
 
 
 def make_diagnostics(algo_name: str, data, val=None, **kwargs):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST_CONFIG, random_dataset, write_d4rl_hdf5
+from conftest import FAST_CONFIG, Interrupt, assert_same_state, interrupt_at, random_dataset, write_d4rl_hdf5
 from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import TransitionBuffer
 from sparse_offline_rl.errors import ConfigError
@@ -26,7 +26,6 @@ from sparse_offline_rl.pruning import count_params_flops, prunable_parameters, p
 from sparse_offline_rl.sparse.wiring import layer_graph
 from sparse_offline_rl.pruning.units import UnitCollapseError, gate_scorer, unit_aggregate, unit_scores
 from sparse_offline_rl.training.trainer import train
-from test_training import Interrupt, assert_same_state, interrupt_at
 
 HIDDEN = [16, 16]
 

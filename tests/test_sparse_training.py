@@ -35,7 +35,7 @@ from sparse_offline_rl.sparse.linear import SparseLinear
 from sparse_offline_rl.pruning.units import UnitCollapseError, hidden_members, unit_scores, weight_masks
 from sparse_offline_rl.training.trainer import StepInfo, train
 from test_sparse_masks import DirectStep
-from test_training import Interrupt, assert_same_state, interrupt_at
+from conftest import Interrupt, assert_same_state, interrupt_at
 
 
 def update_steps(name: str, steps: int, **opts) -> list[int]:

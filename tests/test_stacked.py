@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import Interrupt
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.sparse.stacked_layers import StackedDense, StackedSparse
@@ -16,10 +17,6 @@ from sparse_offline_rl.training.trainer import StepInfo, train
 # Stacked products sum in another order than a member's own (baddbmm vs addmm, one block-diagonal
 # CSR product vs K): observed at most 1e-5 relative in any tensor of the checkpoint after 150 steps.
 ATOL, RTOL = 1e-5, 1e-4
-
-
-class Interrupt(Exception):
-    pass
 
 
 def members(cfg: dict) -> list[dict]:

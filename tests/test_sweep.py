@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, random_dataset, write_d4rl_hdf5
+from conftest import Interrupt, REPO, random_dataset, write_d4rl_hdf5
 from sparse_offline_rl.cli import threads_per_job, usable_cores
 from sparse_offline_rl.report import collect, write_report
 from sparse_offline_rl.report.__main__ import main as report_main
@@ -70,10 +70,6 @@ def job_dirs(out: Path) -> list[str]:
 
 def summaries(out: Path) -> dict[str, dict]:
     return {d: json.loads((out / d / "summary.json").read_text()) for d in job_dirs(out)}
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_joblib_sweep_runs_the_grid_then_skips_and_resumes(tmp_path, sweep_conf):

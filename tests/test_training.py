@@ -8,24 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Interrupt, assert_same_state, interrupt_at
 from sparse_offline_rl.algorithms import UnknownNameError, prepare_data
 from sparse_offline_rl.data.dataset import OfflineDataset
 from sparse_offline_rl.io import CheckpointError, load_checkpoint
 from sparse_offline_rl.pruning import layer_weights, prunable_parameters
 import sparse_offline_rl.training.setup as trainer_module
 from sparse_offline_rl.training.trainer import ConfigError, StepInfo, train
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_at(step: int):
-    def callback(info: StepInfo) -> None:
-        if info.step == step:
-            raise Interrupt
-
-    return callback
 
 
 def test_summary_has_documented_fields(tmp_path, fast_config, hopper_data):
@@ -148,22 +137,6 @@ def test_pruned_weights_stay_exactly_zero_in_online_and_target_nets(tmp_path, fa
     for name, density in summary["density"].items():
         total = sum(w.numel() for w in prunable_parameters(nets[name]).values())
         assert abs(density * total - 0.05 * total) <= 1, (name, density * total, 0.05 * total)
-
-
-def assert_same_state(a, b, where: str = "") -> None:
-    """Nested state dicts equal bit for bit (tensors) or by value (everything else)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_same_state(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(a):
-        assert torch.equal(a, b), f"{where} differs after resume"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 # Checkpoints every 25 steps and an interrupt at 80: the run resumes from step 75, an odd step, where
