@@ -14,6 +14,7 @@ def hopper_file(tmp_path_factory):
     return write_d4rl_hdf5(tmp_path_factory.mktemp("data") / "hopper.hdf5", random_dataset("hopper", n=3000))
 
 
+@pytest.mark.slow  # a subprocess: python run.py
 @pytest.mark.parametrize("algo", ["iql", "cql", "td3bc"])
 def test_cli_trains_each_algorithm_and_writes_the_summary(tmp_path, hopper_file, algo):
     result = run_cli(f"algo={algo}", f"dataset={hopper_file}", "sparsity=0.9", "pruner=snip", "steps=200",
@@ -60,6 +61,7 @@ def test_cli_trains_each_algorithm_and_writes_the_summary(tmp_path, hopper_file,
         ("env=walker2d", "have dims (11, 3) but Walker2d-v5 expects (17, 6)"),
     ],
 )
+@pytest.mark.slow  # a subprocess: python run.py
 def test_cli_bad_input_is_one_clear_line(tmp_path, hopper_file, override, message):
     args = [f"dataset={hopper_file}", override] if not override.startswith("dataset=") else [override]
     result = run_cli(*args, "steps=10", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -69,6 +71,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, hopper_file, override, messag
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess: python run.py
 def test_cli_shows_the_composed_config(tmp_path):
     result = run_cli("algo=td3bc", "pruner=synflow", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0

@@ -25,6 +25,8 @@ from sparse_offline_rl.report import collect, write_report
 from sparse_offline_rl.report.__main__ import main as report_main
 from sparse_offline_rl.training.trainer import StepInfo, train
 
+pytestmark = pytest.mark.slow  # every sweep runs jobs through a launcher, most in subprocesses
+
 GRID = ["algo=iql,td3bc", "env=hopper,walker2d", "sparsity=0.5,0.9", "seed=0,1"]
 GRID_DIRS = sorted(f"algo={a},env={e},seed={s},sparsity={p}"
                    for a in ("iql", "td3bc") for e in ("hopper", "walker2d") for p in (0.5, 0.9) for s in (0, 1))

@@ -161,6 +161,26 @@ def q_of_start_states(agent: EvalAgent, first_observations: np.ndarray) -> np.nd
     return (q.min(0).values if q.dim() > 1 else q).cpu().numpy().astype(np.float64)
 
 
+def flat_episodes(agent: EvalAgent, cells: Sequence[Cell], seed: int) -> tuple[list, list, list, list[int]]:
+    """One flat list of episodes over all cells (one pool, one policy call per step for all of them):
+    per episode its env factory, reset seed, observation / action transforms and owning cell."""
+    probe = make_env(agent.env)
+    low, high = probe.action_space.low.astype(np.float64), probe.action_space.high.astype(np.float64)
+    base_reset_noise = float(probe.unwrapped._reset_noise_scale)
+    probe.close()
+    obs_std = agent.train_data.observations.std(axis=0, dtype=np.float64)
+    factories, episode_seeds, transforms, owner = [], [], [], []
+    for c, cell in enumerate(cells):
+        group = None if cell.group == "seeds" else cell.group
+        level = NOMINAL_LEVEL.get(cell.group, 1.0) if group is None else float(cell.level)
+        for s in cell.seeds:
+            factories.append(env_factory(agent.env, group, level, base_reset_noise))
+            episode_seeds.append(s)
+            transforms.append(episode_transforms(group, level, seed, s, obs_std, low, high))
+            owner.append(c)
+    return factories, episode_seeds, transforms, owner
+
+
 def run_suite(
     agent: EvalAgent,
     suite: str | Suite | Mapping[str, Any] = "generalization",
@@ -178,22 +198,7 @@ def run_suite(
         raise SuiteError(f"episodes={episodes} is invalid; a positive integer is required")
     seeds = seed_sets(agent, episodes)
     cells = suite_cells(suite, seeds)
-    probe = make_env(agent.env)
-    low, high = probe.action_space.low.astype(np.float64), probe.action_space.high.astype(np.float64)
-    base_reset_noise = float(probe.unwrapped._reset_noise_scale)
-    probe.close()
-    obs_std = agent.train_data.observations.std(axis=0, dtype=np.float64)
-
-    # One flat list of episodes over all cells: one pool, one policy call per step for all of them.
-    factories, episode_seeds, transforms, owner = [], [], [], []
-    for c, cell in enumerate(cells):
-        group = None if cell.group == "seeds" else cell.group
-        level = NOMINAL_LEVEL.get(cell.group, 1.0) if group is None else float(cell.level)
-        for s in cell.seeds:
-            factories.append(env_factory(agent.env, group, level, base_reset_noise))
-            episode_seeds.append(s)
-            transforms.append(episode_transforms(group, level, seed, s, obs_std, low, high))
-            owner.append(c)
+    factories, episode_seeds, transforms, owner = flat_episodes(agent, cells, seed)
 
     def obs_transform(obs: np.ndarray, i: int) -> np.ndarray:
         fn = transforms[i].obs
