@@ -143,10 +143,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # -- key=value command lines (the commands outside Hydra) -------------------------------------------
 def parse_overrides(args: Sequence[str], accepted: set[str]) -> tuple[dict[str, str], list[str]]:
-    """key=value pairs (Hydra-style) and the remaining positional arguments."""
+    """key=value pairs (Hydra-style) and the remaining positional arguments. An argument naming an
+    existing path is positional even with "=" in it: sweep job directories are named by their
+    overrides (`sweeps/x/algo=iql,env=hopper,seed=0`)."""
     options, positional = {}, []
     for arg in args:
-        if "=" not in arg:
+        if "=" not in arg or Path(arg).exists():
             positional.append(arg)
             continue
         key, value = arg.split("=", 1)
