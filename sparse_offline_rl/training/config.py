@@ -142,14 +142,13 @@ def read_fields(cls: type, values: Mapping[str, Any], prefix: str = "") -> dict[
 
 def validate_pruner_options(pruner: Mapping[str, Any]) -> None:
     """The pruner.* keys, checked before the data loads (pruning itself runs after it): each value by
-    `PrunerConfig` (its one home), then the during-training rules of the method."""
-    from sparse_offline_rl.pruning.config import OPTIONS, PrunerConfig
+    `PrunerConfig` (its one home, which `options` runs first), then the during-training rules."""
+    from sparse_offline_rl.pruning.config import OPTIONS
     from sparse_offline_rl.sparse_training.dynamic import options
 
     unknown = sorted(set(pruner) - {"name", *OPTIONS})
     if unknown:
         raise ConfigError(f"pruner.{unknown[0]} is not a pruner option; accepted: {', '.join(OPTIONS)}")
-    PrunerConfig.from_mapping(pruner)
     try:
         options(pruner)  # the during-training schedule (pruner=gmp|set|rigl|gibbs), refused for the others
     except ValueError as exc:
