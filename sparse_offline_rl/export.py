@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -159,12 +160,25 @@ def serialize(policy: nn.Module, fmt: str, example: torch.Tensor) -> bytes:
             # become constants, which drops the attribute lookups of every call.
             traced = torch.jit.trace(policy, example, check_trace=False)
             torch.jit.save(torch.jit.freeze(traced.eval()), buffer)
+            return without_debug_records(buffer.getvalue())
         else:
             legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(policy, (example,), buffer, input_names=["observations"], output_names=["actions"],
                               dynamic_axes={"observations": {0: "batch"}, "actions": {0: "batch"}},
                               opset_version=ONNX_OPSET, **legacy)
     return buffer.getvalue()
+
+
+def without_debug_records(artefact: bytes) -> bytes:
+    """A TorchScript archive without its `.debug_pkl` records: the Python source ranges of the trace,
+    which name the files and lines of whatever called `serialize` (so the size of the same actor
+    moved with the caller), and which loading and running never need."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(artefact)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                dst.writestr(info, src.read(info.filename))
+    return out.getvalue()
 
 
 def runtime(fmt: str, artefact: bytes, threads: int) -> Callable[[np.ndarray], np.ndarray]:

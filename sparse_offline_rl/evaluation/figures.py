@@ -1,5 +1,6 @@
-"""The generalization suite's per-run figure (generalization.png): initial-state gap, one degradation curve per perturbation, and the training
-diagnostics from metrics.jsonl (when the run logged them)."""
+"""A run's own figures: the generalization suite's (generalization.png: initial-state gap, one
+degradation curve per perturbation, and the training diagnostics from metrics.jsonl when the run
+logged them) and the constrained budget search's (budget_search.png)."""
 from __future__ import annotations
 
 import json
@@ -86,3 +87,36 @@ def plot_run(result: Mapping[str, Any], metrics_path: Path, out_path: Path) -> N
                  + f"  suite={result['suite']}, {result['episodes_per_cell']} episodes/cell")
     fig.tight_layout()
     atomic_save_figure(fig, out_path, dpi=90)
+
+
+def plot_budget_search(search: Mapping[str, Any], out_path: Path) -> Path:
+    """budget_search.png of a pruner.budget_search=constrained report: every probe's reward (feasible
+    ones filled, the chosen one starred), each cost over its limit per probe, and the Lagrange
+    multipliers and the policy's std per update."""
+    probes, updates = search["probes"], search["updates"]
+    names = list(probes[0]["costs"]) if probes else []
+    limits = dict(zip(names, search["budget_cost_max"] if isinstance(search["budget_cost_max"], list)
+                      else [search["budget_cost_max"]]))
+    fig, (ax_r, ax_c, ax_l) = plt.subplots(1, 3, figsize=(15, 4))
+    feasible = [i for i, p in enumerate(probes) if p["feasible"]]
+    other = [i for i, p in enumerate(probes) if not p["feasible"]]
+    ax_r.scatter(other, [probes[i]["reward"] for i in other], s=8, facecolors="none", edgecolors="tab:red", label="infeasible")
+    ax_r.scatter(feasible, [probes[i]["reward"] for i in feasible], s=8, color="tab:blue", label="feasible")
+    best = next((i for i, p in enumerate(probes) if p["counts"] == search["counts"]), None)
+    if best is not None:
+        ax_r.scatter([best], [probes[best]["reward"]], marker="*", s=160, color="gold", edgecolors="k", label="chosen")
+    ax_r.set(xlabel="probe", ylabel="reward", title="reward of each allocation")
+    ax_r.legend(fontsize=8)
+    for name in names:
+        ax_c.plot([p["costs"][name] / limits[name] for p in probes], ".", ms=3, label=name.rsplit(":", 1)[-1])
+    ax_c.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax_c.set(xlabel="probe", ylabel="cost / limit", title="costs against their limits")
+    ax_c.legend(fontsize=8)
+    for j, name in enumerate(names):
+        ax_l.plot([u["probes"] for u in updates], [u["lambdas"][j] for u in updates], label=f"lambda {name.rsplit(':', 1)[-1]}")
+    ax_l.plot([u["probes"] for u in updates], [u["std"] for u in updates], "k:", label="policy std (logits)")
+    ax_l.set(xlabel="probes used", title="Lagrange multipliers")
+    ax_l.legend(fontsize=8)
+    fig.suptitle(f"budget_search=constrained: {len(probes)} probes, {search['seconds']:.1f} s, reward {search['reward']:.4g}")
+    fig.tight_layout()
+    return atomic_save_figure(fig, out_path, dpi=90)

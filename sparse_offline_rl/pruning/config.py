@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 from sparse_offline_rl.checks import check_value
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning.allocation import SCOPES
+from sparse_offline_rl.pruning.budget_search import SEARCHES, search_settings
 from sparse_offline_rl.pruning.budgets import load_cost
 from sparse_offline_rl.sparse.fan_init import check as check_sparse_init
 
@@ -53,9 +54,17 @@ class PrunerConfig:
     allow_layer_collapse: bool = False
     budget_params: int | dict[str, int] | None = None
     budget_flops: int | dict[str, int] | None = None
-    budget_cost: str | None = None  # 'module:function', with budget_cost_max
-    budget_cost_max: float | None = None
+    budget_cost: str | list[str] | None = None  # 'module:function' (or a list), with budget_cost_max
+    budget_cost_max: float | list[float] | None = None  # a limit per budget_cost
     budget_networks: list[str] | str | None = None  # the networks a budget_cost search sets (None: all)
+    budget_search: str = "bisect"  # bisect: one sparsity | constrained: per-layer counts (pruning/budget_search.py)
+    budget_search_probes: int | None = None  # constrained: None takes constrained.SearchSettings' default
+    budget_search_population: int | None = None
+    budget_search_lr: float | None = None
+    budget_search_lambda_lr: float | None = None
+    budget_search_init_std: float | None = None
+    budget_search_near_limit: float | None = None
+    budget_search_repeats: int | None = None
     structure: str = "unstructured"  # or "units": whole hidden units removed (pruning/units.py)
     weight_sparsity: float | dict[str, float] | None = None  # structure=units: weights pruned on top
     sparse_init: bool = False  # re-draw the kept weights to their fans under the mask (sparse/fan_init.py)
@@ -118,11 +127,43 @@ class PrunerConfig:
                               f"got {', '.join(given)}")
         if (self.budget_cost is None) != (self.budget_cost_max is None):
             raise ConfigError("pruner.budget_cost and pruner.budget_cost_max go together: give both or neither")
+        self.check_search()
         if given and self.structure == "units" and self.weight_sparsity is not None:
             raise ConfigError(f"pruner.{given[0]} with pruner.structure=units sets the unit fraction; "
                               "pruner.weight_sparsity cannot be combined with it")
+        for path in [] if self.budget_cost is None else [self.budget_cost] if isinstance(self.budget_cost, str) \
+                else self.budget_cost:
+            load_cost(path)
+
+    def check_search(self) -> None:
+        """budget_cost and budget_cost_max of the same length; budget_search=constrained on weights only."""
         if self.budget_cost is not None:
-            load_cost(self.budget_cost)
+            paths = [self.budget_cost] if isinstance(self.budget_cost, str) else list(self.budget_cost)
+            limits = list(self.budget_cost_max) if isinstance(self.budget_cost_max, (list, tuple)) else [self.budget_cost_max]
+            if len(paths) != len(limits) or isinstance(self.budget_cost, str) != (len(limits) == 1 and not isinstance(
+                    self.budget_cost_max, (list, tuple))):
+                raise ConfigError(f"pruner.budget_cost_max={self.budget_cost_max!r} is invalid with pruner.budget_cost="
+                                  f"{self.budget_cost!r}: one limit per cost (a number for a path, a list as long as "
+                                  "the list) is required")
+            if len(set(paths)) != len(paths):
+                raise ConfigError(f"pruner.budget_cost={self.budget_cost!r} is invalid: each cost at most once is required")
+        searched = [k for k in self.given if k.startswith("budget_search_")]
+        if self.budget_search == "constrained" and self.budget_cost is None:
+            raise ConfigError("pruner.budget_search=constrained is invalid without pruner.budget_cost: it searches "
+                              "per-layer counts under a cost budget (give budget_cost and budget_cost_max)")
+        if self.budget_search == "constrained" and self.structure == "units":
+            raise ConfigError("pruner.budget_search=constrained is invalid with pruner.structure=units: it allocates "
+                              "weights per layer; accepted with units: bisect")
+        if self.budget_search == "constrained" and self.name == "dense":
+            raise ConfigError("pruner.budget_search=constrained is invalid with pruner=dense: it ranks weights by a "
+                              "pruner's scores; accepted: random, magnitude, snip, grasp, synflow")
+        if self.structure == "units" and isinstance(self.budget_cost, (list, tuple)):
+            raise ConfigError(f"pruner.budget_cost={self.budget_cost!r} is invalid with pruner.structure=units: one "
+                              "cost ('module:function') is required (one unit fraction is bisected)")
+        if searched and self.budget_search != "constrained":
+            raise ConfigError(f"pruner.{searched[0]} applies with pruner.budget_search=constrained only")
+        if self.budget_search == "constrained":
+            search_settings(self)  # the allocator's own checks (an even population)
 
     @property
     def budget_kind(self) -> str | None:
@@ -133,7 +174,7 @@ class PrunerConfig:
         """This config without its unit and budget options: the weight pass after units are removed."""
         return dataclasses.replace(self, structure="unstructured", weight_sparsity=None, unit_score="sum",
                                    budget_params=None, budget_flops=None, budget_cost=None, budget_cost_max=None,
-                                   budget_networks=None)
+                                   budget_networks=None, budget_search="bisect")
 
 
 def _fields(during_training: bool) -> list[dataclasses.Field]:
@@ -193,6 +234,16 @@ def _value(kind: type, interval: str | None = None, choices: Sequence[str] | Non
     return lambda key, value: check_value(f"pruner.{key}", value, kind, interval, choices=choices, optional=optional)
 
 
+def _one_or_list(kind: type) -> Any:
+    def check(key: str, value: Any) -> None:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            _refuse(key, value, f"a {kind.__name__} or a non-empty list of them")
+        for i, v in enumerate(items):
+            check_value(f"pruner.{key}" + (f"[{i}]" if isinstance(value, (list, tuple)) else ""), v, kind)
+    return check
+
+
 CHECKS = {
     "scope": _value(str, choices=SCOPES, optional=True),
     "num_batches": _value(int, "[1, inf)"),
@@ -203,9 +254,17 @@ CHECKS = {
     "allow_layer_collapse": _value(bool),
     "budget_params": _per_network(int, "[1, inf)"),
     "budget_flops": _per_network(int, "[1, inf)"),
-    "budget_cost": _value(str, optional=True),
-    "budget_cost_max": _value(float, optional=True),
+    "budget_cost": _one_or_list(str),
+    "budget_cost_max": _one_or_list(float),
     "budget_networks": lambda key, value: None,  # against the networks: `budgets.budget_networks`
+    "budget_search": _value(str, choices=SEARCHES),
+    "budget_search_probes": _value(int, "[2, inf)", optional=True),
+    "budget_search_population": _value(int, "[2, inf)", optional=True),
+    "budget_search_lr": _value(float, "(0, inf)", optional=True),
+    "budget_search_lambda_lr": _value(float, "(0, inf)", optional=True),
+    "budget_search_init_std": _value(float, "(0, inf)", optional=True),
+    "budget_search_near_limit": _value(float, "(0, inf)", optional=True),
+    "budget_search_repeats": _value(int, "[1, inf)", optional=True),
     "structure": _value(str, choices=STRUCTURES),
     "weight_sparsity": _per_network(float, "[0, 1)"),
     "sparse_init": lambda key, value: None,  # `fan_init.check`, with structure

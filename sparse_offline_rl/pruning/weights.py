@@ -10,23 +10,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from sparse_offline_rl.pruning.allocation import keep_count, keep_dense_layers
 from sparse_offline_rl.pruning.batches import ExampleBatch, scoring_batches, seed_for
-from sparse_offline_rl.pruning.budgets import (
-    BUDGET_COST_MAX_SPARSITY,
-    BUDGET_COST_TOL,
-    budget_keep,
-    budget_networks,
-    cost_of,
-    evaluate_cost,
-    load_cost,
-    search,
-)
+from sparse_offline_rl.pruning.budget_search import NetMasks, bisect_targets, constrained_masks
+from sparse_offline_rl.pruning.budgets import budget_keep, budget_networks
 from sparse_offline_rl.pruning.config import PrunerConfig, check_sparsity, per_network
 from sparse_offline_rl.pruning.iterative import prune_module
 from sparse_offline_rl.pruning.rng import untouched_rngs
@@ -35,8 +27,6 @@ from sparse_offline_rl.sparse.density import network_report
 from sparse_offline_rl.sparse.fan_init import sparse_init_
 from sparse_offline_rl.sparse.masks import MaskSet, prunable_parameters
 from sparse_offline_rl.sparse.wiring import LayerGraph, try_layer_graph
-
-NetMasks = dict[str, dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -100,10 +90,13 @@ class WeightPass:
         target = sparsity if self.cfg.name != "dense" else 0.0
         return target, setup.dense_n + keep_count(setup.total - setup.dense_n, 1 - target)
 
-    def prune_all(self, targets: Mapping[str, float], allow_collapse: bool) -> tuple[NetMasks, dict[str, Any]]:
-        """Masks of every pruned network at `targets`, and each network's report."""
+    def prune_all(self, targets: Mapping[str, float], allow_collapse: bool,
+                  names: Sequence[str] | None = None) -> tuple[NetMasks, dict[str, Any]]:
+        """Masks of every pruned network at `targets` (or of `names`), and each network's report."""
         cfg, masks, reports = self.cfg, {}, {}
         for name, net in self.nets.items():
+            if names is not None and name not in names:
+                continue
             setup = self.setup(name)
             target, keep = self.target(name, setup, targets[name])
             net_masks = None
@@ -120,30 +113,34 @@ class WeightPass:
         return masks, reports
 
 
-def cost_targets(run: WeightPass, targets: dict[str, float], searched: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
-    """pruner.budget_cost: the least sparsity of the `searched` networks whose cost is within
-    budget_cost_max (the others keep their target), and the search's report."""
-    cfg, seed = run.cfg, run.seed
-    path, limit, fn = cfg.budget_cost, float(cfg.budget_cost_max), load_cost(cfg.budget_cost)
+def layer_scores(run: WeightPass, name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One network's scores from one round on the dense network (which weights each layer keeps under
+    budget_search=constrained), and the values the search's reward sums: the scores, or |W| for
+    random (a random ranking has no meaningful score to retain)."""
+    net, setup = run.nets[name], run.setup(name)
+    losses = [partial(run.algo.saliency_loss, name, b) for b in run.batches]
+    scores = run.scorer(net, losses, None, seed_for(run.seed, name), name, setup.graph).score(None)
+    if run.cfg.name == "random":
+        return scores, {p: w.detach().abs() for p, w in prunable_parameters(net).items()}
+    return scores, scores
 
-    def at(s: float) -> dict[str, float]:
-        return {n: s if n in searched else targets[n] for n in targets}
 
-    def cost_at(s: float) -> float:
-        # Every probe starts from the same torch RNG state, so the chosen probe's masks are the final
-        # masks (re-pruned after with the configured collapse check).
-        torch.manual_seed(seed)
-        return evaluate_cost(fn, path, run.nets, run.prune_all(at(s), True)[0])
-
-    chosen, probes = search(cost_at, limit)
-    if chosen is None:
-        raise ValueError(
-            f"pruner.budget_cost={path!r}: no sparsity below 1 meets budget_cost_max={limit:g} "
-            f"(cost {probes[-1][1]:g} at sparsity {BUDGET_COST_MAX_SPARSITY}, {probes[0][1]:g} dense)"
-        )
-    report = {"budget_cost": path, "budget_cost_max": limit, "cost": cost_of(probes, chosen), "sparsity": chosen,
-              "networks": searched, "tolerance": BUDGET_COST_TOL, "probes": [{"sparsity": s, "cost": v} for s, v in probes]}
-    return at(chosen), report
+def constrained_networks(run: WeightPass, targets: dict[str, float], searched: list[str]
+                         ) -> tuple[NetMasks, dict[str, Any], dict[str, Any]]:
+    """budget_search=constrained: the other networks pruned to their targets, the searched ones at
+    the allocator's per-layer counts; the masks, the reports and the search's report."""
+    others = [n for n in run.nets if n not in searched]
+    masks, reports = run.prune_all(targets, run.cfg.allow_layer_collapse, names=others)
+    scored = {n: layer_scores(run, n) for n in searched}
+    found, cost_report = constrained_masks(run, {n: s for n, (s, _) in scored.items()},
+                                           {n: v for n, (_, v) in scored.items()}, masks, searched)
+    for name in searched:
+        setup, net_masks = run.setup(name), found[name]
+        keep = sum(int(m.sum()) for m in net_masks.values())
+        masks[name] = net_masks
+        reports[name] = network_report(run.nets[name], net_masks, 1 - keep / setup.total, keep, setup.total,
+                                       setup.dense_layers, None, None, setup.graph, setup.wiring_error)
+    return masks, {n: reports[n] for n in run.nets}, cost_report
 
 
 def score_networks(run: WeightPass, sample_batch: Any, targets: dict[str, float]
@@ -156,10 +153,13 @@ def score_networks(run: WeightPass, sample_batch: Any, targets: dict[str, float]
     with untouched_rngs(run.algo, sample_batch, devices=devices):
         torch.manual_seed(run.seed)
         run.draw()
-        if cfg.budget_cost is not None:
-            targets, cost_report = cost_targets(run, targets, searched)
-            torch.manual_seed(run.seed)
-        masks, reports = run.prune_all(targets, cfg.allow_layer_collapse)
+        if cfg.budget_search == "constrained":
+            masks, reports, cost_report = constrained_networks(run, targets, searched)
+        else:
+            if cfg.budget_cost is not None:
+                targets, cost_report = bisect_targets(run, targets, searched)
+                torch.manual_seed(run.seed)
+            masks, reports = run.prune_all(targets, cfg.allow_layer_collapse)
         if cost_report is not None:
             for name in searched:
                 reports[name]["target_from"] = "budget_cost"

@@ -117,6 +117,11 @@ def setup_run(cfg: Mapping[str, Any] | DictConfig, run_dir: Path | str, dataset:
         start = resume_run(ckpt_path, device, algo, buffer, sparse_training, logger)
     else:
         start = prune_new_run(config, data, algo, sparsity, sparse_training)
+        search = start.pruning_report.get("budget_cost")
+        if isinstance(search, dict) and search.get("search") == "constrained":
+            from sparse_offline_rl.evaluation.figures import plot_budget_search
+
+            plot_budget_search(search, run_dir / "budget_search.png")
     discount = float(config.algo.get("discount", 0.99))
     # Start states follow the run seed, so the spread over seeds includes the spread over start states.
     seeds_for_eval = eval_seeds(config.seed, config.eval.episodes)
