@@ -268,13 +268,20 @@ def actor_bytes(networks: Mapping[str, nn.Module]) -> float:
     return float(min(len(a) for a in artefacts.values()))
 
 
-def actor_latency_ms(networks: Mapping[str, nn.Module]) -> float:
+def actor_latency_ms(networks: Mapping[str, nn.Module], batch: int = 1) -> float:
     """Built-in cost for pruner.budget_cost=sparse_offline_rl.export:actor_latency_ms: milliseconds per
-    action at batch 1 of the actor as a TorchScript artefact on this machine, 1 thread, the faster of
-    dense and CSR storage. A measurement: noisy, so the bisection it drives is approximate."""
+    call at batch `batch` (1: one action) of the actor as a TorchScript artefact on this machine, 1
+    thread, the faster of dense and CSR storage. A measurement: noisy, so a search it drives is
+    approximate (the constrained search measures a cost near its limit more than once)."""
     artefacts, example = _artefacts(networks)
-    latency = measure(artefacts, "torchscript", example.numpy(), threads=1, batches=(1,))
-    return min(by_batch[1] for by_batch in latency.values()) / 1000.0
+    latency = measure(artefacts, "torchscript", example.numpy(), threads=1, batches=(batch,))
+    return min(by_batch[batch] for by_batch in latency.values()) / 1000.0
+
+
+def actor_latency_ms_256(networks: Mapping[str, nn.Module]) -> float:
+    """Built-in cost pruner.budget_cost=sparse_offline_rl.export:actor_latency_ms_256: `actor_latency_ms`
+    at batch 256 (a batch of environments, or a planner's candidate states)."""
+    return actor_latency_ms(networks, batch=256)
 
 
 def choose_storage(latency: Mapping[str, Mapping[int, float]], batch: int) -> str:

@@ -15,7 +15,7 @@ from sparse_offline_rl.algorithms import ProblemSpec, make_algorithm
 from sparse_offline_rl.data.buffer import TransitionBuffer
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning import prunable_parameters, prune_at_initialization
-from sparse_offline_rl.pruning.budget_search import LayerOrder, layer_key
+from sparse_offline_rl.pruning.budget_search import LayerOrder, layer_key, retained_value
 
 
 def kept(net) -> list[int]:
@@ -167,6 +167,8 @@ def test_layer_order_masks_are_prefixes_of_one_ranking() -> None:
     assert masks["net"]["b"].all()
     reward = order.retained(scores)
     assert reward({"net/a": 2}) == pytest.approx((0.9 + 0.5) / 2.0)
+    # any masks, on the same scale: what bisection reports
+    assert retained_value(scores, masks, {"net": ["b"]}) == pytest.approx(reward({"net/a": 2}))
 
 
 @pytest.mark.slow  # a subprocess: python run.py
@@ -193,3 +195,12 @@ def test_a_run_records_the_search_and_draws_it(tmp_path) -> None:
     assert search["budget_cost"] == ["mycosts:actor_kept", "sparse_offline_rl.export:actor_bytes"]
     assert all({"counts", "reward", "costs", "feasible"} <= set(p) for p in search["probes"])
     assert (tmp_path / "run" / "budget_search.png").stat().st_size > 10_000
+
+
+def test_bisection_reports_the_reward_on_the_same_scale(dataset) -> None:
+    algo, buffer = setup(dataset)
+    cfg = {**constrained("search_cost_fixture:actor_kept", 600), "budget_search": "bisect", "budget_search_probes": None}
+    _, report = prune_at_initialization(algo, buffer.sample, cfg, 0.9)
+    bisect = report["budget_cost"]
+    assert bisect["search"] == "bisect" and bisect["cost"] <= 600 and 0 < bisect["sparsity"] < 1
+    assert 0 < bisect["reward"] < 1 and bisect["seconds"] > 0

@@ -107,6 +107,19 @@ class LayerOrder:
         return reward
 
 
+def retained_value(values: Mapping[str, Mapping[str, torch.Tensor]], masks: NetMasks,
+                   dense: Mapping[str, Sequence[str]]) -> float:
+    """`LayerOrder.retained` of any masks: per network, the kept `values` over the total |value| of
+    its layers not kept dense, summed over the networks of `values`."""
+    total = 0.0
+    for net, net_values in values.items():
+        layers = [p for p in net_values if p not in dense.get(net, ())]
+        mass = float(sum(net_values[p].detach().abs().double().sum() for p in layers)) or 1.0
+        kept = {p: masks[net][p] if net in masks else torch.ones_like(net_values[p], dtype=torch.bool) for p in layers}
+        total += float(sum((net_values[p].detach().double() * kept[p]).sum() for p in layers)) / mass
+    return total
+
+
 def bisect_targets(run: Any, targets: dict[str, float], searched: list[str]) -> tuple[dict[str, float], dict[str, Any]]:
     """pruner.budget_search=bisect: the least sparsity of the `searched` networks whose costs all meet
     their limits (the others keep their target), and the search's report."""
@@ -179,4 +192,5 @@ def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]]
 
 
 __all__ = ["CostBudget", "LayerOrder", "NetMasks", "SEARCHES", "bisect_targets", "constrained_masks", "cost_budgets",
+           "retained_value",
            "layer_key", "measured", "search_settings"]

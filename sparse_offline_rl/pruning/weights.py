@@ -17,7 +17,7 @@ from torch import nn
 
 from sparse_offline_rl.pruning.allocation import keep_count, keep_dense_layers
 from sparse_offline_rl.pruning.batches import ExampleBatch, scoring_batches, seed_for
-from sparse_offline_rl.pruning.budget_search import NetMasks, bisect_targets, constrained_masks
+from sparse_offline_rl.pruning.budget_search import NetMasks, bisect_targets, constrained_masks, retained_value
 from sparse_offline_rl.pruning.budgets import budget_keep, budget_networks
 from sparse_offline_rl.pruning.config import PrunerConfig, check_sparsity, per_network
 from sparse_offline_rl.pruning.iterative import prune_module
@@ -157,9 +157,15 @@ def score_networks(run: WeightPass, sample_batch: Any, targets: dict[str, float]
             masks, reports, cost_report = constrained_networks(run, targets, searched)
         else:
             if cfg.budget_cost is not None:
+                began = time.perf_counter()
                 targets, cost_report = bisect_targets(run, targets, searched)
                 torch.manual_seed(run.seed)
             masks, reports = run.prune_all(targets, cfg.allow_layer_collapse)
+            if cost_report is not None:
+                # The constrained search's reward of these masks, so the two searches compare.
+                values = {n: layer_scores(run, n)[1] for n in searched}
+                cost_report["reward"] = retained_value(values, masks, {n: run.setup(n).dense_layers for n in searched})
+                cost_report["seconds"] = time.perf_counter() - began
         if cost_report is not None:
             for name in searched:
                 reports[name]["target_from"] = "budget_cost"
