@@ -14,8 +14,8 @@ cost c_j(counts) with a limit b_j. The policy is a Gaussian N(mu, sigma^2) over 
 by the score-function (REINFORCE) gradient with standardized advantages (Adam on mu and log sigma),
 then the multipliers take a dual-ascent step lambda_j <- max(0, lambda_j + eta * mean_j(c_j / b_j - 1)).
 PPO's clipped surrogate is left out: it exists to reuse a batch of multi-step episodes for several
-epochs, and each batch here is used once. The start mean is the uniform density bisection finds for
-the first budget, so the search starts where bisection ends, and that point is one of its probes.
+epochs, and each batch here is used once. The start mean is the uniform density bisection finds under
+every budget, so the search starts where bisection ends, and that point is one of its probes.
 
 Every distinct allocation costs one probe (a repeated one is read from a cache); a cost within
 `near_limit` of its limit is measured `repeats` times and the median kept (noisy latencies). The
@@ -125,12 +125,12 @@ def _logits(sizes: Mapping[str, int], density: float) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _uniform_start(sizes: Mapping[str, int], probes: _Probes, first: Budget, steps: int = 12) -> float:
-    """Bisection on one density shared by every layer, for the first budget: the search's start."""
-    lo, hi = 0.0, 1.0  # densities; cost assumed not to decrease with density
+def _uniform_start(sizes: Mapping[str, int], probes: _Probes, steps: int = 12) -> float:
+    """Bisection on one density shared by every layer, meeting every budget: the search's start."""
+    lo, hi = 0.0, 1.0  # densities; costs assumed not to decrease with density
     for _ in range(steps):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if probes(_counts(sizes, _logits(sizes, mid)))["costs"][first.name] <= first.limit else (lo, mid)
+        lo, hi = (mid, hi) if probes(_counts(sizes, _logits(sizes, mid)))["feasible"] else (lo, mid)
     return max(lo, 1e-4)
 
 
@@ -165,7 +165,7 @@ def search(sizes: Mapping[str, int], reward: Callable[[Counts], float], budgets:
         missed = ", ".join(f"{b.name} {floor['costs'][b.name]:g} > {b.limit:g}" for b in budgets
                            if floor["costs"][b.name] > b.limit)
         raise ConfigError(f"pruner.budget_cost: no allocation keeping a weight in every layer meets the budget ({missed})")
-    mu = _logits(sizes, _uniform_start(sizes, probes, budgets[0]))
+    mu = _logits(sizes, _uniform_start(sizes, probes))
     log_std = np.full(len(sizes), np.log(settings.init_std))
     opt_mu, opt_std = _Adam(settings.lr, mu.shape), _Adam(settings.lr, mu.shape)
     lambdas, scale = np.zeros(len(budgets)), abs(probes(_counts(sizes, mu))["reward"]) or 1.0
