@@ -7,6 +7,7 @@
   python -m sparse_offline_rl.evaluate select RUN_DIR... [out=selection.json] [seed=0] [fqe_steps=8000]
                                        [rows=20000] [logme_rows=4096] [reps=100] [scores=fqe,logme,...]
                                        [device=cpu] [threads=1]
+  python -m sparse_offline_rl.evaluate checkpoints RUN_DIR... [out=checkpoints.json] [reps=2000] [seed=0]
 
 Bad input ends with one line naming the value and what is accepted (exit status 2).
 """
@@ -24,13 +25,14 @@ if TYPE_CHECKING:
 
 EVALUATE_KEYS = {"run_dir", "suite", "episodes", "seed", "device", "threads", "progress"}
 COMPARE_KEYS = {"by", "reps", "out", "seed"}
+CHECKPOINTS_KEYS = {"out", "reps", "seed"}
 SELECT_KEYS = {"out", "seed", "fqe_steps", "rows", "logme_rows", "reps", "scores", "device", "threads"}
 
 
 def evaluate_command(args: Sequence[str]) -> None:
     options, positional = parse_overrides(args, EVALUATE_KEYS)
     if positional:
-        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...), 'compare DIR...' or 'select DIR...'")
+        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...), 'compare DIR...', 'select DIR...' or 'checkpoints DIR...'")
     if "run_dir" not in options:
         raise ConfigError("run_dir=PATH is required (a training run directory holding checkpoint.pt)")
     import torch
@@ -109,13 +111,31 @@ def select_command(args: Sequence[str]) -> None:
     print(ranking.to_csv(rows), end="")
     print("\n".join(ranking.summary_lines(records, settings.scores, seed=settings.seed)))
     out = Path(options.get("out", "selection.json"))
-    agreement = {s: ranking.agreement(records, s, seed=settings.seed) for s in settings.scores}
+    agreement = {s: ranking.agreement_by_cell(records, s, seed=settings.seed) for s in settings.scores}
     recommendation = {s: ranking.recommend(records, s) for s in settings.scores}
     atomic_write_json(out, {"runs": records, "recommendation": recommendation, "agreement": agreement})
     atomic_write_text(out.with_suffix(".csv"), ranking.to_csv(rows))
     figure = ranking.figure(records, settings.scores, out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.csv')}" + (f" and {figure}" if figure else "")
           + f"; each run's scores in RUN_DIR/offline_scores.json")
+
+
+def checkpoints_command(args: Sequence[str]) -> None:
+    options, run_dirs = parse_overrides(args, CHECKPOINTS_KEYS)
+    if not run_dirs:
+        raise ConfigError("checkpoints needs one or more training run directories holding eval.csv and metrics.jsonl")
+    from sparse_offline_rl.evaluation import checkpoints
+    from sparse_offline_rl.io import atomic_write_json
+
+    result = checkpoints.checkpoint_selection(run_dirs, reps=to_int("reps", options.get("reps", "2000"), 1),
+                                              seed=to_int("seed", options.get("seed", "0")))
+    if not result["runs"]:
+        raise ConfigError(f"none of the {len(run_dirs)} run directories has an eval.csv to select from")
+    print("\n".join(checkpoints.summary_lines(result)))
+    out = Path(options.get("out", "checkpoints.json"))
+    atomic_write_json(out, result)
+    figure = checkpoints.figure(result, out.with_suffix(".png"))
+    print(f"wrote {out}" + (f" and {figure}" if figure else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             compare_command(args[1:])
         elif args and args[0] == "select":
             select_command(args[1:])
+        elif args and args[0] == "checkpoints":
+            checkpoints_command(args[1:])
         else:
             evaluate_command(args)
     except (ImportError, *USER_ERRORS) as err:

@@ -215,3 +215,22 @@ def test_report_select_ranks_a_sweep_and_recommends_a_run(tmp_path, capsys):
         report_main([str(root), "--select", "nope"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_top_k_precision_seed_bootstrap_and_cells_by_hand():
+    scores, truth = np.array([5.0, 4.0, 3.0, 2.0]), np.array([1.0, 9.0, 8.0, 0.0])
+    assert ranking.top_k_precision(scores, truth, 2) == 0.5  # picks runs 0, 1; truly best are 1, 2
+    assert ranking.top_k_precision(scores, truth, 4) == 1.0
+    boot, unit = ranking.resamples([0, 0, 1, 1, 2, 2], 50, np.random.default_rng(0))
+    assert unit == "seeds" and all(len(b) == 6 for b in boot)
+    for b in boot:  # whole seeds: runs of one seed come together
+        assert all(sorted(b[j:j + 2].tolist()) in ([0, 1], [2, 3], [4, 5]) for j in range(0, 6, 2))
+    assert ranking.resamples([0, 0, 0], 5, np.random.default_rng(0))[1] == "runs"
+    records = [{"run_dir": f"{algo}{i}", "meta": {"algo": algo, "dataset": "hopper-medium", "seed": i},
+                "scores": {"fqe": {"value": float(i)}}, "true": {"normalized_score_mean": float(sign * i)}}
+               for algo, sign in (("iql", 1), ("td3bc", -1)) for i in range(4)]
+    cells = ranking.agreement_by_cell(records, "fqe", reps=100)
+    assert set(cells) == {"iql/hopper-medium", "td3bc/hopper-medium"}
+    assert cells["iql/hopper-medium"]["spearman"] == pytest.approx(1.0) and cells["iql/hopper-medium"]["regret_at_1"] == 0
+    assert cells["td3bc/hopper-medium"]["spearman"] == pytest.approx(-1.0)
+    assert cells["td3bc/hopper-medium"]["top_k_precision"] == pytest.approx(2 / 3) and cells["iql/hopper-medium"]["bootstrap"] == "seeds"

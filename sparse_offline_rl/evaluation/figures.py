@@ -3,7 +3,6 @@ degradation curve per perturbation, and the training diagnostics from metrics.js
 logged them) and the constrained budget search's (budget_search.png)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +13,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sparse_offline_rl.evaluation.perturbations import ALL_GROUPS, NOMINAL_LEVEL  # noqa: E402
+from sparse_offline_rl.evaluation.run_logs import read_diagnostics  # noqa: E402
 from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
 
 DIAGNOSTIC_PANELS = (  # (title, [(metrics.jsonl key, legend)])
@@ -22,13 +22,6 @@ DIAGNOSTIC_PANELS = (  # (title, [(metrics.jsonl key, legend)])
     ("Q(s0, pi(s0)) vs. return", [("q_s0", "Q(s0, pi(s0))"), ("discounted_return_s0", "discounted return")]),
     ("policy churn", [("policy_churn", "mean |a_t - a_prev|")]),
 )
-
-
-def read_diagnostics(metrics_path: Path) -> list[dict[str, Any]]:
-    if not metrics_path.exists():
-        return []
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind") == "diagnostics"]
 
 
 def _value(row: Mapping[str, Any], use_scores: bool) -> tuple[float, float]:

@@ -8,8 +8,9 @@ regret, and, where the runs were also evaluated in the simulator, how well the s
   sampling noise allows, not the regret in true return: that needs the score checked against true
   returns (`agreement`), on this sweep or on a reference study.
 - `agreement`: with each run's true final result (summary.json), Spearman's rank correlation of the
-  score with the true normalised score, and regret@1 = best true score - the true score of the run
-  the score puts first, each with a bootstrap CI over runs (runs resampled with replacement).
+  score with the true normalised score, regret@1 = best true score - the true score of the run the
+  score puts first, and top-k precision (the share of the score's top k that are truly top k), each
+  with a bootstrap CI over seeds (`resamples`); `agreement_by_cell` within each algorithm x dataset.
 """
 from __future__ import annotations
 
@@ -73,21 +74,61 @@ def regret_at_1(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(truth.max() - truth[int(np.argmax(scores))])
 
 
-def agreement(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0) -> dict[str, Any] | None:
-    """Spearman and regret@1 of `score` against the true normalised scores, with bootstrap 95% CIs over
-    runs; None with fewer than 3 runs that have both."""
-    pairs = [(oriented(r, check_score(score)), true_score(r)) for r in records]
-    pairs = [p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])]
-    if len(pairs) < 3:
+def top_k_precision(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """The fraction of the score's top k runs that are among the true top k (ties by index)."""
+    k = min(k, len(scores))
+    picked = set(np.argsort(-scores, kind="stable")[:k].tolist())
+    best = set(np.argsort(-truth, kind="stable")[:k].tolist())
+    return len(picked & best) / k
+
+
+def resamples(seeds: Sequence[Any], reps: int, rng: np.random.Generator) -> tuple[list[np.ndarray], str]:
+    """Bootstrap index sets over the runs: seeds resampled with replacement, each drawn seed bringing
+    all its runs (runs of one seed share a dataset shuffle and evaluation episodes, so they are not
+    independent draws), when there are at least 2 seeds; else the runs themselves."""
+    n = len(seeds)
+    groups: dict[Any, list[int]] = {}
+    for i, seed in enumerate(seeds):
+        groups.setdefault(seed, []).append(i)
+    if None in groups or len(groups) < 2:
+        return [rng.integers(0, n, n) for _ in range(reps)], "runs"
+    keys = list(groups)
+    draws = rng.integers(0, len(keys), (reps, len(keys)))
+    return [np.concatenate([groups[keys[j]] for j in row]) for row in draws], "seeds"
+
+
+def agreement(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0, k: int = 3) -> dict[str, Any] | None:
+    """Spearman, regret@1 and top-k precision of `score` against the true normalised scores, with
+    bootstrap 95% CIs over seeds (`resamples`); None with fewer than 3 runs that have both."""
+    rows = [(oriented(r, check_score(score)), true_score(r), (r.get("meta") or {}).get("seed")) for r in records]
+    rows = [row for row in rows if math.isfinite(row[0]) and math.isfinite(row[1])]
+    if len(rows) < 3:
         return None
-    s, t = np.array(pairs).T
-    rng = np.random.default_rng(seed)
-    boot = rng.integers(0, len(s), (reps, len(s)))
+    s, t = np.array([row[:2] for row in rows]).T
+    boot, unit = resamples([row[2] for row in rows], reps, np.random.default_rng(seed))
     rho = np.array([spearman(s[i], t[i]) for i in boot])
     regret = np.array([regret_at_1(s[i], t[i]) for i in boot])
+    precision = np.array([top_k_precision(s[i], t[i], k) for i in boot])
     interval = lambda x: [float(v) for v in np.nanpercentile(x, [2.5, 97.5])] if np.isfinite(x).any() else [math.nan] * 2  # noqa: E731
     return {"score": score, "runs": len(s), "spearman": spearman(s, t), "spearman_ci": interval(rho),
-            "regret_at_1": regret_at_1(s, t), "regret_at_1_ci": interval(regret), "true_best": float(t.max())}
+            "regret_at_1": regret_at_1(s, t), "regret_at_1_ci": interval(regret), "k": min(k, len(s)),
+            "top_k_precision": top_k_precision(s, t, k), "top_k_precision_ci": interval(precision),
+            "true_best": float(t.max()), "bootstrap": unit}
+
+
+def cell_of(record: Record) -> str:
+    """A run's algorithm x dataset cell, "algo/dataset": runs are ranked against each other within one."""
+    meta = record.get("meta") or {}
+    return f"{meta.get('algo')}/{meta.get('dataset') or meta.get('env')}"
+
+
+def agreement_by_cell(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """`agreement` within each algorithm x dataset cell (cells with fewer than 3 scored runs left out)."""
+    cells: dict[str, list[Record]] = {}
+    for r in records:
+        cells.setdefault(cell_of(r), []).append(r)
+    found = {cell: agreement(runs, score, reps=reps, seed=seed) for cell, runs in sorted(cells.items())}
+    return {cell: a for cell, a in found.items() if a is not None}
 
 
 def table_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
@@ -138,11 +179,12 @@ def summary_lines(records: Sequence[Record], scores: Sequence[str], reps: int = 
         lines.append(f"{score} ({'higher' if SCORES[score] else 'lower'} is better): recommend {rec['run']} "
                      f"({_fmt(rec['value'])}); P(best) {_fmt(rec['p_best'])}, expected regret {_fmt(rec['expected_regret'])} "
                      f"(score units, from the score's bootstrap)")
-        agr = agreement(records, score, reps=reps, seed=seed)
-        if agr is not None:
-            lines.append(f"  vs true score over {agr['runs']} runs: Spearman {agr['spearman']:.2f} "
+        for cell, agr in agreement_by_cell(records, score, reps=reps, seed=seed).items():
+            lines.append(f"  {cell}, vs true score over {agr['runs']} runs: Spearman {agr['spearman']:.2f} "
                          f"[{agr['spearman_ci'][0]:.2f}, {agr['spearman_ci'][1]:.2f}], regret@1 {agr['regret_at_1']:.2f} "
-                         f"[{agr['regret_at_1_ci'][0]:.2f}, {agr['regret_at_1_ci'][1]:.2f}] (normalised score)")
+                         f"[{agr['regret_at_1_ci'][0]:.2f}, {agr['regret_at_1_ci'][1]:.2f}] (normalised score), "
+                         f"top-{agr['k']} precision {agr['top_k_precision']:.2f} [{agr['top_k_precision_ci'][0]:.2f}, "
+                         f"{agr['top_k_precision_ci'][1]:.2f}] (bootstrap over {agr['bootstrap']})")
     return lines
 
 
@@ -181,4 +223,4 @@ def figure(records: Sequence[Record], scores: Sequence[str], path: Path | str) -
     return atomic_save_figure(fig, path)
 
 
-__all__ = ["SCORES", "agreement", "check_score", "figure", "recommend", "summary_lines", "table_rows", "to_csv"]
+__all__ = ["SCORES", "agreement", "agreement_by_cell", "cell_of", "check_score", "resamples", "top_k_precision", "figure", "recommend", "summary_lines", "table_rows", "to_csv"]

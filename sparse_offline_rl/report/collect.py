@@ -7,9 +7,6 @@ never started is listed as missing instead of silently dropped.
 """
 from __future__ import annotations
 
-from sparse_offline_rl.errors import ReportError
-
-import csv
 import json
 import math
 import os
@@ -19,6 +16,9 @@ from typing import Any, Iterator
 
 import numpy as np
 import yaml
+
+from sparse_offline_rl.errors import ReportError
+from sparse_offline_rl.evaluation.run_logs import read_curve
 
 #: A run's final score is the mean of its last FINAL_EVALS evaluations (fewer if it has fewer), which
 #: is steadier than the last one alone; its best evaluation is reported beside it.
@@ -137,18 +137,6 @@ def expected_jobs(root: Path, exclude: tuple[str, ...]) -> list[tuple[str, ...]]
     parsed = OverridesParser.create().parse_overrides(arguments)
     batches = BasicSweeper.split_arguments(parsed, None)
     return [normalise(job, exclude) for batch in batches for job in batch]
-
-
-def read_curve(run_dir: str | Path, column: str = "normalized_score_mean") -> tuple[np.ndarray, np.ndarray] | None:
-    """(steps, values) of a run's evaluations from its eval.csv, or None without any."""
-    file = Path(run_dir) / "eval.csv"
-    if not file.exists():
-        return None
-    with open(file) as f:
-        rows = [r for r in csv.DictReader(f) if r.get(column) not in (None, "")]
-    if not rows:
-        return None
-    return np.array([int(r["step"]) for r in rows]), np.array([float(r[column]) for r in rows])
 
 
 def curve_scores(run_dir: str | Path, column: str = "normalized_score_mean") -> tuple[float, float]:

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sparse_offline_rl.io import atomic_save_figure  # noqa: E402
-from sparse_offline_rl.report.collect import read_curve  # noqa: E402
+from sparse_offline_rl.evaluation.run_logs import read_curve  # noqa: E402
 
 Row = Mapping[str, Any]
 
