@@ -104,7 +104,8 @@ def select_command(args: Sequence[str]) -> None:
     from sparse_offline_rl.io import atomic_write_json, atomic_write_text
 
     def progress(record: dict) -> None:
-        print(f"scored {record['run_dir']} ({record['eval_split']} split) in {record['seconds']:.0f} s")
+        how = "reused its offline_scores.json" if record.get("reused") else f"in {record['seconds']:.0f} s"
+        print(f"scored {record['run_dir']} ({record['eval_split']} split) {how}")
 
     records = select_runs(run_dirs, settings, device=options.get("device", "cpu"), progress=progress)
     rows = ranking.table_rows(records)

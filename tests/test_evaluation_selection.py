@@ -171,8 +171,14 @@ def test_select_command_writes_table_and_figure_and_refuses_bad_input(trained_ru
     args = ["select", *map(str, trained_runs), f"out={out}", "fqe_steps=30", "rows=300", "logme_rows=100", "reps=10"]
     assert evaluate_main(args) == 0
     assert out.exists() and out.with_suffix(".csv").exists() and out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    assert len(json.loads(out.read_text())["runs"]) == 2
+    first = json.loads(out.read_text())["runs"]
+    assert len(first) == 2
     capsys.readouterr()
+    assert evaluate_main(args) == 0  # the same checkpoints and settings: read back, not scored again
+    assert capsys.readouterr().out.count("reused its offline_scores.json") == 2
+    assert [r["scores"] for r in json.loads(out.read_text())["runs"]] == [r["scores"] for r in first]
+    assert evaluate_main(args[:-1] + ["reps=11"]) == 0  # other settings: scored again
+    assert "reused" not in capsys.readouterr().out
     for bad, message in ((["select", str(trained_runs[0]), "fqe_steps=0"], "fqe_steps=0 is invalid"),
                          (["select", str(trained_runs[0]), "scores=fqe,nope"], "scores=fqe,nope is invalid"),
                          (["select", str(tmp_path)], "no checkpoint.pt"), (["select", "x", "steps=3"], "unknown option 'steps'")):

@@ -43,7 +43,7 @@ from sparse_offline_rl.evaluation.fqe import FQESettings, fit_fqe
 from sparse_offline_rl.evaluation.logme import logme, logme_replicates, penultimate_features, returns_to_go
 from sparse_offline_rl.evaluation.ranking import SCORES
 from sparse_offline_rl.evaluation.suite import q_of_start_states
-from sparse_offline_rl.io import atomic_write_json, load_checkpoint
+from sparse_offline_rl.io import atomic_write_json, code_version, load_checkpoint
 from sparse_offline_rl.pruning.rng import untouched_rngs
 from sparse_offline_rl.seeding import Stream, stream_seed
 
@@ -180,16 +180,34 @@ def score_run(run_dir: Path | str, dataset: OfflineDataset, settings: SelectionS
     start = time.perf_counter()
     agent = load_agent(run_dir, dataset=dataset, device=device)
     record = {"run_dir": str(run_dir), "meta": agent.meta, **score_agent(agent, dataset, settings),
-              "true": true_result(run_dir), "settings": dataclasses.asdict(settings)}
+              "true": true_result(run_dir), "settings": settings_record(settings), "code": code_version()}
     record["seconds"] = time.perf_counter() - start
     atomic_write_json(Path(run_dir) / SCORES_FILE, record)
     return record
 
 
+def settings_record(settings: SelectionSettings) -> dict[str, Any]:
+    """The settings as offline_scores.json keeps them (JSON: tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+def scored_before(run_dir: Path | str, settings: SelectionSettings) -> dict[str, Any] | None:
+    """RUN_DIR/offline_scores.json if it scored this checkpoint (same step) with these settings, its
+    true result read again (a run may have finished since); else None. Scoring a study's runs again
+    after more of them finish then costs only the new ones."""
+    prior = read_scores(run_dir)
+    if prior is None or prior.get("settings") != settings_record(settings):
+        return None
+    if prior.get("meta", {}).get("step") != load_checkpoint(Path(run_dir) / "checkpoint.pt").get("step"):
+        return None
+    return {**prior, "true": true_result(run_dir), "reused": True}
+
+
 def select_runs(run_dirs: Sequence[Path | str], settings: SelectionSettings = SelectionSettings(), device: str = "cpu",
                 load: Callable[[str, str], OfflineDataset] | None = None,
                 progress: Callable[[Mapping[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Score every run; each dataset is loaded once (`load(dataset, env)`, default `data.load_dataset`)."""
+    """Score every run (reusing `scored_before` records); each dataset is loaded once (`load(dataset,
+    env)`, default `data.load_dataset`)."""
     if load is None:
         from sparse_offline_rl.data import load_dataset as load_by_id
 
@@ -201,10 +219,13 @@ def select_runs(run_dirs: Sequence[Path | str], settings: SelectionSettings = Se
     datasets: dict[tuple[str, str], OfflineDataset] = {}
     records = []
     for run_dir in run_dirs:
-        key = run_dataset_key(run_dir)
-        if key not in datasets:
-            datasets[key] = load(*key)
-        records.append(score_run(run_dir, datasets[key], settings, device))
+        record = scored_before(run_dir, settings)
+        if record is None:
+            key = run_dataset_key(run_dir)
+            if key not in datasets:
+                datasets[key] = load(*key)
+            record = score_run(run_dir, datasets[key], settings, device)
+        records.append(record)
         if progress is not None:
             progress(records[-1])
     return records
