@@ -112,9 +112,14 @@ def select_command(args: Sequence[str]) -> None:
     print(ranking.to_csv(rows), end="")
     print("\n".join(ranking.summary_lines(records, settings.scores, seed=settings.seed)))
     out = Path(options.get("out", "selection.json"))
-    agreement = {s: ranking.agreement_by_cell(records, s, seed=settings.seed) for s in settings.scores}
+    agreement = {s: {"runs": ranking.agreement_by_cell(records, s, seed=settings.seed),
+                     "configurations": ranking.agreement_by_cell(records, s, seed=settings.seed, of=ranking.config_agreement)}
+                 for s in settings.scores}
     recommendation = {s: ranking.recommend(records, s) for s in settings.scores}
-    atomic_write_json(out, {"runs": records, "recommendation": recommendation, "agreement": agreement})
+    # Each run's bootstrap replicates stay in its RUN_DIR/offline_scores.json; the table keeps the values.
+    lean = [{**r, "scores": {k: {f: v for f, v in e.items() if f != "replicates"} for k, e in r["scores"].items()}}
+            for r in records]
+    atomic_write_json(out, {"runs": lean, "recommendation": recommendation, "agreement": agreement})
     atomic_write_text(out.with_suffix(".csv"), ranking.to_csv(rows))
     figure = ranking.figure(records, settings.scores, out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.csv')}" + (f" and {figure}" if figure else "")

@@ -240,3 +240,15 @@ def test_top_k_precision_seed_bootstrap_and_cells_by_hand():
     assert cells["iql/hopper-medium"]["spearman"] == pytest.approx(1.0) and cells["iql/hopper-medium"]["regret_at_1"] == 0
     assert cells["td3bc/hopper-medium"]["spearman"] == pytest.approx(-1.0)
     assert cells["td3bc/hopper-medium"]["top_k_precision"] == pytest.approx(2 / 3) and cells["iql/hopper-medium"]["bootstrap"] == "seeds"
+
+
+def test_configuration_choice_averages_seeds_by_hand():
+    truth = {"snip": [50.0, 30.0], "grasp": [40.0, 44.0], "random": [5.0, 7.0]}  # means 40, 42, 6
+    score = {"snip": [9.0, 9.0], "grasp": [8.0, 8.0], "random": [1.0, 1.0]}
+    records = [{"run_dir": f"{p}{s}", "meta": {"pruner": p, "sparsity": 0.95, "seed": s},
+                "scores": {"fqe": {"value": score[p][s]}}, "true": {"normalized_score_mean": truth[p][s]}}
+               for p in truth for s in (0, 1)]
+    agr = ranking.config_agreement(records, "fqe", reps=200)
+    assert agr["picked"] == "snip@0.95" and agr["true_best"] == "grasp@0.95"
+    assert agr["regret_at_1"] == pytest.approx(2.0) and agr["spearman"] == pytest.approx(0.5)
+    assert agr["regret_at_1_ci"][0] >= 0 and ranking.config_agreement(records[:4], "fqe") is None

@@ -10,7 +10,8 @@ regret, and, where the runs were also evaluated in the simulator, how well the s
 - `agreement`: with each run's true final result (summary.json), Spearman's rank correlation of the
   score with the true normalised score, regret@1 = best true score - the true score of the run the
   score puts first, and top-k precision (the share of the score's top k that are truly top k), each
-  with a bootstrap CI over seeds (`resamples`); `agreement_by_cell` within each algorithm x dataset.
+  with a bootstrap CI over seeds (`resamples`); `agreement_by_cell` within each algorithm x dataset;
+  `config_agreement` the same for the choice of configuration (pruner, sparsity; seeds averaged).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -116,18 +117,50 @@ def agreement(records: Sequence[Record], score: str, reps: int = 2000, seed: int
             "true_best": float(t.max()), "bootstrap": unit}
 
 
+def config_agreement(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """The configuration-level choice (what a researcher picks: the pruner and sparsity, not one seed's
+    run): each (pruner, sparsity)'s mean oriented score and mean true score over its seeds; Spearman
+    across configurations and regret@1 = best true mean - the true mean of the configuration the score
+    puts first, with a bootstrap over seeds (each resample recomputes every configuration's means from
+    the drawn seeds). None with fewer than 3 configurations or 2 seeds."""
+    rows = [(oriented(r, check_score(score)), true_score(r), (r.get("meta") or {}).get("seed"),
+             ((r.get("meta") or {}).get("pruner"), (r.get("meta") or {}).get("sparsity"))) for r in records]
+    rows = [row for row in rows if math.isfinite(row[0]) and math.isfinite(row[1])]
+    configs, seeds = sorted({row[3] for row in rows}, key=str), sorted({row[2] for row in rows}, key=str)
+    if len(configs) < 3 or len(seeds) < 2 or None in seeds:
+        return None
+    table = {(row[3], row[2]): row[:2] for row in rows}
+
+    def means(drawn: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        cells = [[table[(c, d)] for d in drawn if (c, d) in table] for c in configs]
+        return np.array([[np.mean([v[i] for v in cell]) if cell else math.nan for cell in cells] for i in (0, 1)])
+
+    s, t = means(seeds)
+    rng = np.random.default_rng(seed)
+    boot = [means([seeds[j] for j in rng.integers(0, len(seeds), len(seeds))]) for _ in range(reps)]
+    ok = [(bs, bt) for bs, bt in boot if np.isfinite(bs).all()]
+    interval = lambda x: [float(v) for v in np.nanpercentile(x, [2.5, 97.5])]  # noqa: E731
+    return {"score": score, "configs": [f"{p}@{q}" for p, q in configs], "seeds": len(seeds),
+            "spearman": spearman(s, t), "spearman_ci": interval([spearman(bs, bt) for bs, bt in ok]),
+            "regret_at_1": regret_at_1(s, t), "regret_at_1_ci": interval([regret_at_1(bs, bt) for bs, bt in ok]),
+            "picked": f"{configs[int(np.argmax(s))][0]}@{configs[int(np.argmax(s))][1]}",
+            "true_best": f"{configs[int(np.argmax(t))][0]}@{configs[int(np.argmax(t))][1]}"}
+
+
 def cell_of(record: Record) -> str:
     """A run's algorithm x dataset cell, "algo/dataset": runs are ranked against each other within one."""
     meta = record.get("meta") or {}
     return f"{meta.get('algo')}/{meta.get('dataset') or meta.get('env')}"
 
 
-def agreement_by_cell(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """`agreement` within each algorithm x dataset cell (cells with fewer than 3 scored runs left out)."""
+def agreement_by_cell(records: Sequence[Record], score: str, reps: int = 2000, seed: int = 0,
+                      of: Callable[..., dict[str, Any] | None] = agreement) -> dict[str, Any]:
+    """`agreement` (or `of`, e.g. `config_agreement`) within each algorithm x dataset cell (cells where
+    it is undefined left out)."""
     cells: dict[str, list[Record]] = {}
     for r in records:
         cells.setdefault(cell_of(r), []).append(r)
-    found = {cell: agreement(runs, score, reps=reps, seed=seed) for cell, runs in sorted(cells.items())}
+    found = {cell: of(runs, score, reps=reps, seed=seed) for cell, runs in sorted(cells.items())}
     return {cell: a for cell, a in found.items() if a is not None}
 
 
@@ -185,6 +218,11 @@ def summary_lines(records: Sequence[Record], scores: Sequence[str], reps: int = 
                          f"[{agr['regret_at_1_ci'][0]:.2f}, {agr['regret_at_1_ci'][1]:.2f}] (normalised score), "
                          f"top-{agr['k']} precision {agr['top_k_precision']:.2f} [{agr['top_k_precision_ci'][0]:.2f}, "
                          f"{agr['top_k_precision_ci'][1]:.2f}] (bootstrap over {agr['bootstrap']})")
+        for cell, agr in agreement_by_cell(records, score, reps=reps, seed=seed, of=config_agreement).items():
+            lines.append(f"  {cell}, choosing among {len(agr['configs'])} configurations (means over {agr['seeds']} "
+                         f"seeds): picks {agr['picked']} (truly best: {agr['true_best']}), regret@1 "
+                         f"{agr['regret_at_1']:.2f} [{agr['regret_at_1_ci'][0]:.2f}, {agr['regret_at_1_ci'][1]:.2f}], "
+                         f"Spearman {agr['spearman']:.2f} [{agr['spearman_ci'][0]:.2f}, {agr['spearman_ci'][1]:.2f}]")
     return lines
 
 
@@ -223,4 +261,4 @@ def figure(records: Sequence[Record], scores: Sequence[str], path: Path | str) -
     return atomic_save_figure(fig, path)
 
 
-__all__ = ["SCORES", "agreement", "agreement_by_cell", "cell_of", "check_score", "resamples", "top_k_precision", "figure", "recommend", "summary_lines", "table_rows", "to_csv"]
+__all__ = ["SCORES", "agreement", "agreement_by_cell", "cell_of", "check_score", "config_agreement", "resamples", "top_k_precision", "figure", "recommend", "summary_lines", "table_rows", "to_csv"]
