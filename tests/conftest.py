@@ -129,3 +129,15 @@ def run_cli(*args: str, cwd: Path | str = REPO, pythonpath: list[str] | None = N
         env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def write_cost_module(folder: Path) -> Path:
+    """folder/mycosts.py with `actor_kept(networks)`: the actor's nonzero Linear weights, a budget_cost a
+    run.py subprocess imports (`mycosts:actor_kept`, with `folder` on its PYTHONPATH)."""
+    path = Path(folder) / "mycosts.py"
+    path.write_text(
+        "import torch\n"
+        "def actor_kept(networks):\n"
+        "    return float(sum(int(torch.count_nonzero(m.weight)) for m in networks['actor'].modules()\n"
+        "                     if isinstance(m, torch.nn.Linear)))\n")
+    return path

@@ -175,14 +175,10 @@ def test_layer_order_masks_are_prefixes_of_one_ranking() -> None:
 def test_a_run_records_the_search_and_draws_it(tmp_path) -> None:
     import json
 
-    from conftest import run_cli, write_d4rl_hdf5
+    from conftest import run_cli, write_cost_module, write_d4rl_hdf5
 
     data = write_d4rl_hdf5(tmp_path / "hopper.hdf5", random_dataset("hopper", n=2000))
-    (tmp_path / "mycosts.py").write_text(
-        "import torch\n"
-        "def actor_kept(networks):\n"
-        "    return float(sum(int(torch.count_nonzero(m.weight)) for m in networks['actor'].modules()\n"
-        "                     if isinstance(m, torch.nn.Linear)))\n")
+    write_cost_module(tmp_path)
     result = run_cli("algo=iql", f"dataset={data}", "pruner=snip", "sparsity=0.9", "steps=20", "batch_size=32",
                      "algo.hidden=[32,32]", "eval.every=20", "eval.episodes=1", "tensorboard=false", "progress=false",
                      f"hydra.run.dir={tmp_path}/run", "pruner.budget_search=constrained", "pruner.budget_search_probes=40",

@@ -136,14 +136,10 @@ def test_cli_reports_the_cost_in_the_summary(tmp_path) -> None:
     import os
     import subprocess
 
-    from conftest import REPO, write_d4rl_hdf5
+    from conftest import REPO, write_cost_module, write_d4rl_hdf5
 
     data = write_d4rl_hdf5(tmp_path / "hopper.hdf5", random_dataset("hopper", n=2000))
-    (tmp_path / "mycosts.py").write_text(
-        "import torch\n"
-        "def actor_kept(networks):\n"
-        "    return float(sum(int(torch.count_nonzero(m.weight)) for m in networks['actor'].modules()\n"
-        "                     if isinstance(m, torch.nn.Linear)))\n")
+    write_cost_module(tmp_path)
     pythonpath = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     args = [sys.executable, str(REPO / "run.py"), "algo=iql", f"dataset={data}", "pruner=magnitude", "steps=20",
