@@ -95,8 +95,16 @@ def test_the_budget_is_met_and_pruned_weights_never_come_back(trained, search):
     for name, weight in layer_weights(source.algo.networks()["critic"]).items():
         assert torch.equal(weight, layer_weights(nets["critic"])[name])
     assert summary["pruner"] == f"compress-{search}" and summary["eval"]["episodes"] == 1
-    assert 0 < summary["final_sparsity"] < 1 and summary["compress"]["within_budget"]
+    # sparsity and densities over every prunable weight of every network, as any run's summary
+    weights = [w for net in nets.values() for w in layer_weights(net).values()]
+    nonzero, total = sum(int(torch.count_nonzero(w)) for w in weights), sum(w.numel() for w in weights)
+    assert summary["final_sparsity"] == pytest.approx(1 - nonzero / total) and summary["compress"]["within_budget"]
+    assert summary["density"]["actor"] == pytest.approx(cost / 1472)  # hopper's [32, 32] actor: 1472 weights
     assert (trained / f"out-{search}" / "budget_search.png").exists() == (search == "constrained")
+    if search == "bisect":  # the least feasible sparsity of those probed
+        probes = summary["compress"]["search"]["probes"]
+        chosen = summary["compress"]["search"]["sparsity"]
+        assert all(p["feasible"] == (p["sparsity"] >= chosen) for p in probes)
     # re-running the same compression finds it finished and does nothing
     again, already = compress_run(trained / "run", options(budget_search=search), trained / f"out-{search}")
     assert already and again == summary
@@ -109,6 +117,31 @@ def test_the_reward_is_the_fidelity_of_the_chosen_masks(trained):
     assert job.fidelity.reward_of(job.algo) == pytest.approx(job.search["reward"], rel=1e-12)
     assert job.search["reward"] == max(p["reward"] for p in job.search["probes"] if p["feasible"])
     assert job.search["rows"] == 200 and job.search["rows_split"] == "val"  # all of the 200 held-out rows
+
+
+def test_the_reward_follows_its_formula(trained):
+    job = start(trained / "run", options(networks=("actor", "critic")), trained / "unused")
+    reference, rows = job.agent.algo, job.fidelity.rows
+    generator = torch.Generator().manual_seed(0)
+    masks = {n: {p: torch.rand(w.shape, generator=generator) < 0.7 for p, w in prunable_parameters(net).items()}
+             for n, net in reference.networks().items() if n in ("actor", "critic")}
+    reward = job.fidelity(masks)
+    pruned = copy.deepcopy(reference)
+    with torch.no_grad():
+        for n, layers in masks.items():
+            for p, w in prunable_parameters(pruned.networks()[n]).items():
+                w.mul_(layers[p])
+        obs, data_actions = rows.observations.double(), rows.actions
+        a, a_c = reference.act(rows.observations), pruned.act(rows.observations)
+        e_act = ((a_c - a).double() ** 2).sum() / ((a - a.mean(0)).double() ** 2).sum()
+        critic = reference.networks()["critic"]
+        q, q_c = critic(rows.observations, a).min(0).values, critic(rows.observations, a_c).min(0).values
+        e_val = (q - q_c).clamp_min(0).double().mean() / q.double().std()
+        heads, heads_c = critic(rows.observations, data_actions), pruned.networks()["critic"](rows.observations, data_actions)
+        e_crit = ((heads_c - heads).double() ** 2).mean() / heads.double().var(unbiased=False)
+    assert obs.shape[0] == 200
+    assert reward == pytest.approx(-float(e_act + e_val + e_crit), rel=1e-6)
+    assert reward < 0 and float(e_val) > 0  # this pruning costs value
 
 
 def test_every_mask_holds_in_every_forward_of_fine_tuning(trained, tmp_path):

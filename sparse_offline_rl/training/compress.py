@@ -24,6 +24,7 @@ split, the observation normaliser and the evaluation episodes, so scores compare
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -47,8 +48,10 @@ from sparse_offline_rl.pruning.budget_search import SEARCHES, CostBudget, NetMas
 from sparse_offline_rl.pruning.compression import TrainedOrder, compress_bisect, compress_constrained, trained_weights
 from sparse_offline_rl.pruning.constrained import SearchSettings
 from sparse_offline_rl.seeding import Stream, stream_seed
+from sparse_offline_rl.sparse.kernels import LayerChoice
 from sparse_offline_rl.sparse.linear import densify_algorithm
 from sparse_offline_rl.sparse.narrow import layouts_of, narrow_algorithm, network_densities
+from sparse_offline_rl.sparse_training.final_report import refresh_report
 from sparse_offline_rl.training.config import validate_config
 from sparse_offline_rl.training.logger import MetricsLogger
 from sparse_offline_rl.training.loop import Callback, StepInfo
@@ -216,23 +219,30 @@ def final_eval(job: Compression) -> dict[str, Any]:
     return {**result, "seeds": seeds}
 
 
-def overall_sparsity(masks: MaskSet) -> float:
-    kept = sum(int(m.sum()) for pm in masks.masks.values() for m in pm.values())
-    total = sum(m.numel() for pm in masks.masks.values() for m in pm.values())
-    return 1 - kept / total if total else 0.0
+def final_report(job: Compression) -> dict[str, Any]:
+    """The run's pruning report brought to the compressed masks (per layer kept and density, params,
+    FLOPs; every layer dense-masked), `final_sparsity` over every prunable weight of every network."""
+    report = copy.deepcopy(job.ckpt.get("pruning_report") or {})
+    dense = {net: {p: LayerChoice("dense", "forced by mode") for p in layers} for net, layers in job.masks.masks.items()}
+    refresh_report(report, f"compress-{job.options.budget_search}", job.algo, job.masks, dense, "dense",
+                   int(job.cfg["batch_size"]))
+    kept = sum(info["kept_weights"] for info in report["networks"].values())
+    total = sum(info["prunable_weights"] for info in report["networks"].values())
+    report["final_sparsity"] = 1 - kept / total if total else 0.0
+    return report
 
 
-def summary_of(job: Compression, evaluation: dict[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def summary_of(job: Compression, evaluation: dict[str, Any], source: Mapping[str, Any],
+               report: dict[str, Any]) -> dict[str, Any]:
     """summary.json: the fields every run's summary has (training.summary.summary_of's), then `compress`.
     steps and train_seconds add the fine-tuning to the run's; training_flops are the run's alone."""
-    cfg, record, sparsity = job.cfg, job.record, overall_sparsity(job.masks)
-    report = {**(job.ckpt.get("pruning_report") or {}), "final_sparsity": sparsity}
+    cfg, record, sparsity = job.cfg, job.record, report["final_sparsity"]
     steps = int(source.get("steps", cfg["steps"])) + job.options.finetune_steps
     seconds = float(source.get("train_seconds", 0.0)) + record["finetune_seconds"]
     return {
         "algo": cfg["algo"]["name"], "env": cfg["env"], "dataset": cfg.get("dataset"),
         "pruner": f"compress-{job.options.budget_search}", "sparsity": sparsity,
-        "density": network_densities(job.algo.networks(), job.ckpt.get("pruning_report")),
+        "density": network_densities(job.algo.networks(), report),
         "final_sparsity": sparsity, "training_flops": source.get("training_flops", float("nan")),
         "sparse_training": source.get("sparse_training"), "steps": steps,
         "steps_per_sec": steps / seconds if seconds > 0 else float("nan"), "train_seconds": seconds,
@@ -248,9 +258,10 @@ def write_outputs(job: Compression, logger: MetricsLogger, begin: float) -> dict
     summary.json last: its presence marks a finished output."""
     source = json.loads((job.source / "summary.json").read_text())
     step = int(job.ckpt.get("step") or job.cfg["steps"]) + job.options.finetune_steps
+    report = final_report(job)
     atomic_torch_save(job.out / "checkpoint.pt", {
         "step": step, "algo": job.algo.state_dict(), "masks": job.masks.state_dict(), "sparse_kernels": {},
-        "pruning_report": job.ckpt.get("pruning_report"), "config": job.cfg, "compressed_from": str(job.source),
+        "pruning_report": report, "config": job.cfg, "compressed_from": str(job.source),
     })
     if job.search["search"] == "constrained":
         from sparse_offline_rl.evaluation.figures import plot_budget_search
@@ -259,7 +270,7 @@ def write_outputs(job: Compression, logger: MetricsLogger, begin: float) -> dict
     evaluation = final_eval(job)
     logger.log(job.options.finetune_steps, "eval", {k: v for k, v in evaluation.items() if k != "seeds"})
     job.record["seconds"] = time.perf_counter() - begin  # everything: loading, search, fine-tuning, evaluation
-    summary = summary_of(job, evaluation, source)
+    summary = summary_of(job, evaluation, source, report)
     atomic_write_json(job.out / "summary.json", summary)
     return summary
 
