@@ -47,8 +47,8 @@ class TrainedOrder:
     """The trained weights of the compressed networks ranked by |W| in each layer; `masks(counts)`
     keeps the counts[layer] largest, never more than the layer's nonzeros (`caps`)."""
 
-    def __init__(self, weights: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        self.weights = weights
+    def __init__(self, weights: Mapping[str, Mapping[str, torch.Tensor]], device: torch.device | str = "cpu") -> None:
+        self.weights, self.device = weights, torch.device(device)  # ranked on the CPU, masks on `device`
         self.order = LayerOrder({n: {p: w.abs() for p, w in pw.items()} for n, pw in weights.items()}, {})
         self.caps = {layer_key(n, p): int(torch.count_nonzero(w)) for n, pw in weights.items() for p, w in pw.items()}
         # A layer with no nonzero left keeps nothing and is not searched (the allocator keeps >= 1 per layer).
@@ -57,7 +57,10 @@ class TrainedOrder:
             raise ConfigError(f"networks={','.join(weights)}: every prunable weight is zero; nothing to compress")
 
     def masks(self, counts: Counts) -> NetMasks:
-        return self.order.masks({**{k: 0 for k in self.caps}, **counts})
+        return self.on_device(self.order.masks({**{k: 0 for k in self.caps}, **counts}))
+
+    def on_device(self, masks: NetMasks) -> NetMasks:
+        return {n: {p: m.to(self.device) for p, m in pm.items()} for n, pm in masks.items()}
 
     def at_sparsity(self, sparsity: float) -> NetMasks:
         """Global magnitude within each network at `sparsity` (already-zero weights ranked last, never kept)."""
@@ -68,7 +71,7 @@ class TrainedOrder:
             nonzero = sum(self.caps[layer_key(net, p)] for p in pw)
             # One weight at least, so that the sparsest probe is a network still (as the allocator's floor).
             out[net] = allocate(scores, min(nonzero, max(1, keep_count(total, 1 - sparsity))), "global")
-        return out
+        return self.on_device(out)
 
 
 def search_record(budgets: Sequence[CostBudget], single: bool, costs: Sequence[float]) -> dict[str, Any]:

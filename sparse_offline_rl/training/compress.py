@@ -52,7 +52,7 @@ from sparse_offline_rl.sparse.kernels import LayerChoice
 from sparse_offline_rl.sparse.linear import densify_algorithm
 from sparse_offline_rl.sparse.narrow import layouts_of, narrow_algorithm, network_densities
 from sparse_offline_rl.sparse_training.final_report import refresh_report
-from sparse_offline_rl.training.config import validate_config
+from sparse_offline_rl.training.config import resolve_device, validate_config
 from sparse_offline_rl.training.logger import MetricsLogger
 from sparse_offline_rl.training.loop import Callback, StepInfo
 from sparse_offline_rl.training.setup import problem_spec
@@ -110,6 +110,7 @@ class Compression:
     out: Path
     options: CompressOptions
     seed: int
+    device: str
     ckpt: dict[str, Any]
     agent: EvalAgent  # the trained agent, its networks densified: the reference the reward compares with
     dataset: OfflineDataset
@@ -160,37 +161,37 @@ def start(run_dir: Path | str, options: CompressOptions, out: Path, dataset: Off
     source = Path(run_dir)
     ckpt = source_checkpoint(source)
     cfg, seed = ckpt["config"], int(ckpt["config"]["seed"] if options.seed is None else options.seed)
-    budgets = cost_budgets(options)
+    budgets, device = cost_budgets(options), resolve_device(options.device)
     if dataset is None:
         from sparse_offline_rl.data import load_dataset
 
         dataset = load_dataset(cfg["dataset"], env=cfg["env"])
-    agent = load_agent(source, dataset=dataset, device=options.device)
+    agent = load_agent(source, dataset=dataset, device=device)
     missing = [n for n in options.networks if n not in agent.algo.networks()]
     if missing:
         raise ConfigError(f"networks={','.join(options.networks)}: algo '{cfg['algo']['name']}' has no network "
                           f"{', '.join(missing)}; its networks: {', '.join(agent.algo.networks())}")
     densify_algorithm(agent.algo, list(agent.algo.networks()))  # plain nn.Linear layers, zeros where pruned
     rows, split = fidelity_rows(agent.train_data, agent.val_data, agent.normalizer, options.rows,
-                                stream_seed(seed, Stream.COMPRESS_ROWS), options.device)
+                                stream_seed(seed, Stream.COMPRESS_ROWS), device)
     fidelity = Fidelity(agent.algo, rows, options.networks)
-    fixed = {n: m for n, m in ckpt["masks"].items() if n not in options.networks}
-    order = TrainedOrder(trained_weights(agent.algo.networks(), options.networks))
+    fixed = {n: {p: m.to(device) for p, m in pm.items()} for n, pm in ckpt["masks"].items() if n not in options.networks}
+    order = TrainedOrder(trained_weights(agent.algo.networks(), options.networks), device)
     begin = time.perf_counter()
     chosen, search = search_masks(order, agent, fidelity, budgets, options, seed, fixed)
     search["seconds"] = time.perf_counter() - begin
     search.update(rows=len(rows.observations), rows_split=split)
-    algo = fresh_algorithm(cfg, agent.algo, dataset, options.finetune_steps, options.device,
+    algo = fresh_algorithm(cfg, agent.algo, dataset, options.finetune_steps, device,
                            layouts_of(ckpt.get("pruning_report")), seed)
     masks = MaskSet({**fixed, **chosen}).bind(algo)
-    return Compression(source, out, options, seed, ckpt, agent, dataset, algo, masks, fidelity, search)
+    return Compression(source, out, options, seed, device, ckpt, agent, dataset, algo, masks, fidelity, search)
 
 
 def finetune(job: Compression, logger: MetricsLogger, callbacks: Sequence[Callback] = ()) -> float:
     """`finetune_steps` updates of the run's algorithm on batches of the run's training split (its
     normaliser and reward scale, batch size and logging cadence); returns the seconds it took."""
     agent, cfg = job.agent, job.cfg
-    data = PreparedData(agent.train_data, agent.val_data, agent.normalizer, agent.reward_scale, job.options.device)
+    data = PreparedData(agent.train_data, agent.val_data, agent.normalizer, agent.reward_scale, job.device)
     buffer = data.buffer(stream_seed(job.seed, Stream.COMPRESS_BATCHES))
     batch_size, log_every = int(cfg["batch_size"]), int(cfg.get("log_every", 1000))
     begin = time.perf_counter()
@@ -214,7 +215,7 @@ def final_eval(job: Compression) -> dict[str, Any]:
         nan = float("nan")
         return {"return_mean": nan, "return_std": nan, "normalized_score_mean": nan, "normalized_score_std": nan,
                 "d4rl_score_mean": nan, "d4rl_score_std": nan, "episode_length_mean": nan, "episodes": 0, "seeds": []}
-    result, _ = evaluate(job.algo, job.agent.normalizer, job.dataset, cfg["env"], seeds, job.options.device,
+    result, _ = evaluate(job.algo, job.agent.normalizer, job.dataset, cfg["env"], seeds, job.device,
                          job.agent.discount)
     return {**result, "seeds": seeds}
 
