@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from conftest import FAST_CONFIG, REPO, random_dataset, write_d4rl_hdf5
+from test_algorithms_plugins import masks_hold
 from test_sparse_masks import ForwardProbe
 from sparse_offline_rl import compress as command
+from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.evaluation.agent import load_agent
 from sparse_offline_rl.export import MAX_ABS_DIFF, export_run
 from sparse_offline_rl.io import load_checkpoint
@@ -60,6 +62,8 @@ def trained(tmp_path_factory):
     cfg.update(dataset=str(path), steps=50, log_every=25, checkpoint_every=50, sparsity=0.5, val_fraction=0.2)
     cfg["eval"] = {"every": 50, "episodes": 1, "suite": None}
     train(cfg, root / "run")
+    # TD3+BC: a target actor, and actor updates every other step
+    train({**cfg, "algo": {"name": "td3bc", "hidden": [32, 32]}}, root / "run-td3bc")
     yield root
     sys.path.remove(str(root))
 
@@ -144,13 +148,15 @@ def test_the_reward_follows_its_formula(trained):
     assert reward < 0 and float(e_val) > 0  # this pruning costs value
 
 
-def test_every_mask_holds_in_every_forward_of_fine_tuning(trained, tmp_path):
-    job = start(trained / "run", options(finetune_steps=12), tmp_path)
+@pytest.mark.parametrize("run", ["run", "run-td3bc"])
+def test_every_mask_holds_in_every_forward_of_fine_tuning(trained, tmp_path, run):
+    job = start(trained / run, options(finetune_steps=12), tmp_path)
     before = {p: w.detach().clone() for p, w in prunable_parameters(job.algo.networks()["actor"]).items()}
     probe = ForwardProbe(job.algo, job.masks)
-    finetune(job, MetricsLogger(tmp_path, tensorboard=False))
+    # every forward (online and target copies) is probed; after every step, weights and targets are checked
+    finetune(job, MetricsLogger(tmp_path, tensorboard=False), callbacks=[masks_hold])
     probe.remove()
-    assert probe.forwards > 12 * 3 and probe.violations == []
+    assert probe.forwards > 12 * 2 and probe.violations == []
     # fine-tuning moved the kept weights, and the pruned ones' optimizer state is zero too
     after = prunable_parameters(job.algo.networks()["actor"])
     assert any(not torch.equal(before[p], after[p]) for p in before)
@@ -174,14 +180,20 @@ def test_the_export_reproduces_the_compressed_actor_exactly(trained, tmp_path):
 def test_seeds_reproduce_and_differ(trained, tmp_path):
     runs = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        summary, _ = compress_run(trained / "run", options(finetune_steps=6, seed=seed), tmp_path / name)
+        summary, _ = compress_run(trained / "run", options(finetune_steps=6, seed=seed, eval_episodes=0), tmp_path / name)
         runs[name] = (summary["compress"], load_checkpoint(tmp_path / name / "checkpoint.pt"))
     (rec_a, ckpt_a), (rec_b, ckpt_b), (rec_c, _) = runs["a"], runs["b"], runs["c"]
+    assert rec_a["options"]["eval_episodes"] == 0  # evaluation skipped: no episode, NaN scores
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["eval"]["episodes"] == 0 and summary["eval"]["normalized_score_mean"] != summary["eval"]["normalized_score_mean"]
     assert rec_a["search"]["probes"] == rec_b["search"]["probes"] and rec_a["reward"] == rec_b["reward"]
     for net, state in ckpt_a["algo"].items():
         if isinstance(state, dict) and all(torch.is_tensor(v) for v in state.values()):
             assert all(torch.equal(v, ckpt_b["algo"][net][k]) for k, v in state.items()), net
     assert rec_c["search"]["probes"] != rec_a["search"]["probes"]  # another seed: other rows and samples
+    # an output directory holding another compression is never overwritten
+    with pytest.raises(ConfigError, match="already holds a compression with other options"):
+        compress_run(trained / "run", options(finetune_steps=6, seed=5, eval_episodes=0), tmp_path / "a")
 
 
 def test_a_compressed_critic_keeps_its_budget(trained, tmp_path):
