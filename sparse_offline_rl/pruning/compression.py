@@ -87,8 +87,12 @@ def compress_constrained(order: TrainedOrder, nets: Mapping[str, nn.Module], rew
     def cost(b: CostBudget) -> Callable[[Counts], float]:
         return lambda counts: evaluate_cost(b.fn, b.path, nets, {**fixed, **order.masks(counts)})
 
-    result = constrained_search(order.sizes, lambda counts: reward(order.masks(counts)),
-                                [Budget(b.path, cost(b), b.limit) for b in budgets], seed, settings)
+    try:
+        result = constrained_search(order.sizes, lambda counts: reward(order.masks(counts)),
+                                    [Budget(b.path, cost(b), b.limit) for b in budgets], seed, settings)
+    except ConfigError as err:
+        # The allocator's lines name pruning at initialization's keys; this command's are budget_cost, probes.
+        raise ConfigError(str(err).replace("pruner.budget_search_probes", "probes").replace("pruner.", "")) from None
     report = {"search": "constrained", **search_record(budgets, single, [result.costs[b.path] for b in budgets]),
               "settings": vars(settings), "caps": order.caps, **result.report()}
     return order.masks(result.counts), report
