@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from sparse_offline_rl.errors import ConfigError, StaleRunError
+from sparse_offline_rl.errors import USER_ERRORS, ConfigError, StaleRunError
 
 KINDS = (bool, int, float, str)
 INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
@@ -158,6 +159,17 @@ def parse_overrides(args: Sequence[str], accepted: set[str]) -> tuple[dict[str, 
     return options, positional
 
 
+def run_dir_options(args: Sequence[str], accepted: set[str], example: str) -> dict[str, str]:
+    """A command's key=value options, `run_dir=` among them (required) and nothing positional;
+    `example`: the usage the error lines show (e.g. 'run_dir=runs/... format=onnx')."""
+    options, positional = parse_overrides(args, accepted)
+    if positional:
+        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. {example})")
+    if "run_dir" not in options:
+        raise ConfigError(f"run_dir=PATH is required (e.g. {example})")
+    return options
+
+
 def to_int(key: str, value: str, minimum: int = 0) -> int:
     try:
         number = int(value)
@@ -172,3 +184,14 @@ def to_bool(key: str, value: str) -> bool:
     if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigError(f"{key}={value} is invalid; accepted: true, false")
     return value.lower() in ("true", "1", "yes")
+
+
+def run_command(body: Callable[[list[str]], None], argv: Sequence[str] | None = None) -> int:
+    """A command's exit status: 0 when `body(arguments)` returns, 2 with its one line on stderr when it
+    raises a user error (bad input, a missing file or module), so that a mistake is read, not traced."""
+    try:
+        body(list(sys.argv[1:] if argv is None else argv))
+    except (ImportError, *USER_ERRORS) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from sparse_offline_rl.checks import parse_overrides, to_bool, to_int
-from sparse_offline_rl.errors import USER_ERRORS, ConfigError
+from sparse_offline_rl.checks import parse_overrides, run_command, run_dir_options, to_bool, to_int
+from sparse_offline_rl.errors import ConfigError
 
 if TYPE_CHECKING:
     from sparse_offline_rl.evaluation.selection import SelectionSettings
@@ -30,11 +30,8 @@ SELECT_KEYS = {"out", "seed", "fqe_steps", "rows", "logme_rows", "reps", "scores
 
 
 def evaluate_command(args: Sequence[str]) -> None:
-    options, positional = parse_overrides(args, EVALUATE_KEYS)
-    if positional:
-        raise ConfigError(f"unexpected argument '{positional[0]}'; use key=value (e.g. run_dir=runs/...), 'compare DIR...', 'select DIR...' or 'checkpoints DIR...'")
-    if "run_dir" not in options:
-        raise ConfigError("run_dir=PATH is required (a training run directory holding checkpoint.pt)")
+    options = run_dir_options(args, EVALUATE_KEYS, "run_dir=RUN, a training run directory holding checkpoint.pt; "
+                                                   "or 'compare DIR...', 'select DIR...', 'checkpoints DIR...'")
     import torch
 
     # One thread by default: the policy sees small batches, and extra threads only contend with the
@@ -123,7 +120,7 @@ def select_command(args: Sequence[str]) -> None:
     atomic_write_text(out.with_suffix(".csv"), ranking.to_csv(rows))
     figure = ranking.figure(records, settings.scores, out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.csv')}" + (f" and {figure}" if figure else "")
-          + f"; each run's scores in RUN_DIR/offline_scores.json")
+          + "; each run's scores in RUN_DIR/offline_scores.json")
 
 
 def checkpoints_command(args: Sequence[str]) -> None:
@@ -144,21 +141,19 @@ def checkpoints_command(args: Sequence[str]) -> None:
     print(f"wrote {out}" + (f" and {figure}" if figure else ""))
 
 
+def dispatch(args: list[str]) -> None:
+    if args and args[0] == "compare":
+        compare_command(args[1:])
+    elif args and args[0] == "select":
+        select_command(args[1:])
+    elif args and args[0] == "checkpoints":
+        checkpoints_command(args[1:])
+    else:
+        evaluate_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if args and args[0] == "compare":
-            compare_command(args[1:])
-        elif args and args[0] == "select":
-            select_command(args[1:])
-        elif args and args[0] == "checkpoints":
-            checkpoints_command(args[1:])
-        else:
-            evaluate_command(args)
-    except (ImportError, *USER_ERRORS) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ class Stream(enum.IntEnum):
     SELECTION_BOOTSTRAP = 11  # the bootstrap replicates of each score (P(best), expected regret)
     SPARSE_INIT = 12  # pruner.sparse_init's re-draw, from the pruning seed the run derived (PRUNING)
     BUDGET_SEARCH = 13  # pruner.budget_search=constrained: the allocator's samples of layer densities
+    # `compress` (training.compress) draws these from its own seed= (default: the seed of the run it compresses).
+    COMPRESS_ROWS = 14  # the held-out transitions its fidelity reward is measured on
+    COMPRESS_BATCHES = 15  # the batches of its masked fine-tuning
+    COMPRESS_INIT = 16  # the fresh algorithm it fine-tunes in: construction and its own generators (noise)
+    COMPRESS_SEARCH = 17  # its allocator's samples of layer densities (budget_search=constrained)
 
 
 def stream_seed(run_seed: int, stream: Stream) -> int:

@@ -37,8 +37,8 @@ FILE_EXCEPTIONS: dict[str, tuple[str, str]] = {
 }
 LIBRARY = set(ALLOWED)
 # The commands sit on top of the library and never import each other: run.py -> cli,
-# `python -m sparse_offline_rl.evaluate`, `... .report`, `... .export`.
-ALLOWED.update({command: LIBRARY for command in ("cli", "evaluate", "report", "export")})
+# `python -m sparse_offline_rl.evaluate`, `... .report`, `... .export`, `... .compress`.
+ALLOWED.update({command: LIBRARY for command in ("cli", "evaluate", "report", "export", "compress")})
 
 
 def room_of(module: str) -> str:

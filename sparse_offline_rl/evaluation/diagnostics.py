@@ -33,14 +33,15 @@ from sparse_offline_rl.seeding import Stream, stream_seed
 CHURN_FILE = "diagnostics_churn.pt"
 
 
-def _fixed_rows(n_rows: int, size: int, seed: int) -> torch.Tensor:
+def fixed_rows(n_rows: int, size: int, seed: int) -> torch.Tensor:
     """A fixed random subset of row indices from a private generator (all rows when there are fewer)."""
     if n_rows <= size:
         return torch.arange(n_rows)
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
-def _as_2d(q: torch.Tensor) -> torch.Tensor:
+def critic_heads(q: torch.Tensor) -> torch.Tensor:
+    """A critic's output as (heads, B): a twin critic's (2, B) as it is, a single critic's (B,) as (1, B)."""
     return q if q.dim() > 1 else q.unsqueeze(0)
 
 
@@ -56,9 +57,9 @@ def td_error_rows(algo: Any, batch: Batch, discount: float) -> torch.Tensor | No
         next_v = nets["value"](batch.next_observations)
     else:
         target_critic = targets.get("critic", critic)
-        next_v = _as_2d(target_critic(batch.next_observations, algo.act(batch.next_observations))).min(0).values
+        next_v = critic_heads(target_critic(batch.next_observations, algo.act(batch.next_observations))).min(0).values
     target = batch.rewards + discount * (1.0 - batch.dones) * next_v
-    qs = _as_2d(critic(batch.observations, batch.actions))
+    qs = critic_heads(critic(batch.observations, batch.actions))
     return (qs - target).pow(2).mean(0)
 
 
@@ -107,12 +108,12 @@ class TrainingDiagnostics:
         self.env, self.discount, self.device = env, discount, device
         self.start_state_seeds = [int(s) for s in start_state_seeds]
         # `seed` is the run seed; each probe set has its own stream of it.
-        train_rows = _fixed_rows(len(train_buffer), probe_size, stream_seed(seed, Stream.TRAIN_PROBE))
+        train_rows = fixed_rows(len(train_buffer), probe_size, stream_seed(seed, Stream.TRAIN_PROBE))
         self.train_probe = train_buffer.gather(train_rows.to(train_buffer.device))
         self.val_probe: Batch | None = None
         if val_data is not None:
             val_buffer = TransitionBuffer(val_data, device=device, normalizer=normalizer, reward_scale=reward_scale)
-            val_rows = _fixed_rows(len(val_buffer), probe_size, stream_seed(seed, Stream.VAL_PROBE))
+            val_rows = fixed_rows(len(val_buffer), probe_size, stream_seed(seed, Stream.VAL_PROBE))
             self.val_probe = val_buffer.gather(val_rows.to(val_buffer.device))
         self.churn_obs = self.train_probe.observations[:churn_size]
         self.churn_path = None if run_dir is None else Path(run_dir) / CHURN_FILE
@@ -150,7 +151,7 @@ class TrainingDiagnostics:
             stats = run_episodes(AgentPolicy(self.algo, self.normalizer, self.device), lambda: make_env(self.env),
                                  self.start_state_seeds, discount=self.discount)
         obs = self.normalizer(torch.as_tensor(stats.first_observations, dtype=torch.float32, device=self.device))
-        q = _as_2d(critic(obs, self.algo.act(obs))).min(0).values.double().cpu().numpy()
+        q = critic_heads(critic(obs, self.algo.act(obs))).min(0).values.double().cpu().numpy()
         achieved = self.reward_scale * stats.discounted_returns
         return {"q_s0": float(q.mean()), "discounted_return_s0": float(achieved.mean()),
                 "overestimation": float((q - achieved).mean())}
