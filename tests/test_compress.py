@@ -105,6 +105,9 @@ def test_the_budget_is_met_and_pruned_weights_never_come_back(trained, search):
     assert summary["final_sparsity"] == pytest.approx(1 - nonzero / total) and summary["compress"]["within_budget"]
     assert summary["density"]["actor"] == pytest.approx(cost / 1472)  # hopper's [32, 32] actor: 1472 weights
     assert (trained / f"out-{search}" / "budget_search.png").exists() == (search == "constrained")
+    if search == "constrained":  # started at bisection's answer, so never less reward than it
+        start = summary["compress"]["search"]["start"]
+        assert start["search"] == "bisect" and summary["compress"]["search"]["reward"] >= start["reward"]
     if search == "bisect":  # the least feasible sparsity of those probed
         probes = summary["compress"]["search"]["probes"]
         chosen = summary["compress"]["search"]["sparsity"]

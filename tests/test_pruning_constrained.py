@@ -100,3 +100,16 @@ def test_a_noisy_cost_near_its_limit_is_measured_again():
 def test_bad_settings_fail_early_naming_the_key(change, words):
     with pytest.raises(ConfigError, match=words):
         SearchSettings(**change)
+
+
+def test_a_feasible_start_is_probed_first_and_never_beaten_an_infeasible_one_is_dropped():
+    limit = 0.1 * N.sum()
+    budget = [Budget("params", params, limit)]
+    start = {"a": 100, "b": 400, "c": 200, "d": 50}  # uniform 10%, feasible
+    result = search(SIZES, reward, budget, seed=0, start=start)
+    assert result.probes[1]["counts"] == start and result.reward >= reward(start)
+    assert result.reward >= 0.95 * best_under_params(limit)
+    over = {"a": 1000, "b": 4000, "c": 2000, "d": 500}  # dense: over the limit, so the uniform start is used
+    fallback = search(SIZES, reward, budget, seed=0, start=over)
+    assert fallback.probes[1]["counts"] == over and not fallback.probes[1]["feasible"]
+    assert fallback.costs["params"] <= limit and fallback.reward >= 0.95 * best_under_params(limit)

@@ -161,11 +161,11 @@ def search_settings(cfg: Any) -> SearchSettings:
 
 def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]],
                       values: Mapping[str, Mapping[str, torch.Tensor]], fixed: NetMasks,
-                      searched: list[str]) -> tuple[NetMasks, dict[str, Any]]:
+                      searched: list[str], start: Counts | None = None) -> tuple[NetMasks, dict[str, Any]]:
     """pruner.budget_search=constrained: the searched networks' masks at the allocator's per-layer
     counts, each layer keeping its best-ranked weights by `scores` (its network's dense layers whole),
     the reward being the kept `values` (`LayerOrder.retained`); `fixed`: the masks of the networks
-    not searched, part of every cost call."""
+    not searched, part of every cost call; `start`: the allocation the search begins from."""
     cfg, budgets = run.cfg, cost_budgets(run.cfg)
     dense = {n: run.setup(n).dense_layers for n in searched}
     order = LayerOrder({n: scores[n] for n in searched}, dense)
@@ -181,7 +181,7 @@ def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]]
 
     result = constrained_search(order.sizes, order.retained(values),
                                 [Budget(b.path, cost(b), b.limit) for b in budgets],
-                                stream_seed(run.seed, Stream.BUDGET_SEARCH), search_settings(cfg))
+                                stream_seed(run.seed, Stream.BUDGET_SEARCH), search_settings(cfg), start=start)
     single = isinstance(cfg.budget_cost, str)
     report = {"search": "constrained", "budget_cost": cfg.budget_cost if single else list(cfg.budget_cost),
               "budget_cost_max": one_or_list([b.limit for b in budgets], single),

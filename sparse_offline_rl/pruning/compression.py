@@ -7,7 +7,7 @@ only train weights that were there.
 
 - `constrained`: per-layer kept counts from the constrained-RL allocator (`constrained.search`), the
   layers' sizes capped at their nonzeros, the reward supplied by the caller (fidelity to the trained
-  networks, `evaluation.fidelity`).
+  networks, `evaluation.fidelity`), started from bisection's answer.
 - `bisect`: one sparsity s shared by the compressed networks, each network pruned by global
   magnitude at s (as pruner=magnitude scope=global: keep_count(total, 1 - s) of its weights, the
   already-zero ones ranked below every other), the least s meeting every budget (`budgets.search`).
@@ -87,14 +87,22 @@ def compress_constrained(order: TrainedOrder, nets: Mapping[str, nn.Module], rew
     def cost(b: CostBudget) -> Callable[[Counts], float]:
         return lambda counts: evaluate_cost(b.fn, b.path, nets, {**fixed, **order.masks(counts)})
 
+    # Start where bisection ends: its answer is then a probe, so the allocator never returns less reward.
+    try:
+        start_masks, start_report = compress_bisect(order, nets, reward, budgets, fixed, single)
+        start = {k: c for k, c in kept_counts(start_masks).items() if k in order.sizes}
+        start_record = {k: start_report[k] for k in ("search", "sparsity", "reward", "cost")}
+        start_record["probes"] = len(start_report["probes"])
+    except ConfigError as err:
+        start, start_record = None, {"search": "bisect", "infeasible": str(err)}
     try:
         result = constrained_search(order.sizes, lambda counts: reward(order.masks(counts)),
-                                    [Budget(b.path, cost(b), b.limit) for b in budgets], seed, settings)
+                                    [Budget(b.path, cost(b), b.limit) for b in budgets], seed, settings, start=start)
     except ConfigError as err:
         # The allocator's lines name pruning at initialization's keys; this command's are budget_cost, probes.
         raise ConfigError(str(err).replace("pruner.budget_search_probes", "probes").replace("pruner.", "")) from None
     report = {"search": "constrained", **search_record(budgets, single, [result.costs[b.path] for b in budgets]),
-              "settings": vars(settings), "caps": order.caps, **result.report()}
+              "settings": vars(settings), "caps": order.caps, "start": start_record, **result.report()}
     return order.masks(result.counts), report
 
 

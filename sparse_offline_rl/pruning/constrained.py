@@ -14,8 +14,9 @@ cost c_j(counts) with a limit b_j. The policy is a Gaussian N(mu, sigma^2) over 
 by the score-function (REINFORCE) gradient with standardized advantages (Adam on mu and log sigma),
 then the multipliers take a dual-ascent step lambda_j <- max(0, lambda_j + eta * mean_j(c_j / b_j - 1)).
 PPO's clipped surrogate is left out: it exists to reuse a batch of multi-step episodes for several
-epochs, and each batch here is used once. The start mean is the uniform density bisection finds under
-every budget, so the search starts where bisection ends, and that point is one of its probes.
+epochs, and each batch here is used once. The start mean is a given allocation when it is feasible
+(the callers pass bisection's answer, so the search starts where bisection ends), else the uniform
+density that meets every budget; either way the start is one of the probes.
 
 Every distinct allocation costs one probe (a repeated one is read from a cache); a cost within
 `near_limit` of its limit is measured `repeats` times and the median kept (noisy latencies). The
@@ -119,7 +120,7 @@ def _counts(sizes: Mapping[str, int], z: np.ndarray) -> Counts:
     return {name: int(min(size, max(1, round(d * size)))) for (name, size), d in zip(sizes.items(), density)}
 
 
-def _logits(sizes: Mapping[str, int], density: float) -> np.ndarray:
+def _logits(sizes: Mapping[str, int], density: float | np.ndarray) -> np.ndarray:
     n = np.array(list(sizes.values()), dtype=float)
     p = np.clip((density - 1 / n) / (1 - 1 / n), 1e-4, 1 - 1e-4)
     return np.log(p / (1 - p))
@@ -151,10 +152,21 @@ def _lagrangian(entry: Mapping[str, Any], budgets: Sequence[Budget], lambdas: np
     return entry["reward"] / scale - float(lambdas @ violations)
 
 
+def _start(sizes: Mapping[str, int], probes: _Probes, start: Counts | None) -> np.ndarray:
+    """The policy's first mean: the logits of `start` (e.g. bisection's answer) when that allocation
+    meets every budget, else of the uniform density that does (`_uniform_start`)."""
+    if start is not None:
+        counts = {name: int(min(size, max(1, start.get(name, size)))) for name, size in sizes.items()}
+        if probes(counts)["feasible"]:
+            return _logits(sizes, np.array([counts[name] / size for name, size in sizes.items()]))
+    return _logits(sizes, _uniform_start(sizes, probes))
+
+
 def search(sizes: Mapping[str, int], reward: Callable[[Counts], float], budgets: Sequence[Budget],
-           seed: int, settings: SearchSettings = SearchSettings()) -> SearchResult:
+           seed: int, settings: SearchSettings = SearchSettings(), start: Counts | None = None) -> SearchResult:
     """The best feasible per-layer kept counts found within `settings.probes` evaluations;
-    ConfigError (one line) when no probed allocation meets every limit."""
+    ConfigError (one line) when no probed allocation meets every limit. `start`: an allocation to
+    begin from (it is probed, so a feasible start is never beaten by the answer's reward)."""
     if not budgets:
         raise ConfigError("pruner.budget_search=constrained needs at least one budget; accepted: budget_cost with "
                           "budget_cost_max (one or a list)")
@@ -165,7 +177,7 @@ def search(sizes: Mapping[str, int], reward: Callable[[Counts], float], budgets:
         missed = ", ".join(f"{b.name} {floor['costs'][b.name]:g} > {b.limit:g}" for b in budgets
                            if floor["costs"][b.name] > b.limit)
         raise ConfigError(f"pruner.budget_cost: no allocation keeping a weight in every layer meets the budget ({missed})")
-    mu = _logits(sizes, _uniform_start(sizes, probes))
+    mu = _start(sizes, probes, start)
     log_std = np.full(len(sizes), np.log(settings.init_std))
     opt_mu, opt_std = _Adam(settings.lr, mu.shape), _Adam(settings.lr, mu.shape)
     lambdas, scale = np.zeros(len(budgets)), abs(probes(_counts(sizes, mu))["reward"]) or 1.0

@@ -17,7 +17,8 @@ from torch import nn
 
 from sparse_offline_rl.pruning.allocation import keep_count, keep_dense_layers
 from sparse_offline_rl.pruning.batches import ExampleBatch, scoring_batches, seed_for
-from sparse_offline_rl.pruning.budget_search import NetMasks, bisect_targets, constrained_masks, retained_value
+from sparse_offline_rl.pruning.budget_search import (
+    NetMasks, bisect_targets, constrained_masks, layer_key, retained_value)
 from sparse_offline_rl.pruning.budgets import budget_keep, budget_networks
 from sparse_offline_rl.pruning.config import PrunerConfig, check_sparsity, per_network
 from sparse_offline_rl.pruning.iterative import prune_module
@@ -125,15 +126,33 @@ def layer_scores(run: WeightPass, name: str) -> tuple[dict[str, torch.Tensor], d
     return scores, scores
 
 
+def bisect_start(run: WeightPass, targets: dict[str, float], searched: list[str]) -> tuple[dict[str, int] | None, dict[str, Any]]:
+    """Bisection's answer as per-layer counts of the searched layers, the allocator's start (so it
+    starts where bisection ends), and a record of it; (None, reason) when no sparsity meets the budgets."""
+    try:
+        at, report = bisect_targets(run, targets, searched)
+    except ValueError as err:
+        return None, {"search": "bisect", "infeasible": str(err)}
+    torch.manual_seed(run.seed)
+    masks, _ = run.prune_all(at, True, names=searched)
+    dense = {n: run.setup(n).dense_layers for n in searched}
+    counts = {layer_key(n, p): int(m.sum()) for n in searched for p, m in masks.get(n, {}).items() if p not in dense[n]}
+    return counts, {"search": "bisect", "sparsity": report["sparsity"], "cost": report["cost"],
+                    "probes": len(report["probes"])}
+
+
 def constrained_networks(run: WeightPass, targets: dict[str, float], searched: list[str]
                          ) -> tuple[NetMasks, dict[str, Any], dict[str, Any]]:
     """budget_search=constrained: the other networks pruned to their targets, the searched ones at
-    the allocator's per-layer counts; the masks, the reports and the search's report."""
+    the allocator's per-layer counts, started from bisection's; the masks, the reports and the
+    search's report."""
     others = [n for n in run.nets if n not in searched]
     masks, reports = run.prune_all(targets, run.cfg.allow_layer_collapse, names=others)
+    start, start_report = bisect_start(run, targets, searched)
     scored = {n: layer_scores(run, n) for n in searched}
     found, cost_report = constrained_masks(run, {n: s for n, (s, _) in scored.items()},
-                                           {n: v for n, (_, v) in scored.items()}, masks, searched)
+                                           {n: v for n, (_, v) in scored.items()}, masks, searched, start)
+    cost_report["start"] = start_report
     for name in searched:
         setup, net_masks = run.setup(name), found[name]
         keep = sum(int(m.sum()) for m in net_masks.values())
