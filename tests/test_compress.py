@@ -255,3 +255,14 @@ def test_the_command_writes_a_run_and_an_impossible_budget_fails_in_one_line(tra
                               f"budget_search={search}", "probes=20", "rows=64", root=trained)
         assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
         assert "budget_cost" in failed.stderr and "0.5" in failed.stderr and "pruner." not in failed.stderr
+
+
+def test_a_run_still_training_is_compressed_at_its_last_checkpoint(trained, tmp_path):
+    import shutil
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(trained / "run", unfinished)
+    (unfinished / "summary.json").unlink()
+    summary, _ = compress_run(unfinished, options(budget_search="bisect"), tmp_path / "out")
+    assert summary["compress"]["source_finished"] is False and summary["steps"] == 50
+    assert summary["compress"]["within_budget"]

@@ -126,10 +126,18 @@ class Compression:
 
 
 def source_checkpoint(run_dir: Path) -> dict[str, Any]:
-    for name in ("checkpoint.pt", "summary.json"):
-        if not (run_dir / name).exists():
-            raise FileNotFoundError(f"run_dir={run_dir}: no {name} there (compress takes a finished training run)")
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint.pt there (compress takes a training run's directory)")
     return load_checkpoint(run_dir / "checkpoint.pt")
+
+
+def source_summary(job: "Compression") -> dict[str, Any]:
+    """The source run's summary.json; for a run still training (compressed at its last checkpoint),
+    what its checkpoint says: its step and training seconds so far."""
+    path = job.source / "summary.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"steps": int(job.ckpt["step"]), "train_seconds": float(job.ckpt.get("train_seconds", 0.0)), "finished": False}
 
 
 def fresh_algorithm(cfg: Mapping[str, Any], reference: Any, dataset: OfflineDataset, steps: int, device: str,
@@ -257,7 +265,8 @@ def summary_of(job: Compression, evaluation: dict[str, Any], source: Mapping[str
 def write_outputs(job: Compression, logger: MetricsLogger, begin: float) -> dict[str, Any]:
     """checkpoint.pt (what load_agent reads), budget_search.png (constrained), the evaluation, and
     summary.json last: its presence marks a finished output."""
-    source = json.loads((job.source / "summary.json").read_text())
+    source = source_summary(job)
+    job.record["source_finished"] = source.get("finished", True)
     step = int(job.ckpt.get("step") or job.cfg["steps"]) + job.options.finetune_steps
     report = final_report(job)
     atomic_torch_save(job.out / "checkpoint.pt", {
