@@ -1,7 +1,8 @@
 """Issue 25's evidence table (results/budget_search/): bisection against the constrained allocator at the
-same budgets, from the runs of `python run.py -m +sweep=budget_search`.
+same budgets, from the runs of `python run.py -m +sweep=budget_search`, and (`--compress`) the
+outputs of `bash studies/compress.sh` (trained dense runs fitted to a bytes budget).
 
-  python studies/budget_search.py SWEEP_DIR [--out results/budget_search]
+  python studies/budget_search.py [SWEEP_DIR] [--compress DIR] [--out results/budget_search]
 
 Per run: the budget, the search, the actor's kept fraction and per-layer densities, the search's
 reward (the retained SNIP score, on one scale for both), the costs reached, probes, seconds, and the
@@ -23,11 +24,24 @@ from sparse_offline_rl.io import atomic_save_figure, atomic_write_json, atomic_w
 from sparse_offline_rl.report.collect import curve_scores
 
 
-def run_row(run_dir: Path) -> dict[str, Any] | None:
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
+def run_state(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json of a finished run; for one still training, its checkpoint's pruning report and
+    step (the search is over once it has a checkpoint; its final score is not known yet)."""
+    if (run_dir / "summary.json").exists():
+        return json.loads((run_dir / "summary.json").read_text())
+    if not (run_dir / "checkpoint.pt").exists():
         return None
-    summary = json.loads(summary_path.read_text())
+    from sparse_offline_rl.io import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    return {"pruning": ckpt["pruning_report"], "seed": ckpt["config"]["seed"], "steps": ckpt["step"],
+            "code": None, "unfinished": True}
+
+
+def run_row(run_dir: Path) -> dict[str, Any] | None:
+    summary = run_state(run_dir)
+    if summary is None:
+        return None
     search = summary["pruning"]["budget_cost"]
     actor = summary["pruning"]["networks"]["actor"]
     budget = re.search(r"\+budget=([^,]+)", run_dir.name)
@@ -37,7 +51,8 @@ def run_row(run_dir: Path) -> dict[str, Any] | None:
             "layer_density": {k: round(v, 4) for k, v in actor["layer_density"].items()},
             "reward": search["reward"], "costs": costs, "limits": search["budget_cost_max"],
             "probes": len(search["probes"]), "search_seconds": search["seconds"],
-            "final_score": curve_scores(run_dir)[0], "steps": summary["steps"], "code": summary["code"]}
+            "final_score": float("nan") if summary.get("unfinished") else curve_scores(run_dir)[0],
+            "steps": summary["steps"], "code": summary["code"]}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,7 +74,7 @@ def improvement(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for budget in sorted({r["budget"] for r in rows}):
         by = {s: [r["final_score"] for r in rows if r["budget"] == budget and r["search"] == s]
               for s in ("constrained", "bisect")}
-        if all(by.values()):
+        if all(by.values()) and np.isfinite(by["constrained"] + by["bisect"]).all():
             result[budget] = probability_of_improvement_ci([by["constrained"]], [by["bisect"]])
     return result
 
@@ -104,21 +119,62 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_save_figure(fig, path)
 
 
+def compress_row(out_dir: Path) -> dict[str, Any] | None:
+    """One `compress` output: its options, per-layer counts, bytes, reward before and after fine-tuning,
+    and score, beside its dense source's score (the mean of the source's last 3 evaluations)."""
+    if not (out_dir / "summary.json").exists():
+        return None
+    summary = json.loads((out_dir / "summary.json").read_text())
+    record = summary["compress"]
+    return {"out": out_dir.name, "seed": record["seed"], "search": record["options"]["budget_search"],
+            "finetune_steps": record["finetune_steps"], "counts": record["search"]["counts"],
+            "bytes": record["cost"]["after_finetune"], "limit": record["options"]["budget_cost_max"],
+            "reward_before": record["reward"]["before_finetune"], "reward_after": record["reward"]["after_finetune"],
+            "score": summary["eval"]["normalized_score_mean"], "source_score": curve_scores(Path(record["source"]))[0],
+            "source_steps": summary["steps"] - record["finetune_steps"], "search_seconds": record["search"]["seconds"],
+            "seconds": record["seconds"], "code": summary["code"]}
+
+
+def compress_markdown(rows: list[dict[str, Any]]) -> str:
+    fmt = lambda t, d=1: f"{t[0]:.{d}f} [{t[1]:.{d}f}, {t[2]:.{d}f}]"  # noqa: E731
+    source = stratified_bootstrap_ci([[r["source_score"] for r in rows if r["search"] == "bisect" and not r["finetune_steps"]]],
+                                     statistic=mean)
+    lines = [f"Dense source runs: final score {fmt(source)} at {rows[0]['source_steps']} steps.", "",
+             "| search | fine-tuning steps | seeds | score | fidelity reward (before fine-tuning) | "
+             "after fine-tuning | actor bytes (limit) | search s |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted({(r["search"], r["finetune_steps"]) for r in rows}):
+        group = [r for r in rows if (r["search"], r["finetune_steps"]) == key]
+        ci = lambda field: stratified_bootstrap_ci([[r[field] for r in group]], statistic=mean)  # noqa: E731
+        lines.append(f"| {key[0]} | {key[1]} | {len(group)} | {fmt(ci('score'))} | {fmt(ci('reward_before'), 3)} | "
+                     f"{fmt(ci('reward_after'), 3) if key[1] else '-'} | {np.mean([r['bytes'] for r in group]):.0f} "
+                     f"({group[0]['limit']:.0f}) | {np.mean([r['search_seconds'] for r in group]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path)
+    parser.add_argument("sweep", type=Path, nargs="?")
+    parser.add_argument("--compress", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/budget_search"))
     args = parser.parse_args()
-    rows = [r for r in map(run_row, sorted(p for p in args.sweep.iterdir() if p.is_dir())) if r is not None]
-    if not rows:
-        raise SystemExit(f"error: no finished run under {args.sweep}")
-    groups, better = aggregate(rows), improvement(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "runs.json", {"runs": rows, "groups": groups, "improvement": better,
-                                               "made_by": code_version()})
-    atomic_write_text(args.out / "table.md", markdown(groups, better))
-    figure(rows, args.out / "budget_search.png")
-    print(markdown(groups, better))
+    if args.sweep is not None:
+        rows = [r for r in map(run_row, sorted(p for p in args.sweep.iterdir() if p.is_dir())) if r is not None]
+        if not rows:
+            raise SystemExit(f"error: no finished run under {args.sweep}")
+        groups, better = aggregate(rows), improvement(rows)
+        atomic_write_json(args.out / "runs.json", {"runs": rows, "groups": groups, "improvement": better,
+                                                   "made_by": code_version()})
+        atomic_write_text(args.out / "table.md", markdown(groups, better))
+        figure(rows, args.out / "budget_search.png")
+        print(markdown(groups, better))
+    if args.compress is not None:
+        rows = [r for r in map(compress_row, sorted(p for p in args.compress.iterdir() if p.is_dir())) if r is not None]
+        if not rows:
+            raise SystemExit(f"error: no finished compress output under {args.compress}")
+        atomic_write_json(args.out / "compress.json", {"outputs": rows, "made_by": code_version()})
+        atomic_write_text(args.out / "compress.md", compress_markdown(rows))
+        print(compress_markdown(rows))
 
 
 if __name__ == "__main__":
