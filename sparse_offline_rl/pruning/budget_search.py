@@ -7,7 +7,8 @@
 
 `LayerOrder` is the shared piece: each layer's weights ranked once, so masks of any per-layer counts
 are a prefix of that ranking (a probe costs no re-scoring). `compress` reuses it with the trained
-weights' magnitudes and a reward of its own.
+weights' magnitudes and a reward of its own. `retained_value` is the reward at initialization, of
+both searches' masks.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sparse_offline_rl.pruning.budgets import BUDGET_COST_MAX_SPARSITY, BUDGET_C
 from sparse_offline_rl.pruning.constrained import Budget, Counts, SearchSettings
 from sparse_offline_rl.pruning.constrained import search as constrained_search
 from sparse_offline_rl.seeding import Stream, stream_seed
+from sparse_offline_rl.sparse.wiring import LayerGraph, effective_masks
 
 NetMasks = dict[str, dict[str, torch.Tensor]]
 SEARCHES = ("bisect", "constrained")  # pruner.budget_search
@@ -90,33 +92,23 @@ class LayerOrder:
                 out[net][param] = mask
         return out
 
-    def retained(self, values: Mapping[str, Mapping[str, torch.Tensor]]) -> Callable[[Counts], float]:
-        """reward(counts): per network, the `values` of its kept weights over the network's total
-        |value| (searched layers), summed over networks. Prefix sums in rank order, so a probe is
-        O(layers)."""
-        prefix, total = {}, {}
-        for key, order in self.order.items():
-            net, param = key.split("/", 1)
-            v = values[net][param].detach().flatten().double()[order]
-            prefix[key] = torch.cat([torch.zeros(1, dtype=torch.float64), v.cumsum(0)])
-            total[net] = total.get(net, 0.0) + float(v.abs().sum())
-
-        def reward(counts: Counts) -> float:
-            return float(sum(prefix[k][counts[k]] / (total[k.split("/", 1)[0]] or 1.0) for k in counts))
-
-        return reward
-
 
 def retained_value(values: Mapping[str, Mapping[str, torch.Tensor]], masks: NetMasks,
-                   dense: Mapping[str, Sequence[str]]) -> float:
-    """`LayerOrder.retained` of any masks: per network, the kept `values` over the total |value| of
-    its layers not kept dense, summed over the networks of `values`."""
+                   dense: Mapping[str, Sequence[str]], graphs: Mapping[str, LayerGraph | None] | None = None) -> float:
+    """The reward of `masks`: per network, the `values` of its kept weights over the total |value| of
+    its layers not kept dense, summed over the networks of `values`. Where a network's wiring is known
+    (`graphs`), only its effective weights count (`wiring.effective_masks`): a weight no path from the
+    input to an output crosses cannot matter, and an allocator that kept such weights for their score
+    (say, most of a hidden layer whose units the next layer no longer reads) would be paid for nothing."""
     total = 0.0
     for net, net_values in values.items():
         layers = [p for p in net_values if p not in dense.get(net, ())]
         mass = float(sum(net_values[p].detach().abs().double().sum() for p in layers)) or 1.0
-        kept = {p: masks[net][p] if net in masks else torch.ones_like(net_values[p], dtype=torch.bool) for p in layers}
-        total += float(sum((net_values[p].detach().double() * kept[p]).sum() for p in layers)) / mass
+        kept = {p: masks[net][p] if net in masks else torch.ones_like(net_values[p], dtype=torch.bool) for p in net_values}
+        graph = (graphs or {}).get(net)
+        if graph is not None:
+            kept = {**kept, **effective_masks(graph, kept)}
+        total += float(sum((net_values[p].detach().double() * kept[p].to(net_values[p].device)).sum() for p in layers)) / mass
     return total
 
 
@@ -164,7 +156,7 @@ def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]]
                       searched: list[str], start: Counts | None = None) -> tuple[NetMasks, dict[str, Any]]:
     """pruner.budget_search=constrained: the searched networks' masks at the allocator's per-layer
     counts, each layer keeping its best-ranked weights by `scores` (its network's dense layers whole),
-    the reward being the kept `values` (`LayerOrder.retained`); `fixed`: the masks of the networks
+    the reward being the kept effective `values` (`retained_value`); `fixed`: the masks of the networks
     not searched, part of every cost call; `start`: the allocation the search begins from."""
     cfg, budgets = run.cfg, cost_budgets(run.cfg)
     dense = {n: run.setup(n).dense_layers for n in searched}
@@ -179,14 +171,16 @@ def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]]
     def cost(b: CostBudget) -> Callable[[Counts], float]:
         return lambda counts: evaluate_cost(b.fn, b.path, run.nets, all_masks(counts))
 
-    result = constrained_search(order.sizes, order.retained(values),
+    graphs = {n: run.setup(n).graph for n in searched}
+    result = constrained_search(order.sizes, lambda counts: retained_value(values, order.masks(counts), dense, graphs),
                                 [Budget(b.path, cost(b), b.limit) for b in budgets],
                                 stream_seed(run.seed, Stream.BUDGET_SEARCH), search_settings(cfg), start=start)
     single = isinstance(cfg.budget_cost, str)
     report = {"search": "constrained", "budget_cost": cfg.budget_cost if single else list(cfg.budget_cost),
               "budget_cost_max": one_or_list([b.limit for b in budgets], single),
               "cost": one_or_list([result.costs[b.path] for b in budgets], single), "networks": searched,
-              "reward": "retained score (|W| for magnitude and random), per network over its total |score|",
+              "reward_is": "retained score of the effective weights (|W| for magnitude and random), per network "
+                           "over its total |score|",
               "settings": vars(search_settings(cfg)), **result.report()}
     return order.masks(result.counts), report
 

@@ -183,7 +183,8 @@ def score_networks(run: WeightPass, sample_batch: Any, targets: dict[str, float]
             if cost_report is not None:
                 # The constrained search's reward of these masks, so the two searches compare.
                 values = {n: layer_scores(run, n)[1] for n in searched}
-                cost_report["reward"] = retained_value(values, masks, {n: run.setup(n).dense_layers for n in searched})
+                cost_report["reward"] = retained_value(values, masks, {n: run.setup(n).dense_layers for n in searched},
+                                                       {n: run.setup(n).graph for n in searched})
                 cost_report["seconds"] = time.perf_counter() - began
         if cost_report is not None:
             for name in searched:

@@ -216,6 +216,38 @@ def _graph_from_calls(module: nn.Module, calls: Calls, what: str) -> LayerGraph:
     return LayerGraph(tuple(names), tuple(layers), tuple(parents))
 
 
+def _reach(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None
+           ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer: its kept weights, which input units the network input reaches (`sources`), which
+    output units it reaches (`reached`) and which output units reach a network output (`useful`)."""
+    kept = [
+        (masks[name] != 0) if masks is not None and name in masks
+        else torch.ones(layer.weight.shape, dtype=torch.bool, device=layer.weight.device)
+        for name, layer in zip(graph.names, graph.layers)
+    ]
+    sources: list[torch.Tensor] = []
+    reached: list[torch.Tensor] = []
+    for m, parent in zip(kept, graph.parents):
+        src = torch.ones(m.shape[1], dtype=torch.bool, device=m.device) if parent is None else reached[parent]
+        sources.append(src)
+        reached.append((m & src).any(1))
+    useful: list[torch.Tensor] = [torch.empty(0)] * len(kept)
+    for i in reversed(range(len(kept))):
+        children = graph.children[i]
+        if not children:
+            useful[i] = torch.ones(kept[i].shape[0], dtype=torch.bool, device=kept[i].device)
+        else:
+            useful[i] = torch.stack([(kept[c] & useful[c][:, None]).any(0) for c in children]).any(0)
+    return kept, sources, reached, useful
+
+
+def effective_masks(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per layer, the kept weights on some path from the network input to an output (`connectivity`'s
+    effective weights, as boolean masks): the only ones that can move the output through the input."""
+    kept, sources, _, useful = _reach(graph, masks)
+    return {name: m & useful[i][:, None] & sources[i] for i, (name, m) in enumerate(zip(graph.names, kept))}
+
+
 def connectivity(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Which kept weights can still matter, from the masks (bool / 0-1; a layer without one is dense).
 
@@ -227,24 +259,7 @@ def connectivity(graph: LayerGraph, masks: Mapping[str, torch.Tensor] | None = N
     - `disconnected_outputs`: output layers none of whose units any input reaches, i.e. that
       member or head computes a constant: a collapse.
     """
-    kept = [
-        (masks[name] != 0) if masks is not None and name in masks
-        else torch.ones(layer.weight.shape, dtype=torch.bool, device=layer.weight.device)
-        for name, layer in zip(graph.names, graph.layers)
-    ]
-    sources: list[torch.Tensor] = []  # per layer: which of its input units the network input reaches
-    reached: list[torch.Tensor] = []  # per layer: which of its output units the network input reaches
-    for m, parent in zip(kept, graph.parents):
-        src = torch.ones(m.shape[1], dtype=torch.bool, device=m.device) if parent is None else reached[parent]
-        sources.append(src)
-        reached.append((m & src).any(1))
-    useful: list[torch.Tensor] = [torch.empty(0)] * len(kept)  # per layer: output units that reach an output
-    for i in reversed(range(len(kept))):
-        children = graph.children[i]
-        if not children:
-            useful[i] = torch.ones(kept[i].shape[0], dtype=torch.bool, device=kept[i].device)
-        else:
-            useful[i] = torch.stack([(kept[c] & useful[c][:, None]).any(0) for c in children]).any(0)
+    kept, sources, reached, useful = _reach(graph, masks)
     effective = sum(int((m & useful[i][:, None] & sources[i]).sum()) for i, m in enumerate(kept))
     dead: dict[str, int] = {}
     for i, (name, children) in enumerate(zip(graph.names, graph.children)):
@@ -278,4 +293,4 @@ def try_layer_graph(module: nn.Module, example_inputs: Sequence[torch.Tensor] | 
         return None, str(err)
 
 
-__all__ = ["LayerGraph", "WiringError", "connectivity", "layer_graph", "network_members", "try_layer_graph"]
+__all__ = ["LayerGraph", "WiringError", "connectivity", "effective_masks", "layer_graph", "network_members", "try_layer_graph"]
