@@ -42,10 +42,16 @@ class CostBudget:
     limit: float
 
 
-def cost_budgets(cfg: Any) -> list[CostBudget]:
-    """pruner.budget_cost (a path or a list) with pruner.budget_cost_max (a number or a list as long)."""
+def budget_entries(cfg: Any) -> tuple[list[str], list[Any]]:
+    """pruner.budget_cost and pruner.budget_cost_max as lists, whether each was given as one value or a list."""
     paths = [cfg.budget_cost] if isinstance(cfg.budget_cost, str) else list(cfg.budget_cost)
     limits = list(cfg.budget_cost_max) if isinstance(cfg.budget_cost_max, (list, tuple)) else [cfg.budget_cost_max]
+    return paths, limits
+
+
+def cost_budgets(cfg: Any) -> list[CostBudget]:
+    """pruner.budget_cost (a path or a list) with pruner.budget_cost_max (a number or a list as long)."""
+    paths, limits = budget_entries(cfg)
     return [CostBudget(p, load_cost(p), float(v)) for p, v in zip(paths, limits)]
 
 
@@ -185,6 +191,6 @@ def constrained_masks(run: Any, scores: Mapping[str, Mapping[str, torch.Tensor]]
     return order.masks(result.counts), report
 
 
-__all__ = ["CostBudget", "LayerOrder", "NetMasks", "SEARCHES", "bisect_targets", "constrained_masks", "cost_budgets",
+__all__ = ["CostBudget", "budget_entries", "LayerOrder", "NetMasks", "SEARCHES", "bisect_targets", "constrained_masks", "cost_budgets",
            "retained_value",
            "layer_key", "measured", "search_settings"]

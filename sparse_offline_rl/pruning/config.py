@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 from sparse_offline_rl.checks import check_value
 from sparse_offline_rl.errors import ConfigError
 from sparse_offline_rl.pruning.allocation import SCOPES
-from sparse_offline_rl.pruning.budget_search import SEARCHES, search_settings
+from sparse_offline_rl.pruning.budget_search import SEARCHES, budget_entries, search_settings
 from sparse_offline_rl.pruning.budgets import load_cost
 from sparse_offline_rl.sparse.fan_init import check as check_sparse_init
 
@@ -131,15 +131,13 @@ class PrunerConfig:
         if given and self.structure == "units" and self.weight_sparsity is not None:
             raise ConfigError(f"pruner.{given[0]} with pruner.structure=units sets the unit fraction; "
                               "pruner.weight_sparsity cannot be combined with it")
-        for path in [] if self.budget_cost is None else [self.budget_cost] if isinstance(self.budget_cost, str) \
-                else self.budget_cost:
+        for path in [] if self.budget_cost is None else budget_entries(self)[0]:
             load_cost(path)
 
     def check_search(self) -> None:
         """budget_cost and budget_cost_max of the same length; budget_search=constrained on weights only."""
         if self.budget_cost is not None:
-            paths = [self.budget_cost] if isinstance(self.budget_cost, str) else list(self.budget_cost)
-            limits = list(self.budget_cost_max) if isinstance(self.budget_cost_max, (list, tuple)) else [self.budget_cost_max]
+            paths, limits = budget_entries(self)
             if len(paths) != len(limits) or isinstance(self.budget_cost, str) != (len(limits) == 1 and not isinstance(
                     self.budget_cost_max, (list, tuple))):
                 raise ConfigError(f"pruner.budget_cost_max={self.budget_cost_max!r} is invalid with pruner.budget_cost="
