@@ -20,9 +20,20 @@ if [ "$have" != "$want" ]; then
   echo "error: $study is at $have, not $want; a study keeps one commit (finish it, or set SORL_STUDY_DIR)" >&2
   exit 1
 fi
+# A machine can be replaced between sessions, taking the worktree's runs with it: the runs already
+# published in results/reference are put back (summary, curve, config; no checkpoint), so the launcher
+# skips them instead of training them again. Only runs of this commit are restored.
+mkdir -p "$study/sweeps/reference" "$study/logs"
+for run in "$repo"/results/reference/algo=*; do
+  [ -f "$run/summary.json" ] || continue
+  target="$study/sweeps/reference/$(basename "$run")"
+  [ -e "$target" ] && continue
+  grep -q "\"commit\": \"$want\"" "$run/summary.json" || continue
+  cp -r "$run" "$target"
+  echo "$(date -u +%FT%TZ) restored $(basename "$run") from results/reference (no checkpoint)" >> "$study/logs/blocks.log"
+done
 export MINARI_DATASETS_PATH="${MINARI_DATASETS_PATH:-$repo/datasets/minari}"
 python="${SORL_PYTHON:-$repo/.venv/bin/python}"
-mkdir -p "$study/logs"
 cd "$study"
 for block in $blocks; do
   case "$block" in
