@@ -1,5 +1,5 @@
 """python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N] [--against reference|DIR] [--publish DIR]
-                                   [--select fqe|logme|logme_actor|q_s0|td_error|bc_mse]
+                                   [--select fqe|logme|logme_actor|q_s0|td_error|bc_mse] [--progress]
 
 Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
 DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
@@ -8,7 +8,8 @@ here); with --strict they also make the exit status 3. --against puts each confi
 reference study's (or another results folder's) of the same algorithm, dataset, sparsity and length
 (against.md, against.csv); --publish copies the finished runs' summaries, curves and configs into DIR;
 --select ranks the finished runs by an offline score and recommends one, with its expected regret
-(select.md, select.csv, select.png).
+(select.md, select.csv, select.png); --progress only prints how far a running sweep has got (each job's
+step, the running jobs' rates, the time left) and writes nothing.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 
 from sparse_offline_rl.report.collect import ReportError
 from sparse_offline_rl.evaluation.ranking import SCORES
+from sparse_offline_rl.report.progress import progress_lines, sweep_progress
 from sparse_offline_rl.report.publish import publish
 from sparse_offline_rl.report.select import write_select
 from sparse_offline_rl.report.write import write_against, write_report
@@ -34,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy each finished run's summary.json, eval.csv and config into DIR")
     parser.add_argument("--select", default=None, choices=list(SCORES), metavar="|".join(SCORES),
                         help="rank the runs by an offline score (scored from the data alone) and recommend one")
+    parser.add_argument("--progress", action="store_true",
+                        help="print how far the sweep has got and the time left; write nothing")
     args = parser.parse_args(argv)
     try:
+        if args.progress:
+            print("\n".join(progress_lines(args.sweep_dir, sweep_progress(args.sweep_dir))))
+            return 0
         result = write_report(args.sweep_dir, args.out, reps=args.reps)
         if args.against is not None:
             result["paths"].update(write_against(args.sweep_dir, args.against, result["out"], args.reps))
