@@ -7,6 +7,13 @@
 # checkpoints, stay in its sweeps/reference; logs in its logs/. Datasets come from this checkout's
 # datasets/minari (MINARI_DATASETS_PATH), made once.
 set -euo pipefail
+# With the kernel's autogroups (sched_autogroup_enabled=1) nice orders processes within one session
+# only: a study started in a session of its own (setsid, as the README says) would take an equal share
+# of the cores from every other session. Its whole autogroup is niced instead; only when this script
+# leads its session, so that a shell running it in the foreground is left alone.
+if [ -w /proc/self/autogroup ] && [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ]; then
+  echo 19 > /proc/self/autogroup
+fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 commit="${1:-HEAD}"
 blocks="${2:-pai dense curve}"
