@@ -82,7 +82,7 @@ def read_job(path: Path, exclude: tuple[str, ...]) -> Job:
         return Job("failed", path, overrides, detail=json.loads(failed.read_text()).get("error", "unknown error"))
     step = last_logged_step(path)
     detail = f"interrupted or running: last logged step {step}" if step else "started, nothing logged (crashed early?)"
-    return Job("incomplete", path, overrides, detail=detail)
+    return Job("incomplete", path, overrides, detail=detail, extra={"step": step})
 
 
 def job_overrides(path: Path, exclude: tuple[str, ...]) -> tuple[str, ...]:

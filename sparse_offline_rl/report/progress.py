@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
+from sparse_offline_rl.io import load_checkpoint
 from sparse_offline_rl.report.collect import Job, collect, last_logged_step, sweep_config
 
 #: A job whose metrics.jsonl is older than this is stopped (it resumes when the sweep is launched again).
@@ -25,8 +25,7 @@ RUNNING_WITHIN = 900.0
 @dataclass
 class JobProgress:
     """One job: `state` done | running | stopped | starting (no step logged yet) | failed | not started;
-    `rate` in steps per second
-    (None when not measured), `rate_from` wall | checkpoint."""
+    `rate` in steps per second (None when not measured), `rate_from` wall | checkpoint."""
 
     label: str
     state: str
@@ -63,7 +62,7 @@ def measured_rate(path: Path, step: int) -> tuple[float | None, str]:
     ckpt, metrics = path / "checkpoint.pt", path / "metrics.jsonl"
     if not ckpt.exists():
         return None, ""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    saved = load_checkpoint(ckpt)
     ckpt_step, train_seconds = int(saved.get("step", 0)), float(saved.get("train_seconds", 0.0))
     elapsed = metrics.stat().st_mtime - ckpt.stat().st_mtime if metrics.exists() else 0.0
     if step > ckpt_step and elapsed > 0:
@@ -81,7 +80,7 @@ def job_progress(job: Job, default_steps: int | None, now: float) -> JobProgress
         return JobProgress(job.label, "not started", 0, steps)
     if job.status == "failed":
         return JobProgress(job.label, "failed", last_logged_step(job.path), steps)
-    step, metrics = last_logged_step(job.path), job.path / "metrics.jsonl"
+    step, metrics = job.extra["step"], job.path / "metrics.jsonl"
     if step == 0:
         # Nothing in the files tells a job still pruning at initialization from one stopped before it trained.
         return JobProgress(job.label, "starting", 0, steps)
@@ -96,7 +95,7 @@ def sweep_progress(sweep_dir: Path | str, now: float | None = None) -> list[JobP
     """Every job of the sweep (expected ones not started included), in the order `collect` finds them."""
     root = Path(sweep_dir)
     jobs = collect(root)
-    default = ((sweep_config(root) or {}).get("steps"))
+    default = (sweep_config(root) or {}).get("steps")
     now = time.time() if now is None else now
     return [job_progress(job, int(default) if default is not None else None, now) for job in jobs]
 
