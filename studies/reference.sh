@@ -2,7 +2,13 @@
 # The reference study (README "Reference results"), run in the background from its own git worktree at a
 # fixed commit, so that later changes to the code never reach running jobs. Re-running this script
 # resumes: finished runs are skipped, interrupted ones continue from their last checkpoint.
-#   bash studies/reference.sh [COMMIT] [BLOCKS]     e.g.  bash studies/reference.sh HEAD "pai dense curve"
+#   bash studies/reference.sh [COMMIT] [BLOCKS] [OVERRIDES...]
+#   e.g.  bash studies/reference.sh HEAD "pai dense curve"
+#         bash studies/reference.sh 58d4084 dense hydra.launcher.max_members=1
+# OVERRIDES go to every block's `run.py -m` after the preset; they may only change how the runs are
+# scheduled (group size, groups at a time, which cells), never a run's settings, or the study would not
+# be one protocol. A machine that can be replaced between sessions loses every unfinished group: size
+# the groups to finish within a session (README of results/reference, "Running it").
 # Worktree: $SORL_STUDY_DIR (default ~/.cache/sparse_offline_rl/study-reference); the runs, with their
 # checkpoints, stay in its sweeps/reference; logs in its logs/. Datasets come from this checkout's
 # datasets/minari (MINARI_DATASETS_PATH), made once.
@@ -17,6 +23,13 @@ fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 commit="${1:-HEAD}"
 blocks="${2:-pai dense curve}"
+extra=("${@:3}")
+for override in "${extra[@]}"; do
+  case "$override" in
+    hydra.launcher.*|env=*|algo=*|pruner=*|sparsity=*|seed=*) ;;
+    *) echo "error: override $override is not accepted: accepted: hydra.launcher.*, env=, algo=, pruner=, sparsity=, seed=" >&2; exit 1 ;;
+  esac
+done
 study="${SORL_STUDY_DIR:-$HOME/.cache/sparse_offline_rl/study-reference}"
 want="$(git -C "$repo" rev-parse "$commit")"
 if [ ! -d "$study" ]; then
@@ -48,7 +61,7 @@ for block in $blocks; do
     dense|curve|during) preset="reference_$block" ;;
     *) echo "error: block=$block is invalid: accepted: pai, dense, curve, during" >&2; exit 1 ;;
   esac
-  echo "$(date -u +%FT%TZ) start $preset at $have" >> logs/blocks.log
-  PYTHONPATH="$study" nice -n 19 "$python" run.py -m "+sweep=$preset" >> "logs/$preset.log" 2>&1
+  echo "$(date -u +%FT%TZ) start $preset at $have ${extra[*]}" >> logs/blocks.log
+  PYTHONPATH="$study" nice -n 19 "$python" run.py -m "+sweep=$preset" "${extra[@]}" >> "logs/$preset.log" 2>&1
   echo "$(date -u +%FT%TZ) end $preset" >> logs/blocks.log
 done
