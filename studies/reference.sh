@@ -8,7 +8,7 @@
 # OVERRIDES go to every block's `run.py -m` after the preset; they may only change how the runs are
 # scheduled (group size, groups at a time, which cells), never a run's settings, or the study would not
 # be one protocol. A machine that can be replaced between sessions loses every unfinished group: size
-# the groups to finish within a session (README of results/reference, "Running it").
+# the groups to finish within a session (results/reference/README.md, "Size the groups to the session").
 # Worktree: $SORL_STUDY_DIR (default ~/.cache/sparse_offline_rl/study-reference); the runs, with their
 # checkpoints, stay in its sweeps/reference; logs in its logs/. Datasets come from this checkout's
 # datasets/minari (MINARI_DATASETS_PATH), made once.

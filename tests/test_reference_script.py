@@ -1,5 +1,6 @@
 """studies/reference.sh: scheduling overrides reach every block's sweep; anything else is refused early."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,7 +28,7 @@ def launch(clone, tmp_path, *args):
     fake = tmp_path / "python"
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SORL_PYTHON": str(fake),
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SORL_PYTHON": str(fake),
            "SORL_STUDY_DIR": str(tmp_path / "study")}
     proc = subprocess.run(["bash", str(clone / "studies" / "reference.sh"), "HEAD", *args], env=env,
                           capture_output=True, text=True)
