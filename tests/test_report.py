@@ -57,16 +57,21 @@ def test_table_aggregates_over_seeds_with_iqm_and_ci(sweep_dir):
     assert set(groups) == {("dense", "0"), ("snip", "0.9"), ("synflow", "0.9")}  # pruner.rounds is no setting
     dense = groups[("dense", "0")]
     assert dense["n_seeds"] == 4 and dense["seeds"] == "0 1 2 3"
-    assert dense["score_mean"] == pytest.approx(61.5)
-    assert dense["score_std"] == pytest.approx(np.std([50, 52, 54, 90], ddof=1))
-    assert dense["score_iqm"] == pytest.approx(53.0) == pytest.approx(iqm([50, 52, 54, 90]))  # the outlier is trimmed
-    assert 50.0 <= dense["iqm_ci_low"] <= 53.0 <= dense["iqm_ci_high"] <= 90.0
+    # the final score: the mean of the last evaluations, 0.75 x the summary's (fake_run's curve: 0.5 x, then 1 x)
+    final = 0.75 * np.array([50, 52, 54, 90])
+    assert dense["score_mean"] == pytest.approx(final.mean()) and dense["last_mean"] == pytest.approx(61.5)
+    assert dense["score_std"] == pytest.approx(np.std(final, ddof=1))
+    assert dense["score_iqm"] == pytest.approx(0.75 * 53.0) == pytest.approx(iqm(final))  # the outlier is trimmed
+    assert final[0] <= dense["iqm_ci_low"] <= 0.75 * 53.0 <= dense["iqm_ci_high"] <= final[-1]
+    assert dense["score_best"] == pytest.approx(61.5)
     assert groups[("snip", "0.9")]["density_actor"] == pytest.approx(0.1)
     with open(result["paths"]["results_csv"]) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and float(rows[0]["score_iqm"]) == pytest.approx(53.0)
+    assert len(rows) == 3 and float(rows[0]["score_iqm"]) == pytest.approx(0.75 * 53.0)
     markdown = result["paths"]["results_md"].read_text()
-    assert "| iql | hopper-medium | dense | 0 | 4 | 61.5 ± " in markdown and "Missing or failed" not in markdown
+    assert "| final score mean ± std | IQM [95% CI] | best eval mean |" in markdown
+    assert "| iql | hopper-medium | dense | 0 | 4 | 46.1 ± " in markdown and "| 61.5 |" in markdown
+    assert "mean of a run's last 3 evaluations" in markdown and "Missing or failed" not in markdown
     for name in ("score_vs_sparsity", "learning_curves", "density_per_layer"):
         assert result["paths"][name].read_bytes().startswith(PNG)
 
@@ -124,7 +129,8 @@ def test_every_table_says_which_score_scale_it_shows(sweep_dir):
     assert "D4RL-normalised" not in markdown  # the project's datasets are not on D4RL's scale
     assert "each dataset's own reference returns" in markdown
     assert "sorl/hopper/medium-v0 reference returns (0 = 20.0, 100 = 815.0)" in markdown
-    assert "| D4RL-scale mean |" in markdown and "| 15.4 |" in markdown  # dense: mean(50, 52, 54, 90) / 4
+    # dense: mean(50, 52, 54, 90) / 4, the summary's: the fake curves have no D4RL column to take a final score from
+    assert "| D4RL-scale final mean |" in markdown and "| 15.4 |" in markdown
 
 
 def test_training_flops_are_tabulated_and_drawn(tmp_path):
@@ -222,3 +228,24 @@ def test_retained_fraction_of_dense_per_task_and_over_tasks(tmp_path):
     snip = next(line for line in text.splitlines() if line.startswith("| snip | 0.9 |"))
     assert "1 of 1" in snip and "1.00 [1.00, 1.00]" in snip  # every snip run above every random run
     assert result["paths"]["aggregate"].exists()
+
+
+def test_runs_on_two_draws_of_a_dataset_are_kept_apart_and_named(tmp_path):
+    """The same make command on two CPU platforms gives two draws of a dataset: their runs are not seeds of one
+    configuration, and the table says which datasets have more than one draw."""
+    for seed in range(4):
+        draw = {"return_mean": 1134.4 if seed < 2 else 1127.4, "episodes": 2826 if seed < 2 else 2843}
+        moved(fake_run(tmp_path / "sweep", "iql", "snip", 0.9, seed, 40.0 + 10 * (seed >= 2)), dataset_returns=draw)
+    out = write_report(tmp_path / "sweep", reps=50)
+    groups = {g["data_draw"]: g for g in out["groups"]}
+    assert set(groups) == {"2826 episodes, mean return 1134.4", "2843 episodes, mean return 1127.4"}
+    assert [g["n_seeds"] for g in groups.values()] == [2, 2]
+    assert groups["2843 episodes, mean return 1127.4"]["score_mean"] == pytest.approx(0.75 * 50.0)
+    text = out["paths"]["results_md"].read_text()
+    assert "## Datasets with more than one draw" in text and "- hopper-medium: 2826 episodes" in text
+    assert "| data_draw |" in text
+
+
+def test_one_draw_per_dataset_adds_no_column(sweep_dir):
+    text = write_report(sweep_dir, reps=50)["paths"]["results_md"].read_text()
+    assert "data_draw" not in text and "more than one draw" not in text

@@ -24,6 +24,7 @@ from sparse_offline_rl.evaluation.stats import (
     stratified_bootstrap_ci,
     stratified_resample,
 )
+from sparse_offline_rl.report.table import final_score
 
 Task = tuple[str, str, int]  # algo, dataset, steps
 Method = tuple[str, str]  # pruner, sparsity
@@ -31,11 +32,6 @@ Method = tuple[str, str]  # pruner, sparsity
 KEEPS = 0.95
 #: The sparsity whose performance profile is drawn: the claim's (SSP: 95% of the weights pruned).
 PROFILE_AT = "0.95"
-
-
-def final_score(row: Mapping[str, Any]) -> float:
-    value = row.get("score_final", math.nan)
-    return float(row["score"]) if value is None or math.isnan(value) else float(value)
 
 
 def by_task(rows: Sequence[Mapping[str, Any]]) -> dict[Task, dict[Method, np.ndarray]]:
