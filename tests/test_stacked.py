@@ -15,8 +15,12 @@ from sparse_offline_rl.training.stacked import check_group, group_key, train_sta
 from sparse_offline_rl.training.trainer import StepInfo, train
 
 # Stacked products sum in another order than a member's own (baddbmm vs addmm, one block-diagonal
-# CSR product vs K): observed at most 1e-5 relative in any tensor of the checkpoint after 150 steps.
+# CSR product vs K), and training amplifies the rounding: after 150 steps, at most 1e-5 relative in any
+# tensor of the checkpoint on a 2-core AMD EPYC; on an AVX-512 Intel Xeon, CQL with the Lagrange
+# threshold and entropy backup reaches 3.8e-4 in the norm of a critic Adam moment (5e-5 in one entry).
+# A member that trained on another's data, seed or mask differs at order 1.
 ATOL, RTOL = 1e-5, 1e-4
+NORM_RTOL = 1e-3
 
 
 def members(cfg: dict) -> list[dict]:
@@ -38,8 +42,9 @@ def assert_close_state(a: dict, b: dict) -> None:
     ta, tb = dict(tensors(a)), dict(tensors(b))
     assert ta.keys() == tb.keys()
     for key, value in ta.items():
-        if value.is_floating_point():
-            assert torch.allclose(value, tb[key], atol=ATOL, rtol=RTOL), key
+        if value.is_floating_point():  # entrywise, or, where rounding grew, in norm
+            assert (torch.allclose(value, tb[key], atol=ATOL, rtol=RTOL)
+                    or (value - tb[key]).norm() <= NORM_RTOL * value.norm() + ATOL), key
         else:
             assert torch.equal(value, tb[key]), key
 
@@ -273,3 +278,10 @@ def test_run_group_skips_finished_members_and_records_a_bad_one(tmp_path, fast_c
         summary = json.loads((tmp_path / str(k) / "summary.json").read_text())
         assert summary["stacked"]["members"] == 2 and results[k] == summary["eval"]["normalized_score_mean"]
     assert run_group(cfgs[:3], dirs[:3]) == results[:3]  # a re-launch skips them all
+
+
+def test_the_state_comparison_refuses_a_difference_beyond_rounding():
+    state = {"critic": {"w": torch.linspace(-1, 1, 100)}}
+    assert_close_state(state, {"critic": {"w": state["critic"]["w"] * (1 + 1e-7)}})
+    with pytest.raises(AssertionError):
+        assert_close_state(state, {"critic": {"w": state["critic"]["w"] * 1.01}})  # 1%: not rounding
