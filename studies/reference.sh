@@ -30,6 +30,15 @@ for override in "${extra[@]}"; do
     *) echo "error: override $override is not accepted: accepted: hydra.launcher.*, env=, algo=, pruner=, sparsity=, seed=" >&2; exit 1 ;;
   esac
 done
+envs=""
+for override in "${extra[@]}"; do
+  case "$override" in env=*) envs="${override#env=}" ;; esac
+done
+export MINARI_DATASETS_PATH="${MINARI_DATASETS_PATH:-$repo/datasets/minari}"
+python="${SORL_PYTHON:-$repo/.venv/bin/python}"
+# A cell's seeds must share one draw of its dataset, and another CPU platform makes another draw
+# (docs/reproducibility.md): refuse the datasets this machine holds another draw of than the published runs.
+"$python" -m sparse_offline_rl.report "$repo/results/reference" --check-draws "$envs" || exit 1
 study="${SORL_STUDY_DIR:-$HOME/.cache/sparse_offline_rl/study-reference}"
 want="$(git -C "$repo" rev-parse "$commit")"
 if [ ! -d "$study" ]; then
@@ -52,8 +61,6 @@ for run in "$repo"/results/reference/algo=*; do
   cp -r "$run" "$target"
   echo "$(date -u +%FT%TZ) restored $(basename "$run") from results/reference (no checkpoint)" >> "$study/logs/blocks.log"
 done
-export MINARI_DATASETS_PATH="${MINARI_DATASETS_PATH:-$repo/datasets/minari}"
-python="${SORL_PYTHON:-$repo/.venv/bin/python}"
 cd "$study"
 for block in $blocks; do
   case "$block" in

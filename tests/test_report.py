@@ -249,3 +249,20 @@ def test_runs_on_two_draws_of_a_dataset_are_kept_apart_and_named(tmp_path):
 def test_one_draw_per_dataset_adds_no_column(sweep_dir):
     text = write_report(sweep_dir, reps=50)["paths"]["results_md"].read_text()
     assert "data_draw" not in text and "more than one draw" not in text
+
+
+def test_check_draws_names_a_local_dataset_of_another_draw(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    for seed in range(2):
+        moved(fake_run(results, "iql", "dense", 0.0, seed, 30.0), dataset_returns={"return_mean": 1134.38, "episodes": 2826})
+    meta = tmp_path / "minari" / "sorl" / "hopper" / "medium-v0" / "data" / "metadata.json"
+    meta.parent.mkdir(parents=True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    meta.write_text(json.dumps({"total_episodes": 2826, "sorl_return_mean": 1134.376}))
+    assert report_main([str(results), "--check-draws"]) == 0  # the same draw
+    meta.write_text(json.dumps({"total_episodes": 2843, "sorl_return_mean": 1127.356}))
+    assert report_main([str(results), "--check-draws", "walker2d"]) == 0  # hopper not asked for
+    assert report_main([str(results), "--check-draws", "hopper,walker2d"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: sorl/hopper/medium-v0: this machine's copy is 2843 episodes, mean return 1127.4")
+    assert "used 2826 episodes, mean return 1134.4" in line

@@ -1,5 +1,6 @@
 """python -m sparse_offline_rl.report SWEEP_DIR [--out DIR] [--reps N] [--against reference|DIR] [--publish DIR]
                                    [--select fqe|logme|logme_actor|q_s0|td_error|bc_mse] [--progress]
+                                   [--check-draws [ENV,ENV]]
 
 Collects every summary.json under SWEEP_DIR (a Hydra sweep dir, or any tree of runs) into
 DIR (default SWEEP_DIR/report): runs.csv, results.csv, results.md, score_vs_sparsity.png,
@@ -9,7 +10,9 @@ reference study's (or another results folder's) of the same algorithm, dataset, 
 (against.md, against.csv); --publish copies the finished runs' summaries, curves and configs into DIR;
 --select ranks the finished runs by an offline score and recommends one, with its expected regret
 (select.md, select.csv, select.png); --progress only prints how far a running sweep has got (each job's
-step, the running jobs' rates, the time left) and writes nothing.
+step, the running jobs' rates, the time left) and writes nothing; --check-draws exits with status 1
+when this machine's copy of a dataset (of ENVs, default all) is another draw than the one the runs
+under SWEEP_DIR trained on (docs/reproducibility.md), and writes nothing.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import argparse
 import sys
 
 from sparse_offline_rl.report.collect import ReportError
+from sparse_offline_rl.report.draws import check_draws
 from sparse_offline_rl.evaluation.ranking import SCORES
 from sparse_offline_rl.report.progress import progress_lines, sweep_progress
 from sparse_offline_rl.report.publish import publish
@@ -38,8 +42,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank the runs by an offline score (scored from the data alone) and recommend one")
     parser.add_argument("--progress", action="store_true",
                         help="print how far the sweep has got and the time left; write nothing")
+    parser.add_argument("--check-draws", nargs="?", const="", default=None, metavar="ENV,ENV",
+                        help="exit 1 if a local dataset is another draw than the runs' (ENVs: default all)")
     args = parser.parse_args(argv)
     try:
+        if args.check_draws is not None:
+            problems = check_draws(args.sweep_dir, [e for e in args.check_draws.split(",") if e] or None)
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            return 1 if problems else 0
         if args.progress:
             print("\n".join(progress_lines(args.sweep_dir, sweep_progress(args.sweep_dir))))
             return 0
