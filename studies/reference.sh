@@ -24,15 +24,13 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 commit="${1:-HEAD}"
 blocks="${2:-pai dense curve}"
 extra=("${@:3}")
-for override in "${extra[@]}"; do
-  case "$override" in
-    hydra.launcher.*|env=*|algo=*|pruner=*|sparsity=*|seed=*) ;;
-    *) echo "error: override $override is not accepted: accepted: hydra.launcher.*, env=, algo=, pruner=, sparsity=, seed=" >&2; exit 1 ;;
-  esac
-done
 envs=""
 for override in "${extra[@]}"; do
-  case "$override" in env=*) envs="${override#env=}" ;; esac
+  case "$override" in
+    env=*) envs="${override#env=}" ;;
+    hydra.launcher.*|algo=*|pruner=*|sparsity=*|seed=*) ;;
+    *) echo "error: override $override is not accepted: accepted: hydra.launcher.*, env=, algo=, pruner=, sparsity=, seed=" >&2; exit 1 ;;
+  esac
 done
 export MINARI_DATASETS_PATH="${MINARI_DATASETS_PATH:-$repo/datasets/minari}"
 python="${SORL_PYTHON:-$repo/.venv/bin/python}"

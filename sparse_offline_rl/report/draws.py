@@ -12,18 +12,19 @@ from pathlib import Path
 
 from sparse_offline_rl.data.loaders import find_minari
 from sparse_offline_rl.data.project import QUALITIES, minari_id
-from sparse_offline_rl.report.collect import ReportError
-from sparse_offline_rl.report.table import data_draw
+from sparse_offline_rl.report.collect import collect
+from sparse_offline_rl.report.table import data_draw, draw_label
 
 
 def published_draws(results_dir: str | Path) -> dict[tuple[str, str], set[str]]:
     """(env, project dataset id) -> the draws its finished runs trained on (runs on other data are left out)."""
     found: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for path in sorted(Path(results_dir).rglob("summary.json")):
-        summary = json.loads(path.read_text())
-        env, dataset = summary.get("env", ""), summary.get("dataset", "")
+    for job in collect(results_dir):
+        if job.status != "done" or job.summary is None:
+            continue
+        env, dataset = job.summary.get("env", ""), job.summary.get("dataset", "")
         quality = dataset[len(env) + 1:] if dataset.startswith(f"{env}-") else ""
-        draw = data_draw(summary)
+        draw = data_draw(job.summary)
         if quality in QUALITIES and draw:
             found[(env, minari_id(env, quality))].add(draw)
     return dict(found)
@@ -35,13 +36,11 @@ def local_draw(dataset_id: str) -> str | None:
     if root is None:
         return None
     meta = json.loads((root / dataset_id / "data" / "metadata.json").read_text())
-    return data_draw({"dataset_returns": {"episodes": meta["total_episodes"], "return_mean": meta["sorl_return_mean"]}})
+    return draw_label(meta["total_episodes"], meta["sorl_return_mean"])
 
 
 def check_draws(results_dir: str | Path, envs: list[str] | None = None) -> list[str]:
     """One line per dataset (of `envs`, default all) whose local copy is not the draw its published runs used."""
-    if not Path(results_dir).is_dir():
-        raise ReportError(f"{results_dir} is not a directory")
     problems = []
     for (env, dataset_id), draws in sorted(published_draws(results_dir).items()):
         if envs and env not in envs:

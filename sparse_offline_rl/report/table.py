@@ -47,14 +47,19 @@ def data_draw(summary: Mapping[str, Any]) -> str:
     data = summary.get("dataset_returns") or {}
     if "episodes" not in data or "return_mean" not in data:
         return ""
-    return f"{data['episodes']} episodes, mean return {data['return_mean']:.1f}"
+    return draw_label(data["episodes"], data["return_mean"])
 
 
-def draws_by_dataset(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """dataset -> draw -> runs, for the datasets whose runs trained on more than one draw."""
+def draw_label(episodes: int, return_mean: float) -> str:
+    return f"{episodes} episodes, mean return {return_mean:.1f}"
+
+
+def draws_by_dataset(rows: Sequence[Mapping[str, Any]], runs: str | None = None) -> dict[str, dict[str, int]]:
+    """dataset -> draw -> runs, for the datasets whose runs trained on more than one draw; a row counts as
+    row[runs] runs (an aggregated group: "n_seeds"), else as one."""
     seen: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
-        seen[row["dataset"]][row.get("data_draw", "")] += 1
+        seen[row["dataset"]][row.get("data_draw", "")] += row[runs] if runs else 1
     return {name: dict(draws) for name, draws in sorted(seen.items()) if len(draws) > 1}
 
 
@@ -169,10 +174,8 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job],
-                draws: Mapping[str, Mapping[str, int]] | None = None) -> str:
-    """The results table; `draws` (draws_by_dataset) lists the datasets whose runs used more than one draw."""
-    draws = draws or {}
+def to_markdown(groups: Sequence[Mapping[str, Any]], problems: Sequence[Job]) -> str:
+    draws = draws_by_dataset(groups, runs="n_seeds")
     extra = extra_columns(groups)
     gen = [c for c in ("gen_generalization_gap", "gen_retention") if any(c in g for g in groups)]
     d4rl = any(not math.isnan(g.get("d4rl_score_mean", math.nan)) for g in groups)

@@ -10,7 +10,7 @@ from sparse_offline_rl.report import figures
 from sparse_offline_rl.report.against import against
 from sparse_offline_rl.report.against import to_markdown as against_markdown
 from sparse_offline_rl.report.collect import ReportError, collect
-from sparse_offline_rl.report.table import aggregate, draws_by_dataset, run_rows, to_csv, to_markdown
+from sparse_offline_rl.report.table import aggregate, run_rows, to_csv, to_markdown
 
 
 def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps: int = 2000) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def write_report(sweep_dir: Path | str, out_dir: Path | str | None = None, reps:
     }
     atomic_write_text(paths["runs_csv"], to_csv(runs))
     atomic_write_text(paths["results_csv"], to_csv(groups))
-    atomic_write_text(paths["results_md"], to_markdown(groups, problems, draws_by_dataset(runs)))
+    atomic_write_text(paths["results_md"], to_markdown(groups, problems))
     paths["score_vs_sparsity"] = figures.score_vs_sparsity(groups, out / "score_vs_sparsity.png")
     paths["score_vs_training_flops"] = figures.score_vs_training_flops(groups, out / "score_vs_training_flops.png")
     paths["learning_curves"] = figures.learning_curves(runs, out / "learning_curves.png")
